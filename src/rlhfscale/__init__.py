@@ -1,0 +1,3 @@
+"""rlhfscale: run RLHF and measure how it scales."""
+
+__version__ = "0.1.0"

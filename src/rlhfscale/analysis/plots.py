@@ -1,0 +1,261 @@
+"""One PNG per tested claim, plus reward over-optimization, drawn with matplotlib (Agg).
+
+Every point is a mean over seeds with its confidence interval as the error bar
+(see ``fits.mean_ci``); a factor that is a scale goes on a log x-axis with a
+dashed log-linear trend; where FLOPs columns exist a panel puts the same
+metric against compute.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from scipy.optimize import OptimizeWarning  # noqa: E402
+
+from rlhfscale.analysis.claims import Claim, pick  # noqa: E402
+from rlhfscale.analysis.fits import fit_log_linear, fit_rl_gold, mean_ci  # noqa: E402
+from rlhfscale.analysis.table import (  # noqa: E402
+    BON_RM, DATA_PROMPTS, DATA_VOLUME, FLOPS_RL, FLOPS_RM, FLOPS_SFT, FLOPS_TOTAL, GAIN, GAIN_REL,
+    GOLD_REWARD, KL, PASS, PASS_BEFORE, POLICY_PARAMS, POLICY_SIZE, PROXY_REWARD, REWARD_STD,
+    RL_ALGORITHM, RL_N_SAMPLES, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS, RM_SIZE, SEED, STEP,
+    TRIAL, final_points, has,
+)
+
+N_BOOT = 500
+MAX_LEGEND = 8
+OVEROPTIMIZATION = "overoptimization"
+
+
+def summarize(table: pd.DataFrame, level: str, y: str, at: str | None = None) -> pd.DataFrame:
+    """Per level of ``level``: mean of ``y`` over seeds with its CI, placed at the mean of ``at``.
+
+    Columns: level, x (the level itself when ``at`` is None), mean, low, high.
+    """
+    rows = []
+    for value, sub in table.dropna(subset=[y]).groupby(level):
+        mean, low, high = mean_ci(sub.groupby(SEED)[y].mean(), n_boot=N_BOOT)
+        rows.append({"level": value, "x": sub[at].mean() if at else value, "mean": mean, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["level", "x", "mean", "low", "high"])
+
+
+def _errorbar(ax: Axes, s: pd.DataFrame, label: str):
+    yerr = np.vstack([s["mean"] - s["low"], s["high"] - s["mean"]])
+    return ax.errorbar(s["x"], s["mean"], yerr=yerr, marker="o", capsize=3, label=label)
+
+
+def _fit_line(ax: Axes, s: pd.DataFrame, color: str) -> None:
+    """Dashed y = a + b log x through the level means, labelled with its slope per doubling."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        fit = fit_log_linear(s["x"], s["mean"])
+    xs = np.geomspace(s["x"].min(), s["x"].max(), 50)
+    ax.plot(xs, fit.predict(xs), "--", color=color, lw=1, label=f"fit {np.log(2) * fit.params['b']:+.3g}/doubling")
+
+
+def trend(ax: Axes, table: pd.DataFrame, level: str, y: str, *, series: str | None = None,
+          at: str | None = None, fit: bool = True) -> None:
+    """``y`` against ``level`` (or the mean of ``at`` per level) on a log x-axis, one line per series."""
+    groups = list(table.groupby(series)) if series and has(table, series) else [(y, table)]
+    xs = []
+    for name, sub in groups:
+        s = summarize(sub, level, y, at)
+        s = s[s["x"] > 0]
+        if s.empty:
+            continue
+        xs.extend(s["x"])
+        bars = _errorbar(ax, s, str(name))
+        if fit and len(s) >= 3:
+            _fit_line(ax, s, bars[0].get_color())
+    _log_x(ax, xs)
+    ax.set_xlabel(at or level)
+    ax.set_ylabel(y)
+    if len(groups) <= MAX_LEGEND:
+        ax.legend(fontsize="small", title=series if len(groups) > 1 else None)
+
+
+def _log_x(ax: Axes, xs: list[float]) -> None:
+    """Log x-axis with small minor-tick labels, widened to a factor of 4 when the points (nearly) coincide."""
+    ax.set_xscale("log")
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    if xs and max(xs) < 2 * min(xs):
+        ax.set_xlim(min(xs) / 2, max(xs) * 2)
+
+
+def bars(ax: Axes, table: pd.DataFrame, factor: str, y: str) -> None:
+    """Mean of ``y`` per level of a categorical factor, CI error bars."""
+    s = summarize(table, factor, y)
+    yerr = np.vstack([s["mean"] - s["low"], s["high"] - s["mean"]])
+    ax.bar(range(len(s)), s["mean"], yerr=yerr, capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(s)), [str(v) for v in s["level"]])
+    ax.set_xlabel(factor)
+    ax.set_ylabel(y)
+
+
+def _figure(panels: int) -> tuple[Figure, list[Axes]]:
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.0), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _flops(table: pd.DataFrame, *candidates: str) -> str | None:
+    return next((c for c in candidates if has(table, c)), None)
+
+
+def _versus(table: pd.DataFrame, factor: str, y: str, series: str | None, flops: str | None) -> Figure:
+    """``y`` against a scale factor, and against compute when ``flops`` is recorded."""
+    fig, axes = _figure(2 if flops else 1)
+    trend(axes[0], table, factor, y, series=series)
+    if flops:
+        trend(axes[1], table, factor, y, series=series, at=flops, fit=False)
+    return fig
+
+
+def _rm_quality(table: pd.DataFrame, factor: str, series: str, metrics: tuple[str, str]) -> Figure:
+    final = final_points(table)
+    return _versus(final, factor, pick(final, *metrics), series, _flops(final, FLOPS_RM, FLOPS_TOTAL))
+
+
+def plot_rm_data_volume(table: pd.DataFrame) -> Figure:
+    return _rm_quality(table, DATA_VOLUME, RM_KIND, (RM_PAIR_ACC, BON_RM))
+
+
+def plot_prompt_diversity(table: pd.DataFrame) -> Figure:
+    return _rm_quality(table, DATA_PROMPTS, DATA_VOLUME, (RM_PAIR_ACC, BON_RM))
+
+
+def plot_prm_vs_orm(table: pd.DataFrame) -> Figure:
+    return _rm_quality(table, DATA_VOLUME, RM_KIND, (BON_RM, RM_PAIR_ACC))
+
+
+def plot_samples_plateau(table: pd.DataFrame) -> Figure:
+    final = final_points(table)
+    return _versus(final, RL_N_SAMPLES, pick(final, GAIN, PASS), None, _flops(final, FLOPS_RL, FLOPS_TOTAL))
+
+
+def _sizes(table: pd.DataFrame, size: str, params: str, metrics: list[str]) -> Figure:
+    """Each metric against model size (parameters), and against total compute."""
+    final = final_points(table)
+    level = params if has(final, params) else size
+    final = final.assign(**{level: pd.to_numeric(final[level])})
+    flops = _flops(final, FLOPS_TOTAL)
+    fig, axes = _figure(len(metrics) + bool(flops))
+    for ax, metric in zip(axes, metrics):
+        trend(ax, final, level, metric, fit=False)
+    if flops:
+        for metric in metrics:
+            trend(axes[-1], final, level, metric, at=flops, fit=False)
+        axes[-1].set_ylabel(", ".join(metrics))
+    return fig
+
+
+def plot_rm_size_modest(table: pd.DataFrame) -> Figure:
+    metrics = [m for m in (BON_RM, pick(table, PASS, GAIN)) if has(table, m)]
+    return _sizes(table, RM_SIZE, RM_PARAMS, metrics)
+
+
+def plot_policy_size(table: pd.DataFrame) -> Figure:
+    return _sizes(table, POLICY_SIZE, POLICY_PARAMS, [m for m in (GAIN, GAIN_REL) if has(table, m)])
+
+
+def _categorical(table: pd.DataFrame, factor: str, metrics: list[str]) -> Figure:
+    """Final metrics per level of a categorical factor, and accuracy along the RL curve against compute."""
+    final = final_points(table)
+    metrics = [m for m in metrics if has(final, m)]
+    curve = has(table, FLOPS_RL) and has(table, PASS) and table[STEP].nunique() > 1
+    fig, axes = _figure(len(metrics) + curve)
+    for ax, metric in zip(axes, metrics):
+        bars(ax, final, factor, metric)
+    if curve:
+        for name, sub in table.groupby(factor):
+            s = summarize(sub, STEP, PASS, at=FLOPS_RL)
+            _errorbar(axes[-1], s[s["x"] > 0], str(name))
+        _log_x(axes[-1], [])
+        axes[-1].set(xlabel=FLOPS_RL, ylabel=PASS)
+        axes[-1].legend(fontsize="small", title=factor)
+    return fig
+
+
+def plot_ppo_vs_grpo(table: pd.DataFrame) -> Figure:
+    return _categorical(table, RL_ALGORITHM, [PASS])
+
+
+def plot_shaping_stability(table: pd.DataFrame) -> Figure:
+    return _categorical(table, RL_SHAPING, [PASS, REWARD_STD])
+
+
+def plot_diminishing_returns(table: pd.DataFrame) -> Figure:
+    """Each RL curve's gain against RL compute; SFT accuracy against SFT compute when recorded."""
+    metric = pick(table, GAIN, PASS)
+    sft = has(table, FLOPS_SFT) and has(table, PASS_BEFORE)
+    fig, axes = _figure(1 + sft)
+    for trial, sub in table.groupby(TRIAL):
+        s = summarize(sub, STEP, metric, at=FLOPS_RL)
+        _errorbar(axes[0], s[s["x"] > 0], str(trial))
+    _log_x(axes[0], [])
+    axes[0].set(xlabel=FLOPS_RL, ylabel=metric)
+    if table[TRIAL].nunique() <= MAX_LEGEND:
+        axes[0].legend(fontsize="small")
+    if sft:
+        trend(axes[1], final_points(table), FLOPS_SFT, PASS_BEFORE)
+    return fig
+
+
+def plot_overoptimization(table: pd.DataFrame) -> Figure | None:
+    """Gold and proxy reward against d = sqrt(KL) with the Gao et al. RL fit of the gold reward."""
+    if not (has(table, KL) and has(table, GOLD_REWARD)):
+        return None
+    points = table.dropna(subset=[KL, GOLD_REWARD])
+    d = np.sqrt(points[KL].clip(lower=0).to_numpy())
+    fig, (ax,) = _figure(1)
+    ax.scatter(d, points[GOLD_REWARD], s=14, label=f"gold ({GOLD_REWARD})")
+    if has(points, PROXY_REWARD):
+        ax.scatter(d, points[PROXY_REWARD], s=14, marker="x", label=f"proxy ({PROXY_REWARD})")
+    if np.unique(d).size >= 3:
+        fit = fit_rl_gold(d, points[GOLD_REWARD])
+        grid = np.linspace(0, d.max(), 100)
+        a, b = fit.params["alpha"], fit.params["beta"]
+        ax.plot(grid, fit.predict(grid), "k--", lw=1, label=f"gold fit d(α − β log d): α={a:.3g}, β={b:.3g}")
+    ax.set(xlabel="d = sqrt(KL(policy || init))", ylabel="reward", title="Reward over-optimization")
+    ax.legend(fontsize="small")
+    return fig
+
+
+PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
+    "rm_data_volume": plot_rm_data_volume,
+    "prompt_diversity": plot_prompt_diversity,
+    "prm_vs_orm": plot_prm_vs_orm,
+    "samples_plateau": plot_samples_plateau,
+    "rm_size_modest": plot_rm_size_modest,
+    "policy_size": plot_policy_size,
+    "ppo_vs_grpo": plot_ppo_vs_grpo,
+    "shaping_stability": plot_shaping_stability,
+    "diminishing_returns": plot_diminishing_returns,
+}
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_plots(table: pd.DataFrame, claims: list[Claim], out_dir: Path) -> dict[str, Path]:
+    """Draw every tested claim's plot (and over-optimization) into ``out_dir``; returns id -> PNG path."""
+    written = {}
+    for claim in claims:
+        if claim.verdict != "not tested":
+            fig = PLOTS[claim.id](table)
+            fig.suptitle(f"{claim.title}: {claim.verdict}")
+            written[claim.id] = save(fig, out_dir / f"{claim.id}.png")
+    if (fig := plot_overoptimization(table)) is not None:
+        written[OVEROPTIMIZATION] = save(fig, out_dir / f"{OVEROPTIMIZATION}.png")
+    return written

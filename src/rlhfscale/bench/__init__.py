@@ -1,0 +1,1 @@
+"""Speed measurements: the machine's matmul peak and the rollout sampler against HF `generate`."""

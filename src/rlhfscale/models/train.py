@@ -1,0 +1,99 @@
+"""Training utilities shared by SFT, RM and RL: batching, the optimizer and its schedule, the SFT loop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .llama import token_logprobs
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``ids [B, T]`` and ``mask [B, T]`` (1 on real tokens)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, T - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def encode_pairs(tok: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """Tokenize (prompt, response) pairs; the response gets the EOS token appended."""
+    p_ids = tok(list(prompts), add_special_tokens=False).input_ids
+    r_ids = tok(list(responses), add_special_tokens=False).input_ids
+    return [(p, r + [tok.eos_token_id]) for p, r in zip(p_ids, r_ids)]
+
+
+def response_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ids [B, T]``, ``attn [B, T]`` and ``loss_mask [B, T-1]`` (1 where token t+1 is a response token)."""
+    ids, attn = left_pad([p + r for p, r in pairs], pad_id, device)
+    is_resp = torch.zeros_like(attn)
+    for i, (_, r) in enumerate(pairs):
+        is_resp[i, attn.shape[1] - len(r):] = 1
+    return ids, attn, is_resp[:, 1:]
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW (β = 0.9, 0.95) with decay on matrices only, as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def sft_loss(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens (teacher forcing)."""
+    logp = token_logprobs(model, ids, attn)  # [B, T-1]
+    return -(logp * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+
+
+def sft_loop(
+    model: PreTrainedModel,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    weight_decay: float,
+    pad_id: int,
+    seed: int,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> list[float]:
+    """Supervised fine-tuning on (prompt, response) token pairs; returns the loss per step."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    opt = adamw(model, lr, weight_decay)
+    losses = []
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * warmup_cosine(step, steps, warmup)
+        idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
+        ids, attn, loss_mask = response_batch([pairs[i] for i in idx], pad_id, device)
+        loss = sft_loss(model, ids, attn, loss_mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, losses[-1], opt.param_groups[0]["lr"])
+    model.eval()
+    return losses

@@ -1,0 +1,90 @@
+"""Reward-model losses: Bradley–Terry on preference pairs, BCE on correctness labels, their
+multi-task mix, and the process (per-step) BCE. Pure functions on tensors.
+
+Symbols: r_c, r_r are the scalar rewards of the chosen and rejected response of a pair,
+m an optional margin, σ the logistic function. Scores are logits (unbounded rewards);
+σ(score) is the model's probability that a response (or step) is correct.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bt_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | None = None) -> Tensor:
+    """Bradley–Terry loss  -log σ(r_c - r_r - m), averaged over pairs.
+
+    chosen, rejected: [B] rewards; margin: [B] or None (no margin). Returns a scalar.
+    """
+    logits = chosen - rejected
+    if margin is not None:
+        logits = logits - margin
+    return -F.logsigmoid(logits).mean()
+
+
+def bce_loss(scores: Tensor, labels: Tensor) -> Tensor:
+    """Binary cross-entropy of outcome labels under σ(scores), averaged over responses.
+
+    scores: [B] logits; labels: [B] in [0, 1], hard (0/1, bool) or soft. Returns a scalar.
+    """
+    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
+
+
+def multitask_loss(
+    pref_chosen: Tensor,
+    pref_rejected: Tensor,
+    cls_scores: Tensor,
+    cls_labels: Tensor,
+    *,
+    weight: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """One reward model trained on preferences and on correctness labels:
+    L = w · L_BT + (1 - w) · L_BCE.
+
+    pref_chosen, pref_rejected: [P] rewards of P preference pairs; cls_scores, cls_labels: [C]
+    logits and labels of C labelled responses. Either part may be empty (P = 0 or C = 0): it then
+    contributes nothing (its term is 0, not NaN) and is left out of the stats; both empty is an error.
+    Returns (scalar loss, stats) with stats keys among `bt`, `bce`, `pair_acc`, `n_pairs`, `n_labels`.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"multitask_loss: weight must be in [0, 1], got {weight}")
+    n_pairs, n_labels = pref_chosen.numel(), cls_scores.numel()
+    if n_pairs == 0 and n_labels == 0:
+        raise ValueError("multitask_loss: no preference pairs and no labelled responses")
+    terms: list[Tensor] = []
+    stats: dict[str, float] = {"n_pairs": float(n_pairs), "n_labels": float(n_labels)}
+    if n_pairs > 0:
+        bt = bt_loss(pref_chosen, pref_rejected)
+        terms.append(weight * bt)
+        stats["bt"] = bt.item()
+        stats["pair_acc"] = pair_accuracy(pref_chosen, pref_rejected)
+    if n_labels > 0:
+        bce = bce_loss(cls_scores, cls_labels)
+        terms.append((1.0 - weight) * bce)
+        stats["bce"] = bce.item()
+    return torch.stack(terms).sum(), stats
+
+
+def prm_loss(step_scores: Tensor, step_labels: Tensor, step_mask: Tensor) -> Tensor:
+    """Process-reward loss: BCE of step labels under σ(step_scores), averaged over valid steps.
+
+    step_scores: [B, S] logits; step_labels: [B, S] in [0, 1] (hard or Monte-Carlo soft);
+    step_mask: [B, S] bool, True at real steps. Masked entries (any values) change nothing.
+    Returns a scalar (0 when no step is valid).
+    """
+    mask = step_mask.bool()
+    labels = torch.where(mask, step_labels.to(step_scores.dtype), 0.0)
+    scores = torch.where(mask, step_scores, 0.0)
+    per_step = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+    return torch.where(mask, per_step, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def pair_accuracy(chosen: Tensor, rejected: Tensor) -> float:
+    """Fraction of pairs with r_c > r_r; a tie counts one half.
+
+    chosen, rejected: [B]. Returns a float (NaN when B = 0).
+    """
+    wins = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+    return wins.mean().item()

@@ -1,0 +1,62 @@
+"""Held-out evaluation: pass@1 (greedy), pass@k and maj@k (sampled)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from math import comb
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..tasks.base import Example, Task
+from .sampler import sample
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+    """The most frequent non-empty answer (first seen wins a tie), or None."""
+    counts = Counter(a for a in answers if a is not None)
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], *, n: int = 1,
+    temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 64,
+    seed: int = 0, batch_size: int = 1024,
+) -> list[list[str]]:
+    """`n` responses (decoded, without EOS) for each prompt, in batches of `batch_size` sequences."""
+    ids = tok(list(prompts), add_special_tokens=False).input_ids
+    flat = [p for p in ids for _ in range(n)]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    texts: list[str] = []
+    for i in range(0, len(flat), batch_size):
+        ro = sample(model, flat[i:i + batch_size], max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=top_p, top_k=top_k, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=gen)
+        texts += tok.batch_decode(ro.response_ids, skip_special_tokens=True)
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def evaluate(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, task: Task, examples: Sequence[Example], *,
+    max_new_tokens: int, k: int = 0, temperature: float = 1.0, seed: int = 0,
+) -> dict[str, float]:
+    """``eval/pass@1`` (greedy) and, when k > 0, ``eval/pass@k`` and ``eval/maj@k`` from k samples."""
+    prompts = [e.prompt for e in examples]
+    greedy = generate(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    out = {"eval/pass@1": sum(task.score(e, r[0]) for e, r in zip(examples, greedy)) / len(examples)}
+    if k > 0:
+        samples = generate(model, tok, prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        correct = [sum(task.score(e, r) >= 1.0 for r in rs) for e, rs in zip(examples, samples)]
+        votes = [majority_vote([task.extract_answer(r) for r in rs]) for rs in samples]
+        out[f"eval/pass@{k}"] = sum(pass_at_k(k, c, k) for c in correct) / len(examples)
+        out[f"eval/maj@{k}"] = sum(v is not None and v == e.answer for e, v in zip(examples, votes)) / len(examples)
+        out["eval/sample_acc"] = sum(correct) / (k * len(examples))
+    return out

@@ -1,0 +1,202 @@
+"""Executors: where stage calls run. The stage code cannot tell which one runs it.
+
+- `LocalExecutor`: a spawn-context process pool on this machine; each worker's threads are the
+  cores divided among the workers (env `RLHFSCALE_THREADS`, `OMP_NUM_THREADS`, `MKL_NUM_THREADS`,
+  read by the stage code). Workers die with the driver (Linux `PR_SET_PDEATHSIG`), so a killed
+  study leaves no process that finishes a stage later. It runs up to `max_workers` stages at once
+  whatever their resource requests (use `max_workers=1` on a single GPU). With `max_workers=1`
+  stages run inside the driver process itself (the thread variables are then set in the driver):
+  the simplest to debug (breakpoints work), but a stage that crashes the interpreter takes the
+  driver with it.
+- `RayExecutor`: the same calls as Ray tasks with the stage's resource request; joins a cluster
+  at `address` or starts a small local instance. The store must be on a filesystem every node
+  sees. Without `max_workers` every ready stage is submitted at once and Ray queues them by
+  resources, so the index's "running" then means "submitted".
+
+Both return `concurrent.futures.Future`s of `StageOutcome`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rlhfscale.errors import BadInput
+from rlhfscale.study.store import Store, publish
+
+THREAD_ENV = ("RLHFSCALE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+RAY_OBJECT_STORE_BYTES = 128 * 1024**2  # a local Ray instance's object store (stage results are small)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """Everything a worker needs to run one stage at one key; picklable."""
+
+    stage: str
+    key: str
+    fn: str  # 'module:function'
+    config: dict[str, Any]  # the full resolved trial config
+    inputs: dict[str, str]  # input stage name -> artifact folder
+    store_root: str
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What came of one stage call."""
+
+    stage: str
+    key: str
+    ok: bool
+    wall_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # one line: exception type and message
+    published: bool = False  # False when the artifact was already there (another run made it)
+
+
+class Executor(Protocol):
+    """Runs stage calls; `capacity` is the most calls in flight at once (None: no limit)."""
+
+    capacity: int | None
+
+    def submit(self, call: StageCall, resources: dict[str, float]) -> Future[StageOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+def one_line(err: BaseException) -> str:
+    """'Type: message' on one line, shortened to MAX_ERROR_CHARS."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _resolve(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _flat_metrics(stage: str, value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in value.items()
+    ):
+        raise TypeError(f"stage {stage!r} must return dict[str, float] metrics, returned {value!r:.80}")
+    return {name: float(number) for name, number in value.items()}
+
+
+def set_thread_env(threads: int) -> None:
+    """Tell the stage code (and OpenMP/MKL) how many threads this worker may use."""
+    os.environ.update({name: str(threads) for name in THREAD_ENV})
+
+
+def run_stage(call: StageCall, threads: int) -> StageOutcome:
+    """Run one stage into a tmp folder, write its summary, publish it atomically.
+
+    A raising stage leaves no artifact; its traceback goes to `<stage>/<key>.error.log`.
+    """
+    set_thread_env(threads)
+    store = Store(call.store_root)
+    tmp = store.new_tmp_dir(call.stage, call.key)
+    start = time.perf_counter()
+    try:
+        metrics = _flat_metrics(call.stage, _resolve(call.fn)(call.config, call.inputs, str(tmp)))
+        summary = tmp / "summary.json"
+        if not summary.exists():
+            summary.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        published = publish(tmp, store.artifact_dir(call.stage, call.key))
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        store.error_log(call.stage, call.key).write_text(traceback.format_exc())
+        return StageOutcome(call.stage, call.key, ok=False, wall_s=time.perf_counter() - start, error=one_line(err))
+    store.error_log(call.stage, call.key).unlink(missing_ok=True)
+    return StageOutcome(call.stage, call.key, True, time.perf_counter() - start, metrics, published=published)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool worker initializer: get SIGKILL when the driver dies (Linux), or exit if it already has."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class LocalExecutor:
+    """A process pool on this machine (in-process when `max_workers` is 1)."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.capacity = max_workers or available_cores()
+        self.threads = max(1, available_cores() // self.capacity)
+        self._pool = self._new_pool() if self.capacity > 1 else None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.capacity,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
+
+    def submit(self, call: StageCall, resources: dict[str, float]) -> Future[StageOutcome]:
+        if self._pool is None:
+            future: Future[StageOutcome] = Future()
+            future.set_result(run_stage(call, self.threads))
+            return future
+        try:
+            return self._pool.submit(run_stage, call, self.threads)
+        except BrokenProcessPool:  # a worker died (e.g. out of memory): start a fresh pool
+            self._pool = self._new_pool()
+            return self._pool.submit(run_stage, call, self.threads)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """Stage calls as Ray tasks, each requesting its stage's resources (num_cpus, num_gpus, ...)."""
+
+    def __init__(self, address: str | None = None, max_workers: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            message = "executor 'ray': expected the ray package, found it not installed (pip install 'rlhfscale[ray]')"
+            raise BadInput(message) from None
+        self._ray = ray
+        self.capacity = max_workers
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray and address:
+            ray.init(address=address, log_to_driver=False)
+        elif self._owns_ray:
+            ray.init(object_store_memory=RAY_OBJECT_STORE_BYTES, include_dashboard=False, log_to_driver=False)
+        self._task = ray.remote(run_stage)
+
+    def submit(self, call: StageCall, resources: dict[str, float]) -> Future[StageOutcome]:
+        threads = max(1, int(resources.get("num_cpus", 1)))
+        return self._task.options(**resources).remote(call, threads).future()
+
+    def close(self) -> None:
+        if self._owns_ray:
+            self._ray.shutdown()
+
+
+def make_executor(kind: str, *, address: str | None = None, max_workers: int | None = None) -> Executor:
+    """'local' or 'ray'; `address` (ray only) joins an existing cluster."""
+    if kind == "ray":
+        return RayExecutor(address, max_workers)
+    return LocalExecutor(max_workers)

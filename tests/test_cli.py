@@ -1,0 +1,33 @@
+"""Bad input to any command: one line naming the key or file, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rlhfscale.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["sft", "rl.lrr=3"], "rl.lrr: unknown key"),
+        (["sft", "sft.steps=many"], "sft.steps: expected"),
+        (["sft", "--config", "nope.yaml"], "nope.yaml: config file not found"),
+        (["rl", "--sft", "no_such_dir"], "no_such_dir: expected an sft run directory"),
+        (["eval", "--policy", "no_such_dir"], "no_such_dir: expected a Hugging Face model folder"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
+    r = run_cli(*args, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_command_is_a_usage_error():
+    r = run_cli("no-such-command")
+    assert r.returncode == 2

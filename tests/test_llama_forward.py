@@ -1,0 +1,145 @@
+"""Our Llama forward against the HF one it reads its weights from."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+from rlhfscale.errors import BadInput
+from rlhfscale.models import llama
+from rlhfscale.models.ladder import build_model
+
+
+def gqa_config(**overrides) -> LlamaConfig:
+    """Grouped-query attention, untied lm_head, non-default θ and eps: what the ladder does not cover."""
+    args = dict(
+        vocab_size=50, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, rope_theta=500.0, rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=0,
+    )  # fmt: skip
+    return LlamaConfig(**(args | overrides))
+
+
+def padded_batch(vocab: int, seed: int = 0):
+    """Rows with left pads, right pads, both, and none: ids, mask [4, 10]."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (4, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[1, 7:] = 0
+    mask[2, :2] = 0
+    mask[2, 8:] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def hf_logits(model, ids, mask):
+    """HF logits with the positions HF generate uses for padded rows."""
+    return model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+
+
+def ladder_model():
+    torch.manual_seed(0)
+    return build_model("nano", 60, seed=3).eval()
+
+
+def gqa_model(**overrides):
+    torch.manual_seed(1)
+    return LlamaForCausalLM(gqa_config(**overrides)).eval()
+
+
+@pytest.mark.parametrize("make", [ladder_model, gqa_model], ids=["ladder", "gqa-untied"])
+def test_logits_match_hf_on_real_tokens(make):
+    model = make()
+    ids, mask = padded_batch(model.config.vocab_size)
+    ours, ref = llama.causal_lm_logits(model, ids, mask), hf_logits(model, ids, mask)
+    real = mask.bool()
+    assert ref[real].abs().max() > 0.05  # the comparison is not between near-zero numbers
+    torch.testing.assert_close(ours[real], ref[real], atol=1e-5, rtol=0)
+
+
+def test_padding_does_not_change_real_tokens():
+    model = gqa_model()
+    ids, mask = padded_batch(model.config.vocab_size)
+    batch = llama.causal_lm_logits(model, ids, mask)
+    for row in range(ids.shape[0]):
+        real = mask[row].bool()
+        alone = llama.causal_lm_logits(model, ids[row, real][None], mask[row, real][None])[0]
+        torch.testing.assert_close(batch[row, real], alone, atol=1e-5, rtol=0)
+
+
+def test_scaled_rope_matches_hf_and_dynamic_is_refused():
+    llama3 = dict(rope_type="llama3", rope_theta=500.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                  original_max_position_embeddings=4)  # fmt: skip
+    model = gqa_model(rope_parameters=llama3, max_position_embeddings=64)
+    ids, mask = padded_batch(model.config.vocab_size)
+    real = mask.bool()
+    torch.testing.assert_close(
+        llama.causal_lm_logits(model, ids, mask)[real], hf_logits(model, ids, mask)[real], atol=1e-5, rtol=0
+    )
+    dynamic = gqa_model(rope_parameters=dict(rope_type="dynamic", rope_theta=500.0, factor=2.0))
+    with pytest.raises(BadInput, match="dynamic"):
+        llama.causal_lm_logits(dynamic, ids, mask)
+
+
+def test_gradients_flow_into_the_hf_parameters():
+    model = gqa_model()
+    ids, mask = padded_batch(model.config.vocab_size)
+    weights = torch.randn(ids.shape[0], ids.shape[1], model.config.vocab_size, generator=torch.Generator().manual_seed(5))
+    real = mask.bool()[..., None]
+    (llama.causal_lm_logits(model, ids, mask) * weights * real).sum().backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    (hf_logits(model, ids, mask) * weights * real).sum().backward()
+    for name, p in model.named_parameters():
+        assert ours[name].abs().max() > 0, name
+        torch.testing.assert_close(ours[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_token_logprobs_and_entropy():
+    model = ladder_model()
+    ids, mask = padded_batch(model.config.vocab_size)
+    logits = hf_logits(model, ids, mask)[:, :-1]
+    real = (mask[:, :-1] * mask[:, 1:]).bool()  # a real token predicted from a real one
+    for temperature in (1.0, 0.5):
+        lp, ent = llama.token_logprobs(model, ids, mask, temperature=temperature, with_entropy=True)
+        logp = (logits / temperature).log_softmax(-1)
+        assert lp.shape == ent.shape == (4, 9)
+        torch.testing.assert_close(lp[real], logp.gather(-1, ids[:, 1:, None])[..., 0][real], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent[real], -(logp.exp() * logp).sum(-1)[real], atol=1e-5, rtol=0)
+    assert (ent > 0).all() and (ent < torch.log(torch.tensor(60.0))).all()
+
+
+def test_backbone_of_a_sequence_classifier():
+    torch.manual_seed(2)
+    model = LlamaForSequenceClassification(gqa_config(num_labels=1)).eval()
+    ids, mask = padded_batch(model.config.vocab_size)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ref = model.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(llama.hidden_states(model.model, ids, mask)[real], ref[real], atol=1e-5, rtol=0)
+
+
+def test_autocast_runs_in_bfloat16_close_to_float32():
+    model = gqa_model()
+    ids, mask = padded_batch(model.config.vocab_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = llama.causal_lm_logits(model, ids, mask)
+    assert low.dtype == torch.bfloat16
+    real = mask.bool()
+    full = llama.causal_lm_logits(model, ids, mask)
+    assert (low.float() - full)[real].abs().max() < 0.05 * full[real].abs().max()
+
+
+@pytest.mark.parametrize("make", [ladder_model, gqa_model], ids=["ladder", "gqa-untied"])
+def test_prefill_then_decode_equals_full_forward(make):
+    model = make()
+    ids, mask = padded_batch(model.config.vocab_size)
+    prompt, rest = ids[[0, 2, 3], :6], ids[[0, 2, 3], 6:]  # left-padded prompts, 4 more tokens each
+    prompt_mask = mask[[0, 2, 3], :6]
+    with torch.inference_mode():
+        weights = llama.decode_weights(model)
+        logits, cache = llama.prefill(model, prompt, prompt_mask, max_len=10)
+        steps = [logits]
+        for t in range(rest.shape[1] - 1):
+            steps.append(llama.decode_step(weights, cache, rest[:, t]))
+        full = llama.causal_lm_logits(model, ids[[0, 2, 3]], torch.cat((prompt_mask, torch.ones_like(rest)), 1))
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:9], atol=1e-5, rtol=0)
+    assert cache.length == 9 and cache.positions.tolist() == [5, 7, 9]

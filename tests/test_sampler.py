@@ -1,0 +1,130 @@
+"""The batched KV-cache sampler against HF `generate` and our own full forward."""
+
+import pytest
+import torch
+
+from rlhfscale.models.ladder import build_model
+from rlhfscale.models.llama import causal_lm_logits, token_logprobs
+from rlhfscale.rollout.sampler import sample
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("nano", 60, seed=7, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    g = torch.Generator().manual_seed(0)
+    return [[BOS, *torch.randint(3, 60, (n,), generator=g).tolist()] for n in (3, 9, 5, 1, 7, 4, 2, 6)]
+
+
+def greedy(model, prompts, eos_id=EOS, max_new_tokens=12):
+    return sample(model, prompts, max_new_tokens=max_new_tokens, temperature=0, eos_id=eos_id, pad_id=PAD)
+
+
+def an_eos_that_stops_some_rows(model, prompts) -> int:
+    """A token greedy decoding emits early in some rows but not in all of them."""
+    ids = greedy(model, prompts, eos_id=-1).response_ids
+    for token in ids[:, :4].flatten().tolist():
+        rows = (ids == token).any(1)
+        if 0 < rows.sum() < len(prompts):
+            return token
+    raise AssertionError("no suitable token in this model's greedy outputs")
+
+
+def test_greedy_equals_hf_generate(model, prompts):
+    eos = an_eos_that_stops_some_rows(model, prompts)
+    ours = greedy(model, prompts, eos_id=eos)
+    hf = model.generate(
+        ours.prompt_ids, attention_mask=ours.prompt_mask, do_sample=False, max_new_tokens=12,
+        pad_token_id=PAD, eos_token_id=eos,
+    )[:, ours.prompt_ids.shape[1] :]  # fmt: skip
+    assert ours.response_ids.shape == hf.shape
+    assert torch.equal(ours.response_ids, hf)
+    assert ours.response_mask.min() == 0  # EOS did stop some rows
+
+
+def test_eos_ends_a_row_and_masks_the_rest(model, prompts):
+    eos = an_eos_that_stops_some_rows(model, prompts)
+    free, stopped = greedy(model, prompts, eos_id=-1), greedy(model, prompts, eos_id=eos)
+    for row in range(len(prompts)):
+        hits = (free.response_ids[row] == eos).nonzero()
+        length = int(hits[0]) + 1 if len(hits) else free.response_ids.shape[1]
+        assert stopped.response_lengths[row] == length
+        assert torch.equal(stopped.response_ids[row, :length], free.response_ids[row, :length])
+        assert (stopped.response_ids[row, length:] == PAD).all() and (stopped.logprobs[row, length:] == 0).all()
+        assert stopped.response_mask[row].tolist() == [1] * length + [0] * (stopped.response_ids.shape[1] - length)
+
+
+def test_loop_stops_when_every_row_has_ended(model, prompts):
+    forced = build_model("nano", 60, seed=7)
+    with torch.no_grad():  # one hidden unit carries a large constant, and EOS is the token most aligned with it
+        forced.model.embed_tokens.weight[:, 0] += 10.0
+        forced.model.embed_tokens.weight[EOS, 0] += 10.0
+        forced.model.norm.weight[1:] = 0.0
+    rollout = sample(forced, prompts, max_new_tokens=12, eos_id=EOS, pad_id=PAD, generator=torch.Generator())
+    assert rollout.response_ids.tolist() == [[EOS]] * len(prompts)
+    assert rollout.response_mask.tolist() == [[1]] * len(prompts)
+
+
+def test_batched_rows_equal_rows_sampled_alone(model, prompts):
+    eos = an_eos_that_stops_some_rows(model, prompts)
+    batch = greedy(model, prompts, eos_id=eos)  # rows finish at different steps: the batch is compacted
+    for row, prompt in enumerate(prompts):
+        alone = greedy(model, [prompt], eos_id=eos)
+        n = int(alone.response_lengths[0])
+        assert torch.equal(batch.response_ids[row, :n], alone.response_ids[0, :n])
+        torch.testing.assert_close(batch.logprobs[row, :n], alone.logprobs[0, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0, 0, 1.0), (1.0, 0, 1.0), (0.7, 5, 0.9)])
+def test_logprobs_equal_a_full_forward(model, prompts, temperature, top_k, top_p):
+    eos = an_eos_that_stops_some_rows(model, prompts)
+    rollout = sample(
+        model, prompts, max_new_tokens=12, temperature=temperature, top_k=top_k, top_p=top_p,
+        eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    P = rollout.prompt_ids.shape[1]
+    full = token_logprobs(model, rollout.sequences, rollout.attention_mask, temperature=temperature or 1.0)
+    expected = full[:, P - 1 :] * rollout.response_mask
+    assert rollout.logprobs.min() < -1.0
+    torch.testing.assert_close(rollout.logprobs, expected, atol=1e-4, rtol=0)
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(model, prompts):
+    reference = greedy(model, prompts).response_ids
+    g = torch.Generator().manual_seed(3)
+    for top_k, top_p in [(1, 1.0), (0, 1e-6)]:
+        kw = dict(max_new_tokens=12, temperature=1.3, top_k=top_k, top_p=top_p, eos_id=EOS, pad_id=PAD, generator=g)
+        assert torch.equal(sample(model, prompts, **kw).response_ids, reference)
+
+
+def test_same_seed_same_tokens(model, prompts):
+    def draw(seed):
+        kw = dict(max_new_tokens=12, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(seed))
+        return sample(model, prompts, **kw).response_ids
+
+    assert torch.equal(draw(4), draw(4))
+    assert not torch.equal(draw(4), draw(5))
+
+
+def test_top_k_keeps_only_the_k_most_likely(model, prompts):
+    rollout = sample(model, prompts, max_new_tokens=12, top_k=3, eos_id=EOS, pad_id=PAD,
+                     generator=torch.Generator().manual_seed(2))  # fmt: skip
+    P = rollout.prompt_ids.shape[1]
+    logits = causal_lm_logits(model, rollout.sequences, rollout.attention_mask)[:, P - 1 : -1]
+    rank = (logits > logits.gather(-1, rollout.response_ids[..., None])).sum(-1)  # 0 = the most likely
+    assert rank[rollout.response_mask.bool()].max() == 2
+
+
+def test_rollout_layout(model, prompts):
+    rollout = sample(model, prompts, max_new_tokens=5, eos_id=EOS, pad_id=PAD, generator=torch.Generator())
+    lengths = torch.tensor([len(p) for p in prompts])
+    assert rollout.prompt_mask.sum(1).tolist() == lengths.tolist()
+    assert (rollout.prompt_ids[rollout.prompt_mask == 0] == PAD).all()
+    assert rollout.prompt_mask[:, -1].all()  # left padding: every prompt ends in the last column
+    assert rollout.sequences.shape == rollout.attention_mask.shape == (len(prompts), rollout.prompt_ids.shape[1] + 5)
+    (torch.ones(1, requires_grad=True) * rollout.logprobs * rollout.response_mask).sum().backward()  # autograd-ready
