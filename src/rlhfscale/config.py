@@ -105,6 +105,25 @@ class EvalConfig(Section):
     k: int = Field(8, ge=1, description="samples per prompt for pass@k and maj@k")
 
 
+class DataConfig(Section):
+    """Reward-model training data: the two data axes of the study."""
+
+    prompts: int = Field(256, ge=1, description="distinct prompts (diversity axis)")
+    responses_per_prompt: int = Field(8, ge=1, description="sampled responses per prompt (volume axis)")
+
+
+class RMConfig(Section):
+    """The reward model: outcome (ORM), process (PRM) or multi-task."""
+
+    kind: Literal["orm", "prm", "multitask"] = "orm"
+    size: str = Field("tiny", description=f"ladder size: {', '.join(LADDER)}")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        return PolicyConfig._size(v)
+
+
 class RunConfig(Section):
     """One pipeline run: every stage's section, a seed and the device."""
 
@@ -115,6 +134,8 @@ class RunConfig(Section):
     policy: PolicyConfig = PolicyConfig()
     sft: SFTConfig = SFTConfig()
     sampling: SamplingConfig = SamplingConfig()
+    data: DataConfig = DataConfig()
+    rm: RMConfig = RMConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
 

@@ -70,14 +70,16 @@ class _Plan:
     store: Store
 
 
-def _plan(spec_path: str | Path, validate: Validate | None, pipeline: Pipeline) -> _Plan:
+def _plan(spec_path: str | Path, validate: Validate | None, pipeline: Pipeline,
+          store: str | Path | None = None) -> _Plan:
+    """Expand and key the study; `store` overrides the spec's store directory."""
     spec = load_spec(spec_path)
     trials = expand(spec, validate)
     try:
         keys, nodes = plan_nodes([trial.config for trial in trials], pipeline)
     except KeyError as err:
         raise BadInput(f"{spec.path}: expected every config key the pipeline reads, found {err.args[0]}") from None
-    return _Plan(spec, trials, keys, nodes, Store(spec.store_root))
+    return _Plan(spec, trials, keys, nodes, Store(store or spec.store_root))
 
 
 def _node_id(node: Node) -> NodeId:
@@ -196,13 +198,15 @@ def _execute(todo: list[Node], store: Store, executor: Executor, reporter: _Repo
 
 
 def run_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline, executor: str | None = None,
-              address: str | None = None, max_workers: int | None = None, progress: bool = True) -> StudyResult:
+              address: str | None = None, max_workers: int | None = None, progress: bool = True,
+              store: str | Path | None = None) -> StudyResult:
     """Run every stage key of the study that has no artifact yet; a finished study runs nothing.
 
     `executor` ('local' | 'ray') and `max_workers` override the spec's; `address` joins a Ray
-    cluster. Failures do not raise: they are in the result (and the store's index).
+    cluster; `store` overrides the spec's store directory. Failures do not raise: they are in
+    the result (and the store's index).
     """
-    plan = _plan(spec_path, validate, pipeline)
+    plan = _plan(spec_path, validate, pipeline, store)
     store, result = plan.store, StudyResult(plan.spec.name, plan.store.root, plan.trials)
     with store.run_lock():
         store.remove_stale_tmp()
@@ -228,9 +232,10 @@ def _skip_reason(trial: Trial, pipeline: Pipeline, stage_name: str) -> str:
     return "an input stage is skipped"
 
 
-def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline) -> StudyStatus:
+def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
+                 store: str | Path | None = None) -> StudyStatus:
     """One row per trial and pipeline stage, and the number of rows per status."""
-    plan = _plan(spec_path, validate, pipeline)
+    plan = _plan(spec_path, validate, pipeline, store)
     rows_by_id = plan.store.stage_rows() if (plan.store.root / "index.sqlite").exists() else {}
     live = plan.store.run_active()
     rows: list[StatusRow] = []
@@ -256,13 +261,13 @@ def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: 
 
 
 def collect_metrics(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
-                    curves: bool = False) -> list[dict[str, Any]]:
+                    curves: bool = False, store: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per trial: id, seed, axis values (dotted keys) and every finished stage's metrics.
 
     With `curves`, one row per trial and point of each stage's `curve.jsonl` instead, the point's
     values (with its `step`) over the trial's metrics and a `curve` key naming the stage.
     """
-    plan = _plan(spec_path, validate, pipeline)
+    plan = _plan(spec_path, validate, pipeline, store)
     metrics = plan.store.metrics() if (plan.store.root / "index.sqlite").exists() else {}
     table: list[dict[str, Any]] = []
     for trial, keys in zip(plan.trials, plan.keys):

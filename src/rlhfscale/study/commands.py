@@ -1,0 +1,63 @@
+"""What `rlhfscale study run|status|report` do: the engine, the pipeline and the analysis wired together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rlhfscale import __version__
+from rlhfscale.study.pipeline import PIPELINE
+from rlhfscale.study.runner import collect_metrics, run_study, study_status
+
+FLOPS_PARTS = ("flops/sft", "flops/rm", "flops/rl")
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config, validated and fully resolved by the pipeline's `RunConfig`."""
+    from rlhfscale.config import RunConfig
+
+    return RunConfig.model_validate(config).model_dump(mode="json")
+
+
+def run(spec: Path, out: Path, *, executor: str | None, address: str | None, max_workers: int | None) -> bool:
+    result = run_study(spec, validate=validate, pipeline=PIPELINE, executor=executor, address=address,
+                       max_workers=max_workers, store=out / "store")
+    console = Console()
+    console.print(f"study {result.study}: {len(result.ran)} stages ran, {result.skipped} already done, "
+                  f"{len(result.failed)} failed, {len(result.blocked)} blocked")
+    for (stage, key), error in result.failed.items():
+        console.print(f"  failed {stage} {key}: {error}")
+    console.print(f"report: {report(spec, out)}")
+    return result.ok
+
+
+def status(spec: Path, out: Path) -> None:
+    st = study_status(spec, validate=validate, pipeline=PIPELINE, store=out / "store")
+    table = Table(title=f"{spec}: " + ", ".join(f"{n} {s}" for s, n in sorted(st.counts.items())))
+    for col in ("trial", "stage", "key", "status", "reason"):
+        table.add_column(col)
+    for row in st.rows:
+        table.add_row(row.trial, row.stage, row.key, row.status, row.reason)
+    Console(width=200).print(table)
+
+
+def analysis_rows(spec: Path, out: Path) -> list[dict[str, Any]]:
+    """Final rows and RL-curve rows of every trial, with `flops/total` filled in."""
+    final = collect_metrics(spec, validate=validate, pipeline=PIPELINE, store=out / "store")
+    curves = collect_metrics(spec, validate=validate, pipeline=PIPELINE, store=out / "store", curves=True)
+    rows = []
+    for row in curves + [r for r in final if r["trial"] not in {c["trial"] for c in curves}]:
+        parts = [row[k] for k in FLOPS_PARTS if isinstance(row.get(k), (int, float))]
+        rows.append({**row, "flops/total": sum(parts)} if parts and "flops/total" not in row else row)
+    return rows
+
+
+def report(spec: Path, out: Path) -> Path:
+    from rlhfscale.analysis.report import write_report
+
+    rows = analysis_rows(spec, out)
+    return write_report(rows, out / "report", spec_text=Path(spec).read_text(), version=__version__,
+                        title=f"rlhfscale study: {Path(spec).stem}")
