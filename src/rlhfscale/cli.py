@@ -21,6 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Run RLHF and measure how it scales.")
 bench_app = typer.Typer(no_args_is_help=True, help="Side-by-side speed benchmarks (print JSON on the last line).")
 app.add_typer(bench_app, name="bench")
+study_app = typer.Typer(no_args_is_help=True, help="Run a grid of pipeline trials and report on the paper's findings.")
+app.add_typer(study_app, name="study")
 
 CONFIG = typer.Option(None, "--config", "-c", help="YAML config file")
 OVERRIDES = typer.Argument(None, help="key=value overrides with dotted keys, e.g. rl.lr=1e-3")
@@ -82,6 +84,38 @@ def demo(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CO
     from .stages import demo as stage
 
     stage.run(cfg, _out(out, "demo"))
+
+
+SPEC = typer.Argument(..., help="study spec (YAML)")
+STUDY_OUT = typer.Option(None, "--out", help="study directory: store/ and report/ (default runs/<spec name>)")
+
+
+@study_app.command("run")
+def study_run(spec: Path = SPEC, out: Optional[Path] = STUDY_OUT,
+              executor: Optional[str] = typer.Option(None, help="local | ray (default: the spec's)"),
+              address: Optional[str] = typer.Option(None, help="Ray cluster address to join"),
+              max_workers: Optional[int] = typer.Option(None, help="stages run at once")) -> None:
+    """Run every stage of the study that is not done yet, then write the report."""
+    from .study import commands
+
+    ok = commands.run(spec, _out(out, spec.stem), executor=executor, address=address, max_workers=max_workers)
+    raise typer.Exit(0 if ok else 1)
+
+
+@study_app.command("status")
+def study_status(spec: Path = SPEC, out: Optional[Path] = STUDY_OUT) -> None:
+    """A table of every trial's stages: done / running / failed / pending, with failure reasons."""
+    from .study import commands
+
+    commands.status(spec, _out(out, spec.stem))
+
+
+@study_app.command("report")
+def study_report(spec: Path = SPEC, out: Optional[Path] = STUDY_OUT) -> None:
+    """Fit, check the claims and write report/ (index.html, claims.json, metrics.csv, PNGs)."""
+    from .study import commands
+
+    typer.echo(f"report: {commands.report(spec, _out(out, spec.stem))}")
 
 
 @bench_app.command("rollout")
