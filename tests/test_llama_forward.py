@@ -9,6 +9,15 @@ from rlhfscale.models import llama
 from rlhfscale.models.ladder import build_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, which stalls when the cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def gqa_config(**overrides) -> LlamaConfig:
     """Grouped-query attention, untied lm_head, non-default θ and eps: what the ladder does not cover."""
     args = dict(
@@ -65,24 +74,35 @@ def test_padding_does_not_change_real_tokens():
         torch.testing.assert_close(batch[row, real], alone, atol=1e-5, rtol=0)
 
 
-def test_scaled_rope_matches_hf_and_dynamic_is_refused():
-    llama3 = dict(rope_type="llama3", rope_theta=500.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                  original_max_position_embeddings=4)  # fmt: skip
-    model = gqa_model(rope_parameters=llama3, max_position_embeddings=64)
+SCALED_ROPE = {
+    "llama3": dict(rope_type="llama3", rope_theta=500.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=4),
+    "yarn": dict(rope_type="yarn", rope_theta=500.0, factor=4.0, original_max_position_embeddings=16),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("rope", SCALED_ROPE.values(), ids=SCALED_ROPE.keys())
+def test_scaled_rope_matches_hf(rope):
+    model = gqa_model(rope_parameters=rope, max_position_embeddings=64)
     ids, mask = padded_batch(model.config.vocab_size)
     real = mask.bool()
-    torch.testing.assert_close(
-        llama.causal_lm_logits(model, ids, mask)[real], hf_logits(model, ids, mask)[real], atol=1e-5, rtol=0
-    )
-    dynamic = gqa_model(rope_parameters=dict(rope_type="dynamic", rope_theta=500.0, factor=2.0))
+    ours, ref = llama.causal_lm_logits(model, ids, mask)[real], hf_logits(model, ids, mask)[real]
+    plain = llama.causal_lm_logits(gqa_model(), ids, mask)[real]
+    assert (ref - plain).abs().max() > 1e-3  # the scaling matters
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+def test_dynamic_rope_is_refused():
+    model = gqa_model(rope_parameters=dict(rope_type="dynamic", rope_theta=500.0, factor=2.0))
+    ids, mask = padded_batch(model.config.vocab_size)
     with pytest.raises(BadInput, match="dynamic"):
-        llama.causal_lm_logits(dynamic, ids, mask)
+        llama.causal_lm_logits(model, ids, mask)
 
 
 def test_gradients_flow_into_the_hf_parameters():
     model = gqa_model()
     ids, mask = padded_batch(model.config.vocab_size)
-    weights = torch.randn(ids.shape[0], ids.shape[1], model.config.vocab_size, generator=torch.Generator().manual_seed(5))
+    weights = torch.randn(*ids.shape, model.config.vocab_size, generator=torch.Generator().manual_seed(5))
     real = mask.bool()[..., None]
     (llama.causal_lm_logits(model, ids, mask) * weights * real).sum().backward()
     ours = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -129,17 +149,18 @@ def test_autocast_runs_in_bfloat16_close_to_float32():
 
 
 @pytest.mark.parametrize("make", [ladder_model, gqa_model], ids=["ladder", "gqa-untied"])
-def test_prefill_then_decode_equals_full_forward(make):
+@pytest.mark.parametrize("prefill_tokens", [2048, 12], ids=["one-group", "groups-of-2-rows"])
+def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, monkeypatch):
+    monkeypatch.setattr(llama, "PREFILL_TOKENS", prefill_tokens)
     model = make()
     ids, mask = padded_batch(model.config.vocab_size)
     prompt, rest = ids[[0, 2, 3], :6], ids[[0, 2, 3], 6:]  # left-padded prompts, 4 more tokens each
     prompt_mask = mask[[0, 2, 3], :6]
     with torch.inference_mode():
-        weights = llama.decode_weights(model)
-        logits, cache = llama.prefill(model, prompt, prompt_mask, max_len=10)
+        logits, cache = llama.prefill(model, prompt, prompt_mask, capacity=6)  # full: the first step doubles it
         steps = [logits]
         for t in range(rest.shape[1] - 1):
-            steps.append(llama.decode_step(weights, cache, rest[:, t]))
+            steps.append(llama.decode_step(model, cache, rest[:, t]))
         full = llama.causal_lm_logits(model, ids[[0, 2, 3]], torch.cat((prompt_mask, torch.ones_like(rest)), 1))
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:9], atol=1e-5, rtol=0)
-    assert cache.length == 9 and cache.positions.tolist() == [5, 7, 9]
+    assert cache.length == 9 and cache.k.shape[3] == 12 and cache.positions.tolist() == [5, 7, 9]

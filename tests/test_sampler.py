@@ -5,9 +5,18 @@ import torch
 
 from rlhfscale.models.ladder import build_model
 from rlhfscale.models.llama import causal_lm_logits, token_logprobs
-from rlhfscale.rollout.sampler import sample
+from rlhfscale.rollout.sampler import next_tokens, sample, truncate
 
 PAD, BOS, EOS = 0, 1, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, which stalls when the cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +44,21 @@ def an_eos_that_stops_some_rows(model, prompts) -> int:
     raise AssertionError("no suitable token in this model's greedy outputs")
 
 
+def a_batch_to_compact(model, prompts) -> tuple[list[list[int]], int]:
+    """Prompts and an EOS id with which half of the rows end at the first token and the others never.
+
+    The sampler then drops the finished half from its batch after one step.
+    """
+    ids = greedy(model, prompts, eos_id=-1).response_ids
+    for row, token in enumerate(ids[:, 0].tolist()):
+        others = [prompts[i] for i in range(len(prompts)) if not (ids[i] == token).any()]
+        if len(others) >= 2:
+            return [prompts[row]] * len(others) + others, token
+    raise AssertionError("no suitable token in this model's greedy outputs")
+
+
 def test_greedy_equals_hf_generate(model, prompts):
-    eos = an_eos_that_stops_some_rows(model, prompts)
+    prompts, eos = a_batch_to_compact(model, prompts)
     ours = greedy(model, prompts, eos_id=eos)
     hf = model.generate(
         ours.prompt_ids, attention_mask=ours.prompt_mask, do_sample=False, max_new_tokens=12,
@@ -71,8 +93,8 @@ def test_loop_stops_when_every_row_has_ended(model, prompts):
 
 
 def test_batched_rows_equal_rows_sampled_alone(model, prompts):
-    eos = an_eos_that_stops_some_rows(model, prompts)
-    batch = greedy(model, prompts, eos_id=eos)  # rows finish at different steps: the batch is compacted
+    prompts, eos = a_batch_to_compact(model, prompts)
+    batch = greedy(model, prompts, eos_id=eos)
     for row, prompt in enumerate(prompts):
         alone = greedy(model, [prompt], eos_id=eos)
         n = int(alone.response_lengths[0])
@@ -98,8 +120,8 @@ def test_top_k_1_and_tiny_top_p_are_greedy(model, prompts):
     reference = greedy(model, prompts).response_ids
     g = torch.Generator().manual_seed(3)
     for top_k, top_p in [(1, 1.0), (0, 1e-6)]:
-        kw = dict(max_new_tokens=12, temperature=1.3, top_k=top_k, top_p=top_p, eos_id=EOS, pad_id=PAD, generator=g)
-        assert torch.equal(sample(model, prompts, **kw).response_ids, reference)
+        kw = dict(max_new_tokens=12, temperature=1.3, top_k=top_k, top_p=top_p, eos_id=EOS, pad_id=PAD)
+        assert torch.equal(sample(model, prompts, generator=g, **kw).response_ids, reference)
 
 
 def test_same_seed_same_tokens(model, prompts):
@@ -112,8 +134,8 @@ def test_same_seed_same_tokens(model, prompts):
 
 
 def test_top_k_keeps_only_the_k_most_likely(model, prompts):
-    rollout = sample(model, prompts, max_new_tokens=12, top_k=3, eos_id=EOS, pad_id=PAD,
-                     generator=torch.Generator().manual_seed(2))  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    rollout = sample(model, prompts, max_new_tokens=12, top_k=3, eos_id=EOS, pad_id=PAD, generator=g)
     P = rollout.prompt_ids.shape[1]
     logits = causal_lm_logits(model, rollout.sequences, rollout.attention_mask)[:, P - 1 : -1]
     rank = (logits > logits.gather(-1, rollout.response_ids[..., None])).sum(-1)  # 0 = the most likely
@@ -126,5 +148,27 @@ def test_rollout_layout(model, prompts):
     assert rollout.prompt_mask.sum(1).tolist() == lengths.tolist()
     assert (rollout.prompt_ids[rollout.prompt_mask == 0] == PAD).all()
     assert rollout.prompt_mask[:, -1].all()  # left padding: every prompt ends in the last column
-    assert rollout.sequences.shape == rollout.attention_mask.shape == (len(prompts), rollout.prompt_ids.shape[1] + 5)
+    width = rollout.prompt_ids.shape[1] + 5
+    assert rollout.sequences.shape == rollout.attention_mask.shape == (len(prompts), width)
     (torch.ones(1, requires_grad=True) * rollout.logprobs * rollout.response_mask).sum().backward()  # autograd-ready
+
+
+def test_nucleus_is_the_smallest_set_reaching_top_p():
+    logp = torch.tensor([[0.05, 0.5, 0.15, 0.3]]).log()
+
+    def kept(top_k, top_p):
+        return torch.isfinite(truncate(logp, top_k, top_p))[0].tolist()
+
+    assert kept(0, 0.75) == [False, True, False, True]  # 0.5 + 0.3 reaches 0.75
+    assert kept(0, 0.85) == [False, True, True, True]
+    assert kept(2, 0.85) == [False, True, False, True]  # top-k first, then the nucleus of what is left
+    assert kept(3, 0.52) == [False, True, False, False]  # after top-k, 0.5 renormalises to 0.5 / 0.95 > 0.52
+
+
+def test_draws_follow_the_tempered_distribution():
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0]).expand(40_000, 4)
+    tokens, logprobs = next_tokens(logits, 0.5, 0, 1.0, torch.Generator().manual_seed(0))
+    expected = (logits[0] / 0.5).softmax(-1)
+    frequencies = torch.bincount(tokens, minlength=4) / len(tokens)
+    torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
+    torch.testing.assert_close(logprobs, expected.log()[tokens])

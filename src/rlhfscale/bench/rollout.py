@@ -41,9 +41,28 @@ def _seconds(fn) -> float:
 
 
 def run_rollout_bench(
-    size: str = "micro", batch: int = 256, new_tokens: int = 32, seed: int = 0, device: str = "cpu", repeats: int = 3
+    size: str = "micro",
+    batch: int = 256,
+    new_tokens: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    repeats: int = 3,
+    threads: int | None = None,
 ) -> dict:
-    """Time our sampler and HF `generate` on the same work; tokens per second and their ratio."""
+    """Time our sampler and HF `generate` on the same work; tokens per second and their ratio.
+
+    `threads` sets torch's CPU thread count for the run (None: leave it as it is).
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or previous_threads)
+    try:
+        return _bench(size, batch, new_tokens, seed, device, repeats)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench(size, batch, new_tokens, seed, device, repeats) -> dict:
+    """The measurement of `run_rollout_bench`, at the current thread count."""
     tok = build_tokenizer()
     ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     model = build_model(size, len(tok), seed=seed, **ids).to(device).eval()
@@ -54,8 +73,10 @@ def run_rollout_bench(
         sample(model, prompts, max_new_tokens=new_tokens, eos_id=-1, pad_id=tok.pad_token_id, generator=generator)
 
     hf_inputs = tok.pad([{"input_ids": p} for p in prompts], return_tensors="pt").to(device)
-    hf_kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
-                     min_new_tokens=new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    hf_kwargs = dict(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
 
     def hf():
         torch.manual_seed(seed)
@@ -77,4 +98,5 @@ def run_rollout_bench(
         "ratio_vs_hf": hf_s / ours_s,
         "peak_flops": peak,
         "peak_frac": 2 * params * tokens / ours_s / peak,
+        "threads": torch.get_num_threads(),
     }

@@ -4,9 +4,9 @@ The HF classes are the storage format. Every function here reads the
 parameters of a `LlamaModel` backbone in place (`model.model` of a
 `LlamaForCausalLM` or of a `LlamaForSequenceClassification`), so gradients
 flow into the HF model and `save_pretrained` saves what was trained. What we
-gain over calling the HF model is a short, fixed sequence of tensor ops: no
-mask factories, cache objects or output dataclasses, the per-call overhead
-that dominates tiny models on a CPU.
+gain over calling the HF model: a short, fixed sequence of tensor ops (no mask
+factories or output objects), and decoding into a cache written in place
+(HF's default cache concatenates every layer's keys and values at every step).
 
 One decoder layer on x [B, T, D], with H query heads and Hkv key/value heads
 of size Dh (query head i reads key/value head i // (H / Hkv)):
@@ -19,15 +19,16 @@ Positions count real tokens only (`attention_mask.cumsum(-1) - 1`), so a
 left-padded prompt gets the positions it would have unpadded, as in HF
 `generate`; pads are masked as keys wherever they sit in the row.
 
-Incremental decoding (`prefill`, then `decode_step` once per token) keeps
-keys and values in a `KVCache` preallocated for the whole rollout, and runs
-on `DecodeWeights`: the same weights with q/k/v and gate/up fused into one
-matrix each, copied once without gradient because sampling needs none.
+The same layer code serves every use; what differs is how a layer attends:
+within the sequence (`hidden_states`, training and scoring), within the
+prompt while filling a `KVCache` (`prefill`), or from one new token to the
+cache (`decode_step`, once per sampled token).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,10 @@ from rlhfscale.errors import BadInput
 
 # RoPE variants whose frequencies do not depend on the sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# `prefill` runs the prompts in groups of rows of about this many tokens: on a
+# CPU a group's activations then stay in cache (a quarter faster for the ladder
+# models), and the matmuls remain large enough to fill a GPU.
+PREFILL_TOKENS = 2048
 
 
 def check_config(config: LlamaConfig) -> None:
@@ -59,7 +64,7 @@ def rope_frequencies(config: LlamaConfig, device: torch.device) -> tuple[torch.T
     rope_type = config.rope_parameters.get("rope_type", "default")
     if rope_type != "default":
         return ROPE_INIT_FUNCTIONS[rope_type](config, device)
-    dim = config.head_dim or config.hidden_size // config.num_attention_heads
+    dim = config.head_dim
     theta = config.rope_parameters["rope_theta"]
     return 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim), 1.0
 
@@ -97,60 +102,52 @@ def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
     return causal & (attention_mask.bool()[:, None, None, :] | diagonal)
 
 
-@dataclass
-class KVCache:
-    """Keys and values of every layer, preallocated for a whole rollout.
-
-    k, v: [L, B, Hkv, T_max, Dh], filled in columns [0, length).
-    mask: [B, 1, 1, T_max], additive: 0 for real tokens, -inf for prompt pads.
-    positions: [B], the RoPE position of each row's next token.
-    """
-
-    k: torch.Tensor
-    v: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-    length: int
-
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """The cache of the batch rows `rows` [B'] only (drops finished sequences)."""
-        return KVCache(self.k[:, rows], self.v[:, rows], self.mask[rows], self.positions[rows], self.length)
+def positions_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions [B, T]: the index of each token among the real ones (pads get their neighbour's)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _layer(layer, x, cos, sin, mask):
-    """One HF `LlamaDecoderLayer` on x [B, T, D] -> (x [B, T, D], k, v [B, Hkv, T, Dh])."""
+def _self_attention(q, k, v, mask):
+    """softmax(q kᵀ / √Dh + mask) v within one sequence: q [B, H, T, Dh], k, v [B, Hkv, T, Dh]."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _layer(layer, x, cos, sin, attend):
+    """One HF `LlamaDecoderLayer` on x [B, T, D]; attend(q, k, v) -> [B, H, T, Dh] is its attention."""
     attn, mlp = layer.self_attn, layer.mlp
     B, T, _ = x.shape
     h = rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
     q = attn.q_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, H, T, Dh]
     k = attn.k_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
     v = attn.v_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+    a = attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
     x = x + attn.o_proj(a.transpose(1, 2).reshape(B, T, -1))
     h = rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-    return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h)), k, v
+    return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
 
 
-def _forward(backbone: LlamaModel, input_ids, attention_mask, cache: KVCache | None = None):
-    """Final-normed hidden states [B, T, D]; stores every layer's k, v in `cache` when given."""
+def _decoder(backbone: LlamaModel, input_ids, positions, attend) -> torch.Tensor:
+    """Final-normed hidden states [B, T, D] of input_ids [B, T] at positions [B, T].
+
+    attend(i, q, k, v) is the attention of layer i.
+    """
     check_config(backbone.config)
     x = backbone.embed_tokens(input_ids)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
     cos, sin = rope_cos_sin(*rope_frequencies(backbone.config, x.device), positions, x.dtype)
     cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, Dh]: the same angles for every head
-    mask = attention_mask_4d(attention_mask)
     for i, layer in enumerate(backbone.layers):
-        x, k, v = _layer(layer, x, cos, sin, mask)
-        if cache is not None:
-            cache.k[i, :, :, : k.shape[2]] = k
-            cache.v[i, :, :, : v.shape[2]] = v
+        x = _layer(layer, x, cos, sin, partial(attend, i))
     return rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)
 
 
 def hidden_states(backbone: LlamaModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Final-normed hidden states [B, T, D] of input_ids [B, T] (pads: attention_mask [B, T] == 0)."""
-    return _forward(backbone, input_ids, attention_mask)
+    mask = attention_mask_4d(attention_mask)
+
+    def attend(i, q, k, v):
+        return _self_attention(q, k, v, mask)
+
+    return _decoder(backbone, input_ids, positions_of(attention_mask), attend)
 
 
 def causal_lm_logits(model: LlamaForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -168,7 +165,7 @@ def token_logprobs(
     """log p(x_t | x_<t) [B, T-1] for t = 1..T-1 under softmax(logits / temperature).
 
     With `with_entropy`, also the entropy [B, T-1] of each of those next-token
-    distributions. Computed in float32 (or wider) whatever the model dtype.
+    distributions. Computed in float32 whatever the model dtype.
     """
     h = hidden_states(model.model, input_ids, attention_mask)[:, :-1]
     logp = (model.lm_head(h).float() / temperature).log_softmax(-1)  # [B, T-1, V]
@@ -179,109 +176,88 @@ def token_logprobs(
 
 
 @dataclass
-class LayerWeights:
-    """One layer's weights for decoding: q/k/v stacked as rows of `qkv`, gate/up of `gate_up`."""
+class KVCache:
+    """Keys and values of every layer, for decoding one token at a time.
 
-    attn_norm: torch.Tensor  # [D]
-    qkv: torch.Tensor  # [(H + 2 Hkv) Dh, D]
-    qkv_bias: torch.Tensor | None
-    o: torch.Tensor  # [D, H Dh]
-    o_bias: torch.Tensor | None
-    mlp_norm: torch.Tensor  # [D]
-    gate_up: torch.Tensor  # [2 F, D]
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor  # [D, F]
-    down_bias: torch.Tensor | None
+    k, v: [L, B, Hkv, C, Dh], C the capacity; columns [0, length) hold the
+        prompt and the tokens fed so far, the others are zeros.
+    mask: [B, 1, 1, C], additive: 0 on real tokens, -inf on prompt pads and
+        on columns not written yet.
+    positions: [B], the RoPE position of each row's next token.
 
+    A step attends over all C columns, the mask hiding the unwritten ones,
+    rather than over the slice [:length]: the whole buffer is contiguous, which
+    a CPU reads about twice as fast as the strided slice. The capacity doubles
+    when full, so at most half of what a step reads is masked.
+    """
 
-@dataclass
-class DecodeWeights:
-    """A `LlamaForCausalLM` laid out for one-token steps (a detached copy: refresh after training)."""
+    k: torch.Tensor
+    v: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    length: int
 
-    config: LlamaConfig
-    embed: torch.Tensor  # [V, D]
-    layers: list[LayerWeights]
-    norm: torch.Tensor  # [D]
-    lm_head: torch.Tensor  # [V, D]
-    inv_freq: torch.Tensor  # [Dh/2]
-    rope_scale: float
+    @classmethod
+    def for_prompts(cls, model: LlamaForCausalLM, attention_mask: torch.Tensor, capacity: int) -> KVCache:
+        """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns."""
+        config, (B, P), emb = model.config, attention_mask.shape, model.model.embed_tokens.weight
+        shape = (config.num_hidden_layers, B, config.num_key_value_heads, capacity, config.head_dim)
+        mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=emb.dtype, device=emb.device)
+        mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
+        zeros = partial(torch.zeros, shape, dtype=emb.dtype, device=emb.device)
+        return cls(zeros(), zeros(), mask, positions=attention_mask.long().sum(-1), length=P)
 
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """The cache of the batch rows `rows` [B'] only (drops finished sequences)."""
+        return KVCache(self.k[:, rows], self.v[:, rows], self.mask[rows], self.positions[rows], self.length)
 
-def _fused(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weights (and biases, if any) of `nn.Linear`s sharing an input, stacked along the output dim."""
-    weight = torch.cat([lin.weight for lin in linears])
-    biases = [lin.bias for lin in linears]
-    return weight, None if biases[0] is None else torch.cat(biases)
+    def open_column(self) -> None:
+        """Make room for one more token: unmask column `length`, doubling the capacity if full."""
+        if self.length == self.k.shape[3]:
+            self.k = torch.cat((self.k, torch.zeros_like(self.k)), dim=3)
+            self.v = torch.cat((self.v, torch.zeros_like(self.v)), dim=3)
+            self.mask = torch.cat((self.mask, torch.full_like(self.mask, float("-inf"))), dim=-1)
+        self.mask[..., self.length] = 0
 
-
-@torch.no_grad()
-def decode_weights(model: LlamaForCausalLM) -> DecodeWeights:
-    """Fuse a model's projections for `decode_step`: one qkv and one gate_up matrix per layer."""
-    backbone = model.model
-    check_config(backbone.config)
-    layers = []
-    for layer in backbone.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        qkv, qkv_bias = _fused(attn.q_proj, attn.k_proj, attn.v_proj)
-        gate_up, gate_up_bias = _fused(mlp.gate_proj, mlp.up_proj)
-        layers.append(LayerWeights(
-            layer.input_layernorm.weight.detach(), qkv, qkv_bias, attn.o_proj.weight.detach(), attn.o_proj.bias,
-            layer.post_attention_layernorm.weight.detach(), gate_up, gate_up_bias,
-            mlp.down_proj.weight.detach(), mlp.down_proj.bias,
-        ))  # fmt: skip
-    inv_freq, scale = rope_frequencies(backbone.config, backbone.embed_tokens.weight.device)
-    return DecodeWeights(
-        backbone.config, backbone.embed_tokens.weight.detach(), layers, backbone.norm.weight.detach(),
-        model.lm_head.weight.detach(), inv_freq, scale,
-    )  # fmt: skip
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store one token's k, v [B, Hkv, 1, Dh] in column `length`; attend q [B, H, 1, Dh] to the cache."""
+        B, H, _, Dh = q.shape
+        self.k[layer, :, :, self.length] = k[:, :, 0]
+        self.v[layer, :, :, self.length] = v[:, :, 0]
+        keys, values = self.k[layer], self.v[layer]  # [B, Hkv, C, Dh]
+        q = q.reshape(B, keys.shape[1], -1, Dh)  # the query heads that share a key/value head
+        scores = (q @ keys.transpose(-2, -1)) * Dh**-0.5 + self.mask  # [B, Hkv, H/Hkv, C]
+        return (scores.float().softmax(-1).to(values.dtype) @ values).view(B, H, 1, Dh)
 
 
 def prefill(
-    model: LlamaForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int
+    model: LlamaForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int
 ) -> tuple[torch.Tensor, KVCache]:
     """Run left-padded prompts [B, P] through the model, caching keys and values.
 
-    Returns the next-token logits [B, V] at the last column and a `KVCache` with
-    room for max_len columns in total (prompt included).
+    Returns the next-token logits [B, V] at the last column and a `KVCache` of
+    `capacity` >= P columns. Prompts go through in groups of about
+    `PREFILL_TOKENS` tokens.
     """
-    config = model.config
     B, P = input_ids.shape
-    emb = model.model.embed_tokens.weight
-    head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
-    shape = (config.num_hidden_layers, B, config.num_key_value_heads, max_len, head_dim)
-    mask = torch.zeros(B, 1, 1, max_len, dtype=emb.dtype, device=emb.device)
-    mask[:, 0, 0, :P].masked_fill_(attention_mask == 0, float("-inf"))
-    cache = KVCache(
-        k=torch.empty(shape, dtype=emb.dtype, device=emb.device),
-        v=torch.empty(shape, dtype=emb.dtype, device=emb.device),
-        mask=mask,
-        positions=attention_mask.long().sum(-1),
-        length=P,
-    )
-    h = _forward(model.model, input_ids, attention_mask, cache)
-    return model.lm_head(h[:, -1]), cache
+    cache = KVCache.for_prompts(model, attention_mask, capacity)
+    causal, positions = attention_mask_4d(attention_mask), positions_of(attention_mask)
+
+    def attend(rows, i, q, k, v):
+        cache.k[i, rows, :, :P], cache.v[i, rows, :, :P] = k, v
+        return _self_attention(q, k, v, causal[rows])
+
+    logits, group = [], max(1, PREFILL_TOKENS // P)
+    for rows in (slice(start, start + group) for start in range(0, B, group)):
+        h = _decoder(model.model, input_ids[rows], positions[rows], partial(attend, rows))
+        logits.append(model.lm_head(h[:, -1]))
+    return torch.cat(logits), cache
 
 
-def decode_step(w: DecodeWeights, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
     """Feed one token per row, tokens [B]; returns next-token logits [B, V] and advances the cache."""
-    config, t = w.config, cache.length
-    B, H, Hkv = tokens.shape[0], config.num_attention_heads, config.num_key_value_heads
-    eps, head_dim = config.rms_norm_eps, cache.k.shape[-1]
-    cos, sin = rope_cos_sin(w.inv_freq, w.rope_scale, cache.positions[:, None], w.embed.dtype)  # [B, 1, Dh]
-    mask = cache.mask[..., : t + 1]  # [B, 1, 1, t+1]
-    x = F.embedding(tokens, w.embed)  # [B, D]
-    for i, lw in enumerate(w.layers):
-        qkv = F.linear(rms_norm(x, lw.attn_norm, eps), lw.qkv, lw.qkv_bias).view(B, H + 2 * Hkv, head_dim)
-        q, k = apply_rope(qkv[:, : H + Hkv], cos, sin).split((H, Hkv), dim=1)
-        cache.k[i, :, :, t] = k
-        cache.v[i, :, :, t] = qkv[:, H + Hkv :]
-        keys, values = cache.k[i, :, :, : t + 1], cache.v[i, :, :, : t + 1]  # [B, Hkv, t+1, Dh]
-        q = q.reshape(B, Hkv, H // Hkv, head_dim)  # the query heads that share a key/value head
-        scores = (q @ keys.transpose(-2, -1)) * head_dim**-0.5 + mask  # [B, Hkv, H/Hkv, t+1]
-        a = scores.float().softmax(-1).to(values.dtype) @ values  # [B, Hkv, H/Hkv, Dh]
-        x = x + F.linear(a.view(B, H * head_dim), lw.o, lw.o_bias)
-        gate, up = F.linear(rms_norm(x, lw.mlp_norm, eps), lw.gate_up, lw.gate_up_bias).chunk(2, dim=-1)
-        x = x + F.linear(F.silu(gate) * up, lw.down, lw.down_bias)
+    cache.open_column()
+    h = _decoder(model.model, tokens[:, None], cache.positions[:, None], cache.attend)
     cache.length += 1
     cache.positions += 1
-    return F.linear(rms_norm(x, w.norm, eps), w.lm_head)
+    return model.lm_head(h[:, 0])
