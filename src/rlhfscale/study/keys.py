@@ -37,6 +37,9 @@ class StageDef(BaseModel):
         description="Dotted prefixes of the trial config this stage depends on, e.g. ['task', 'seed'].",
     )
     inputs: list[str] = Field(default_factory=list, description="Names of upstream stages.")
+    optional_inputs: list[str] = Field(
+        default_factory=list, description="Upstream stages used when the trial runs them (enabled), else left out."
+    )
     resources: dict[str, float] = Field(
         default_factory=lambda: {"num_cpus": 1, "num_gpus": 0},
         description="Resource request of one call, e.g. {'num_cpus': 1, 'num_gpus': 0} (used by Ray).",
@@ -102,7 +105,7 @@ def check_pipeline(pipeline: Pipeline) -> None:
     for stage in pipeline:
         if stage.name in seen:
             raise ValueError(f"pipeline: stage {stage.name!r} appears twice")
-        missing = [name for name in stage.inputs if name not in seen]
+        missing = [name for name in stage.inputs + stage.optional_inputs if name not in seen]
         if missing:
             raise ValueError(f"pipeline: stage {stage.name!r} needs {missing} defined before it")
         seen.add(stage.name)
@@ -116,7 +119,7 @@ def trial_keys(config: dict[str, Any], pipeline: Pipeline) -> dict[str, str]:
             continue
         if any(name not in keys for name in stage.inputs):
             continue
-        inputs = {name: keys[name] for name in stage.inputs}
+        inputs = {name: keys[name] for name in stage.inputs + stage.optional_inputs if name in keys}
         subset = config_subset(config, stage.config_keys)
         keys[stage.name] = stage_key(stage.name, subset, inputs, stage.version)
     return keys
@@ -130,6 +133,6 @@ def plan_nodes(configs: list[dict[str, Any]], pipeline: Pipeline) -> tuple[list[
     for stage in pipeline:
         for config, keys in zip(configs, per_trial):
             if stage.name in keys and (stage.name, keys[stage.name]) not in nodes:
-                input_keys = {name: keys[name] for name in stage.inputs}
+                input_keys = {name: keys[name] for name in stage.inputs + stage.optional_inputs if name in keys}
                 nodes[(stage.name, keys[stage.name])] = Node(stage, keys[stage.name], config, input_keys)
     return per_trial, list(nodes.values())
