@@ -164,3 +164,13 @@ def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, monkeypat
         full = llama.causal_lm_logits(model, ids[[0, 2, 3]], torch.cat((prompt_mask, torch.ones_like(rest)), 1))
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:9], atol=1e-5, rtol=0)
     assert cache.length == 9 and cache.k.shape[3] == 12 and cache.positions.tolist() == [5, 7, 9]
+
+
+def test_decode_step_builds_the_rope_table_of_a_cache_made_without_one():
+    model = gqa_model()
+    ids, mask = padded_batch(model.config.vocab_size)
+    prompt, prompt_mask, nxt = ids[[0, 3], :6], mask[[0, 3], :6], ids[[0, 3], 6]
+    with torch.inference_mode():
+        _, cache = llama.prefill(model, prompt, prompt_mask, capacity=8)
+        bare = llama.KVCache(cache.k.clone(), cache.v.clone(), cache.mask.clone(), cache.positions.clone(), cache.length)
+        torch.testing.assert_close(llama.decode_step(model, bare, nxt), llama.decode_step(model, cache, nxt))

@@ -5,6 +5,7 @@ import torch
 
 from rlhfscale.models.ladder import build_model
 from rlhfscale.models.llama import causal_lm_logits, token_logprobs
+from rlhfscale.rollout import sampler
 from rlhfscale.rollout.sampler import next_tokens, sample, truncate
 
 PAD, BOS, EOS = 0, 1, 2
@@ -172,3 +173,17 @@ def test_draws_follow_the_tempered_distribution():
     frequencies = torch.bincount(tokens, minlength=4) / len(tokens)
     torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
     torch.testing.assert_close(logprobs, expected.log()[tokens])
+
+
+def test_the_cache_is_allocated_once_with_room_for_every_fed_token(model, prompts, monkeypatch):
+    capacities, decode_step = [], sampler.decode_step
+
+    def spy(model, cache, tokens):
+        logits = decode_step(model, cache, tokens)
+        capacities.append((cache.k.shape[3], cache.length))
+        return logits
+
+    monkeypatch.setattr(sampler, "decode_step", spy)
+    greedy(model, prompts, eos_id=-1, max_new_tokens=12)
+    P = max(len(p) for p in prompts)
+    assert capacities == [(P + 11, P + n) for n in range(1, 12)]  # the 12th token is sampled, never fed

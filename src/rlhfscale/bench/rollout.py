@@ -3,9 +3,10 @@
 Both sample (temperature 1, no top-k / top-p) the same prompts from the same
 randomly initialised ladder model and produce exactly batch × new_tokens
 tokens: EOS never ends a row early (HF: `min_new_tokens`; ours: an EOS id
-outside the vocabulary), so the work is equal. Each side gets a warm-up call,
-then the two are timed alternately and the best time of each is kept, which
-damps the noise of a shared machine.
+outside the vocabulary), so the work is equal; the warm-up call of each side
+checks that it is. Then the two are timed alternately, `repeats` times each;
+`ratio_vs_hf` compares the best times, which damps the noise of a shared
+machine, and `ratio_vs_hf_median` the medians.
 
 `peak_frac` is the fraction of the measured fp32 matmul peak that our sampler
 reaches, counting 2·N FLOPs per generated token with N the parameters that
@@ -17,6 +18,7 @@ cache and the prompt prefill are left out, so the figure is slightly low).
 from __future__ import annotations
 
 import random
+import statistics
 import time
 
 import torch
@@ -46,7 +48,7 @@ def run_rollout_bench(
     new_tokens: int = 32,
     seed: int = 0,
     device: str = "cpu",
-    repeats: int = 3,
+    repeats: int = 5,
     threads: int | None = None,
 ) -> dict:
     """Time our sampler and HF `generate` on the same work; tokens per second and their ratio.
@@ -70,7 +72,7 @@ def _bench(size, batch, new_tokens, seed, device, repeats) -> dict:
 
     def ours():
         generator = torch.Generator(device).manual_seed(seed)
-        sample(model, prompts, max_new_tokens=new_tokens, eos_id=-1, pad_id=tok.pad_token_id, generator=generator)
+        return sample(model, prompts, max_new_tokens=new_tokens, eos_id=-1, pad_id=tok.pad_token_id, generator=generator)
 
     hf_inputs = tok.pad([{"input_ids": p} for p in prompts], return_tensors="pt").to(device)
     hf_kwargs = dict(
@@ -81,22 +83,27 @@ def _bench(size, batch, new_tokens, seed, device, repeats) -> dict:
     def hf():
         torch.manual_seed(seed)
         with torch.inference_mode():
-            model.generate(**hf_inputs, **hf_kwargs)
+            return model.generate(**hf_inputs, **hf_kwargs)
 
-    ours(), hf()  # warm-up
-    ours_s, hf_s = float("inf"), float("inf")
-    for _ in range(repeats):
-        ours_s, hf_s = min(ours_s, _seconds(ours)), min(hf_s, _seconds(hf))
     tokens = batch * new_tokens
+    generated = (int(ours().response_mask.sum()), hf().shape[1] - hf_inputs["input_ids"].shape[1])  # warm-up
+    if generated != (tokens, new_tokens):
+        raise RuntimeError(f"rollout bench: expected {tokens} tokens, {new_tokens} per row; found {generated}")
+    ours_s, hf_s = [], []
+    for _ in range(repeats):
+        ours_s.append(_seconds(ours))
+        hf_s.append(_seconds(hf))
     params = non_embedding_params(size) + model.lm_head.weight.numel()
     peak = measure_matmul_peak(device)
     return {
         "size": size,
         "params": params,
-        "ours_tok_s": tokens / ours_s,
-        "hf_tok_s": tokens / hf_s,
-        "ratio_vs_hf": hf_s / ours_s,
+        "ours_tok_s": tokens / min(ours_s),
+        "hf_tok_s": tokens / min(hf_s),
+        "ratio_vs_hf": min(hf_s) / min(ours_s),
+        "ratio_vs_hf_median": statistics.median(hf_s) / statistics.median(ours_s),
         "peak_flops": peak,
-        "peak_frac": 2 * params * tokens / ours_s / peak,
+        "peak_frac": 2 * params * tokens / min(ours_s) / peak,
         "threads": torch.get_num_threads(),
+        "repeats": repeats,
     }

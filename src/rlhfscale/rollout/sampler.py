@@ -2,7 +2,8 @@
 
     prompts ─left-pad─▶ prefill ─▶ logits ─▶ next token ─▶ decode_step ─▶ logits ─▶ …
 
-Each step feeds one token per unfinished row through `models.llama.decode_step`.
+Each step feeds one token per unfinished row through `models.llama.decode_step`,
+into a cache allocated once with room for the prompts and every token fed.
 A row finishes at EOS (kept in the response) or after `max_new_tokens`; when
 half of the rows still in the batch have finished, they are dropped from the
 batch and the cache, so long stragglers do not drag finished rows along.
@@ -57,11 +58,8 @@ class Rollout:
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists -> ids, mask [B, max length], right-aligned (pads on the left)."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, -len(p) :] = torch.tensor(p)
-        mask[row, -len(p) :] = 1
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     return ids.to(device), mask.to(device)
 
 
@@ -142,33 +140,30 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,
     device = model.model.embed_tokens.weight.device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     (B, P), R = prompt_ids.shape, max_new_tokens
-    logits, cache = prefill(model, prompt_ids, prompt_mask, capacity=min(P + R, 2 * P))
+    logits, cache = prefill(model, prompt_ids, prompt_mask, capacity=P + R - 1)  # the last token is not fed
 
     tokens_out = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     logprobs_out = torch.zeros((B, R), dtype=torch.float32, device=device)
-    mask_out = torch.zeros((B, R), dtype=torch.long, device=device)
     rows = torch.arange(B, device=device)  # batch row of each sequence still in the loop
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(R):
         tokens, logprobs = next_tokens(logits, temperature, top_k, top_p, generator)
-        tokens_out[rows, step] = tokens
-        logprobs_out[rows, step] = logprobs
-        mask_out[rows, step] = (~done).long()
-        done = done | (tokens == eos_id)
-        alive = int(done.numel() - done.sum())
+        tokens_out[rows, step], logprobs_out[rows, step] = tokens, logprobs
+        done |= tokens == eos_id
+        alive = len(done) - int(done.sum())
         if alive == 0 or step == R - 1:
             break
-        if alive <= done.numel() // 2:  # compact: keep only the unfinished rows
+        if alive <= len(done) // 2:  # compact: keep only the unfinished rows
             keep = (~done).nonzero().squeeze(1)
             rows, tokens, done, cache = rows[keep], tokens[keep], done[keep], cache.select(keep)
         logits = decode_step(model, cache, tokens)
 
-    n = step + 1
-    mask_out = mask_out[:, :n]
+    eos = tokens_out[:, : step + 1] == eos_id
+    mask = (eos.cumsum(-1) - eos.long()) == 0  # up to and including each row's first EOS
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        response_ids=tokens_out[:, :n].masked_fill(mask_out == 0, pad_id),
-        response_mask=mask_out,
-        logprobs=logprobs_out[:, :n].masked_fill(mask_out == 0, 0.0),
+        response_ids=tokens_out[:, : step + 1].masked_fill(~mask, pad_id),
+        response_mask=mask.long(),
+        logprobs=logprobs_out[:, : step + 1].masked_fill(~mask, 0.0),
     )
