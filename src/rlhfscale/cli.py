@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +37,20 @@ def _run_config(config: Optional[Path], overrides: Optional[list[str]]) -> RunCo
     return load_config(RunConfig, config, overrides or [])
 
 
+@contextmanager
+def _nonfinite_exits_1():
+    """A training run stopped by a NaN or inf: one line naming step and quantity, exit 1 (traceback with --debug)."""
+    from .rl.trainer import NonFiniteError
+
+    try:
+        yield
+    except NonFiniteError as e:
+        if "--debug" in sys.argv:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def sft(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
         out: Optional[Path] = typer.Option(None, help="run directory (default runs/sft)")) -> None:
@@ -50,6 +65,7 @@ def sft(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CON
 @app.command()
 def rl(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
        sft_dir: Optional[Path] = typer.Option(None, "--sft", help="run directory of an `sft` run to start from"),
+       rm_dir: Optional[Path] = typer.Option(None, "--rm", help="run directory of a `train-rm` run (its rm/ folder)"),
        out: Optional[Path] = typer.Option(None, help="run directory (default runs/rl)")) -> None:
     """Policy optimization (GRPO, RLOO, REINFORCE++, PPO) from an SFT run or a checkpoint."""
     cfg = _run_config(config, overrides)
@@ -58,9 +74,14 @@ def rl(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONF
         if not (sft_dir / "policy" / "config.json").is_file():
             raise BadInput(f"{sft_dir}: expected an sft run directory with policy/config.json, found none")
         inputs["sft"] = str(sft_dir)
+    if rm_dir is not None:
+        if not (rm_dir / "rm" / "config.json").is_file():
+            raise BadInput(f"{rm_dir}: expected a reward-model run directory with rm/config.json, found none")
+        inputs["rm"] = str(rm_dir)
     from .stages import rl as stage
 
-    summary = stage.run(cfg, inputs, _out(out, "rl"))
+    with _nonfinite_exits_1():
+        summary = stage.run(cfg, inputs, _out(out, "rl"))
     typer.echo(json.dumps(summary))
 
 
@@ -83,7 +104,86 @@ def demo(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CO
     cfg = _run_config(config, overrides)
     from .stages import demo as stage
 
-    stage.run(cfg, _out(out, "demo"))
+    with _nonfinite_exits_1():
+        stage.run(cfg, _out(out, "demo"))
+
+
+def _run_dir(path: Path, marker: str, what: str) -> str:
+    """`path` as a stage input, if it holds `marker`; else bad input."""
+    if not (path / marker).is_file():
+        raise BadInput(f"{path}: expected {what} with {marker}, found none")
+    return str(path)
+
+
+SFT_DIR = typer.Option(None, "--sft", help="sft run directory: its policy/ samples and completes responses")
+
+
+@app.command("train-rm")
+def train_rm(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
+             sft_dir: Optional[Path] = SFT_DIR,
+             data: Optional[Path] = typer.Option(None, help="label run directory to train on (skips sample and label)"),
+             pairs: Optional[Path] = typer.Option(None, help="preference pairs (jsonl: prompt, chosen, rejected)"),
+             outcomes: Optional[Path] = typer.Option(None, help="labelled responses (jsonl: prompt, response, label)"),
+             steps: Optional[Path] = typer.Option(None, help="step-labelled responses (jsonl: prompt, steps, labels)"),
+             heldout_pairs: Optional[Path] = typer.Option(None, help="held-out preference pairs (jsonl)"),
+             heldout_steps: Optional[Path] = typer.Option(None, help="held-out gold step labels (jsonl)"),
+             out: Optional[Path] = typer.Option(None, help="run directory (default runs/rm)")) -> None:
+    """Train an ORM, PRM or multi-task RM (rm.kind): sample -> label -> rm, or on given data."""
+    cfg = _run_config(config, overrides)
+    run_dir = _out(out, "rm")
+    inputs = {"sft": _run_dir(sft_dir, "policy/config.json", "an sft run directory")} if sft_dir else {}
+    files = {"pairs": pairs, "outcomes": outcomes, "steps": steps, "heldout_pairs": heldout_pairs,
+             "heldout_steps": heldout_steps}
+    inputs |= {name: str(path) for name, path in files.items() if path is not None}
+    if data is not None:
+        inputs["label"] = _run_dir(data, "outcomes.jsonl", "a label run directory")
+    elif not any(files.values()):
+        from .stages import label, sample
+
+        sample.run(cfg, inputs, run_dir / "sample")
+        label.run(cfg, inputs | {"sample": str(run_dir / "sample")}, run_dir / "label")
+        inputs["label"] = str(run_dir / "label")
+    from .stages import rm as stage
+
+    typer.echo(json.dumps(stage.run(cfg, inputs, run_dir)))
+
+
+@app.command("label-steps")
+def label_steps(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
+                sft_dir: Optional[Path] = SFT_DIR,
+                samples: Optional[Path] = typer.Option(None, help="sample run directory to label (default: sample now)"),
+                out: Optional[Path] = typer.Option(None, help="run directory (default runs/label)")) -> None:
+    """Monte-Carlo step labels (Math-Shepherd), with outcome, pair and gold step labels beside them."""
+    cfg = _run_config(config, overrides)
+    run_dir = _out(out, "label")
+    if sft_dir is None and not cfg.policy.path:
+        raise BadInput("label-steps: expected a policy to complete step prefixes (--sft or policy.path), found neither")
+    inputs = {"sft": _run_dir(sft_dir, "policy/config.json", "an sft run directory")} if sft_dir else {}
+    from .stages import label as stage, sample
+
+    if samples is None:
+        sample.run(cfg, inputs, run_dir / "sample")
+        samples = run_dir / "sample"
+    inputs["sample"] = _run_dir(samples, "train.jsonl", "a sample run directory")
+    typer.echo(json.dumps(stage.run(cfg, inputs, run_dir)))
+
+
+@app.command()
+def bon(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG, sft_dir: Optional[Path] = SFT_DIR,
+        policy: Optional[Path] = typer.Option(None, help="policy folder (instead of --sft)"),
+        rm: list[Path] = typer.Option([], "--rm", help="reward-model run directory or folder; repeat for ORM and PRM"),
+        out: Optional[Path] = typer.Option(None, help="run directory (default runs/bon)")) -> None:
+    """Best-of-N curves (ORM, PRM under each aggregation, majority vote, oracle) on one pool of samples."""
+    cfg = _run_config(config, overrides)
+    inputs = {"sft": _run_dir(sft_dir, "policy/config.json", "an sft run directory")} if sft_dir else {}
+    if policy is not None:
+        inputs["policy"] = _run_dir(policy, "config.json", "a policy folder")
+    for i, path in enumerate(rm):
+        inputs[f"rm{i}"] = _run_dir(path, "rm/config.json" if (path / "rm").is_dir() else "config.json",
+                                    "a reward-model run directory or folder")
+    from .stages import bon as stage
+
+    typer.echo(json.dumps(stage.run(cfg, inputs, _out(out, "bon"))))
 
 
 SPEC = typer.Argument(..., help="study spec (YAML)")
@@ -128,6 +228,41 @@ def bench_rollout(size: str = "micro", batch: int = 256, new_tokens: int = 32,
     if not as_json:
         for k, v in result.items():
             typer.echo(f"{k:>14s}  {v}")
+    typer.echo(json.dumps(result))
+
+
+@bench_app.command("rl")
+def bench_rl(vs: str = typer.Option("trl", "--vs", help="what to compare against (trl)"),
+             sizes: str = typer.Option("micro,tiny", help="ladder sizes, comma-separated; the first is reported at top level"),
+             prompts: int = 16, n: int = 8,
+             new_tokens: int = typer.Option(0, help="max new tokens (0: 16 for micro, 32 for tiny)"),
+             steps: int = typer.Option(5, help="timed steps per side per round"),
+             rounds: int = typer.Option(2, help="alternating rounds; each side keeps its best"),
+             bf16: bool = typer.Option(False, help="bf16 autocast on both sides"),
+             as_json: bool = typer.Option(False, "--json", help="print only the JSON line")) -> None:
+    """Our GRPO step against TRL's GRPOTrainer on the same model, task and batch (needs the `bench` extra)."""
+    if vs != "trl":
+        raise BadInput(f"bench rl --vs: expected 'trl', found {vs!r}")
+    from .bench.rl import run_rl_bench
+
+    result = run_rl_bench(tuple(s for s in sizes.split(",") if s), prompts=prompts, n=n, new_tokens=new_tokens,
+                          steps=steps, rounds=rounds, bf16=bf16)
+    if not as_json:
+        for k, v in result.items():
+            typer.echo(f"{k:>22s}  {v}")
+    typer.echo(json.dumps(result))
+
+
+@bench_app.command("rm")
+def bench_rm(out: Optional[Path] = typer.Option(None, help="where the runs go (default: a temporary directory)"),
+             as_json: bool = typer.Option(False, "--json", help="print only the JSON line")) -> None:
+    """The arithmetic RM figures in one run: ORM pair accuracy, PRM step F1, Best-of-16 against pass@1."""
+    from .bench.rm import run_rm_bench
+
+    result = run_rm_bench(out)
+    if not as_json:
+        for k, v in result.items():
+            typer.echo(f"{k:>16s}  {v}")
     typer.echo(json.dumps(result))
 
 

@@ -78,24 +78,74 @@ class SamplingConfig(Section):
 
 
 class RLConfig(Section):
-    """Policy optimization (the GRPO family; PPO with a critic)."""
+    """Policy optimization: PPO (critic + GAE), GRPO, RLOO and REINFORCE++, one loop, pluggable estimators."""
 
-    algorithm: Literal["grpo", "rloo", "reinforce++", "ppo"] = "grpo"
+    enabled: bool = Field(True, description="study trials: run policy optimization")
+    algorithm: Literal["grpo", "rloo", "reinforce++", "ppo"] = Field(
+        "grpo", description="advantage estimator: grpo, rloo, reinforce++, or ppo (gae with a learned critic)")
     steps: int = Field(200, ge=0, description="rollout batches")
     prompts_per_step: int = Field(32, ge=1)
-    n_samples: int = Field(8, ge=1, description="responses per prompt (n)")
-    lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
-    clip_coef: float = Field(0.2, gt=0)
-    loss_agg: Literal["token", "sequence", "group"] = "token"
-    norm_std: bool = Field(True, description="divide group advantages by the group std (GRPO)")
-    kl_coef: float = Field(0.0, ge=0, description="KL(pi || pi_ref) coefficient; 0 skips the reference model")
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    eval_every: int = Field(50, ge=0, description="held-out pass@1 every this many steps (0: only at the end)")
+    n_samples: int = Field(8, ge=1, description="responses per prompt (n); 1 makes grpo/rloo use the batch as the group")
     n_train_prompts: int = Field(4000, ge=1, description="distinct training prompts the sampler draws from")
+    # optimizer
+    lr: float = Field(1e-3, gt=0, description="policy learning rate (AdamW)")
+    warmup: int = Field(0, ge=0, description="linear learning-rate warm-up steps, then constant")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.95, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip, policy and critic separately")
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch (shuffled minibatches)")
+    # policy loss
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip ε")
+    loss_agg: Literal["token", "sequence", "group"] = Field(
+        "token", description="mean over all tokens, over each response then responses, or over each group then groups")
+    norm_std: bool = Field(True, description="divide advantages by the std (group std for grpo, batch std otherwise)")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
+    # KL to the reference (the starting policy)
+    kl_coef: float = Field(0.0, ge=0, description="KL(π ‖ π_ref) coefficient β (the initial one when kl_target is set)")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_in: Literal["auto", "reward", "loss"] = Field(
+        "auto", description="where β·KL goes: per-token in the reward, or in the loss; auto: reward for ppo and "
+        "reinforce++, loss for grpo and rloo")
+    kl_target: float | None = Field(None, gt=0, description="adaptive β: target KL per response (nats); None: β fixed")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive β horizon, in responses")
+    # PPO critic
+    gamma: float = Field(1.0, ge=0, le=1, description="discount γ (gae, reinforce++)")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    critic_init: Literal["policy", "rm"] = Field("policy", description="critic backbone: the policy's or the ORM's")
+    critic_lr: float = Field(1e-3, gt=0, description="critic learning rate")
+    clip_coef_value: float | None = Field(0.2, gt=0, description="value clip around the rollout values; None: unclipped")
+    # reward
+    reward: dict[Literal["rule", "orm", "prm"], float] = Field(
+        default_factory=lambda: {"rule": 1.0},
+        description="reward sources and their weights: rule (the task's verifier), orm (outcome or multi-task RM), "
+        "prm (process RM)")
+    orm_path: str | None = Field(None, description="ORM folder (default: the `rm` input run's model)")
+    prm_path: str | None = Field(None, description="PRM folder (default: the `rm` input run's model)")
+    prm_mode: Literal["aggregate", "dense"] = Field(
+        "aggregate", description="PRM as one score per response, or σ(step score) on each step's last token")
+    prm_agg: Literal["min", "last", "mean", "prod"] = Field("min", description="step aggregation for prm_mode=aggregate")
+    # reward shaping (on the proxy score of each response)
+    shaping: Literal["none", "normalize", "asymmetric"] = "none"
+    norm_mode: Literal["batch", "group", "running"] = Field("batch", description="statistics for shaping=normalize")
+    shrink_pos: float = Field(0.5, ge=0, description="asymmetric: factor on deviations above the reference")
+    shrink_neg: float = Field(1.0, ge=0, description="asymmetric: factor on deviations below the reference")
+    shrink_reference: Literal["zero", "batch", "group"] = Field("batch", description="asymmetric: reference point r0")
+    shrink_bound: float | None = Field(None, gt=0, description="asymmetric: clamp to [-bound, bound]; None: no clamp")
+    reward_clip: float | None = Field(None, gt=0, description="clamp shaped scores to [-c, c]; None: no clamp")
+    length_penalty: float = Field(0.0, ge=0, description="subtract this per response token beyond length_target")
+    length_target: int = Field(0, ge=0)
+    # compute and logging
+    bf16: bool = Field(False, description="bf16 autocast for every model forward/backward (CPU with avx512_bf16, GPU)")
+    eval_every: int = Field(50, ge=0, description="held-out pass@1 every this many steps (0: only at the end)")
+
+    @field_validator("reward")
+    @classmethod
+    def _reward(cls, v: dict[str, float]) -> dict[str, float]:
+        if not any(v.values()):
+            raise ValueError(f"expected at least one reward source with a non-zero weight, found {v!r}")
+        return v
 
 
 class EvalConfig(Section):
@@ -110,18 +160,52 @@ class DataConfig(Section):
 
     prompts: int = Field(256, ge=1, description="distinct prompts (diversity axis)")
     responses_per_prompt: int = Field(8, ge=1, description="sampled responses per prompt (volume axis)")
+    source: Literal["policy", "corrupt"] = Field(
+        "policy", description="responses from the policy, or (chat task) gold solutions corrupted at random levels")
+    heldout_prompts: int = Field(64, ge=0, description="test-split prompts whose responses evaluate the RM (0: none)")
+    mc_rollouts: int = Field(
+        8, ge=0, description="policy completions per step prefix for Monte-Carlo step labels (0: none)")
+    rater_temperature: float = Field(
+        0.1, ge=0, description="noise of the simulated raters of training pairs: P(a > b) = sigmoid((g_a - g_b) / T), "
+        "g the gold scores; 0: the gold preference")
 
 
 class RMConfig(Section):
     """The reward model: outcome (ORM), process (PRM) or multi-task."""
 
+    enabled: bool = Field(False, description="study trials: sample, label, train and Best-of-N-evaluate an RM")
     kind: Literal["orm", "prm", "multitask"] = "orm"
     size: str = Field("tiny", description=f"ladder size: {', '.join(LADDER)}")
+    init: Literal["auto", "policy", "scratch"] = Field(
+        "auto", description="policy: copy the backbone of rm.init_path, else of the SFT policy; scratch: a fresh "
+        "rm.size model; auto: policy when rm.init_path is set or the SFT policy is of rm.size, else scratch")
+    init_path: str | None = Field(
+        None, description="causal LM folder whose backbone starts the RM (e.g. an SFT run of rm.size)")
+    loss: Literal["bt", "bce"] = Field(
+        "bt", description="ORM objective: Bradley-Terry on preference pairs, or BCE on correctness labels")
+    multitask_weight: float = Field(0.5, ge=0, le=1, description="multitask RM: w in w * BT + (1 - w) * BCE")
+    labels: Literal["gold", "mc_hard", "mc_soft"] = Field(
+        "mc_hard", description="PRM step labels: the gold step checker, or Monte-Carlo: whether any completion / "
+        "the fraction of completions from the step reaches the right answer")
+    aggregation: Literal["min", "last", "mean", "prod"] = Field("min", description="PRM: step scores -> response score")
+    steps: int = Field(300, ge=0, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="pairs, labelled responses or step-labelled responses per step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW, linear warm-up, cosine decay)")
+    warmup: int = Field(20, ge=0, description="warm-up steps")
+    weight_decay: float = Field(0.0, ge=0)
 
     @field_validator("size")
     @classmethod
     def _size(cls, v: str) -> str:
         return PolicyConfig._size(v)
+
+
+class BonConfig(Section):
+    """Best-of-N evaluation of reward models on one pool of policy samples per held-out prompt."""
+
+    prompts: int = Field(128, ge=1, description="held-out (test-split) prompts")
+    n_max: int = Field(64, ge=1, description="samples per prompt in the pool; curves at N = 1, 2, 4, ... up to it")
+    draws: int = Field(32, ge=1, description="random N-subsets per prompt for the majority-vote curve")
 
 
 class RunConfig(Section):
@@ -136,6 +220,7 @@ class RunConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
     data: DataConfig = DataConfig()
     rm: RMConfig = RMConfig()
+    bon: BonConfig = BonConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
 

@@ -12,7 +12,7 @@ from rlhfscale import __version__
 from rlhfscale.study.pipeline import PIPELINE
 from rlhfscale.study.runner import collect_metrics, run_study, study_status
 
-FLOPS_PARTS = ("flops/sft", "flops/rm", "flops/rl")
+FLOPS_PARTS = ("flops/sft", "flops/sample", "flops/label", "flops/rm", "flops/rl")
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:

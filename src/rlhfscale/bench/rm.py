@@ -1,0 +1,73 @@
+"""The arithmetic reward-model figures in one run, through the same stages the CLI runs.
+
+1. SFT a micro policy to a middling held-out accuracy, and a tiny model further (the RMs' backbone:
+   an RM starts from an SFT model of its own size, as in the paper);
+2. sample k responses to each of P training prompts and label them: verifier outcomes, correct vs
+   incorrect pairs, gold step labels and Monte-Carlo step labels (m completions per step prefix);
+3. train a tiny ORM (Bradley–Terry on the pairs) and a tiny PRM (on the hard Monte-Carlo labels);
+4. Best-of-N on one pool of 64 samples per held-out prompt.
+
+Returned (and printed last by ``rlhfscale bench rm --json``): the ORM's pair accuracy and the
+PRM's step F1 on the pool, the policy's greedy pass@1, Best-of-16 under the better RM and by
+majority vote, and the wall time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from ..config import RunConfig, merge
+from ..stages import bon, label, rm, sample, sft
+
+BENCH = {
+    "seed": 0,
+    "task": {"name": "arithmetic"},
+    "policy": {"size": "micro"},
+    "sft": {"steps": 500, "batch_size": 64, "lr": 5e-3},
+    "eval": {"n_prompts": 200},
+    "data": {"prompts": 1024, "responses_per_prompt": 4, "heldout_prompts": 64, "mc_rollouts": 4},
+    "rm": {"size": "tiny", "steps": 300, "batch_size": 32, "lr": 1e-3},
+    "bon": {"prompts": 100, "n_max": 64},
+}
+RM_BACKBONE = {"policy": {"size": "tiny"}, "sft": {"steps": 400, "lr": 3e-3}}
+
+
+def config(*overrides: dict) -> RunConfig:
+    """The bench config with `overrides` (nested dicts) merged in, in order."""
+    data = BENCH
+    for extra in overrides:
+        data = merge(data, extra)
+    return RunConfig.model_validate(data)
+
+
+def run_rm_bench(out: str | Path | None = None) -> dict:
+    """Run the whole chain under `out` (default: a temporary directory); the headline figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _bench(Path(out) if out is not None else Path(tmp))
+
+
+def _bench(root: Path) -> dict:
+    start = time.perf_counter()
+    cfg = config()
+    sft.run(cfg, {}, root / "policy")
+    sft.run(config(RM_BACKBONE), {}, root / "rm_backbone")
+    policy = {"sft": str(root / "policy")}
+    sample.run(cfg, policy, root / "sample")
+    label.run(cfg, policy | {"sample": str(root / "sample")}, root / "label")
+    backbone = {"rm": {"init": "policy", "init_path": str(root / "rm_backbone" / "policy")}}
+    labels = {"label": str(root / "label")}
+    rm.run(config(backbone, {"rm": {"kind": "orm"}}), labels, root / "orm")
+    rm.run(config(backbone, {"rm": {"kind": "prm", "labels": "mc_hard"}}), labels, root / "prm")
+    b = bon.run(cfg, policy | {"rm_orm": str(root / "orm"), "rm_prm": str(root / "prm")}, root / "bon")
+    best_by = max(["orm"] + [f"prm_{how}" for how in ("min", "last", "mean", "prod")], key=lambda k: b[f"bon/{k}@16"])
+    return {
+        "orm_pair_acc": b["orm/pair_acc"],
+        "prm_step_f1": b["prm/step_f1"],
+        "policy_pass@1": b["eval/pass@1"],
+        "bon16_best": b[f"bon/{best_by}@16"],
+        "bon16_best_by": best_by,
+        "bon16_majority": b["bon/majority@16"],
+        "wall_s": time.perf_counter() - start,
+    }

@@ -1,0 +1,151 @@
+"""Reward sources: what scores the policy's responses during RL, combined with weights.
+
+A source maps a rollout to one score per response (``[B]``, an outcome reward)
+or to a reward per response token (``[B, R]``, dense). `rl.reward` names the
+sources and their weights, e.g. ``{rule: 1.0}`` or ``{orm: 1.0, rule: 0.5}``:
+
+    rule  the task's verifier: 1 for a correct final answer, 0 otherwise (outcome)
+    orm   an outcome reward model, or the multi-task RM (it scores like one): its logit (outcome)
+    prm   a process reward model: σ(step logits) aggregated into one score by `rl.prm_agg`
+          (`rl.prm_mode=aggregate`, outcome), or σ(step logit) on each step's last token (`dense`)
+
+The weighted outcome sources add up to the proxy score, the dense ones to the
+dense rewards. The gold reward (the verifier) is computed beside the proxy every
+time, whether or not `rule` is one of the sources, so that reward hacking shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..config import RLConfig
+from ..errors import BadInput
+from ..models.ladder import count_non_embedding
+from ..models.reward import RewardModel, load_reward_model
+from ..rollout.sampler import Rollout
+from ..tasks.base import Example, Task
+
+# score(examples, responses, rollout) -> [B] (outcome) or [B, R] (dense)
+ScoreFn = Callable[[Sequence[Example], list[str], Rollout], Tensor]
+
+
+@dataclass
+class Rewards:
+    """What the reward gives one rollout batch of B responses with R response columns."""
+
+    scores: Tensor  # [B] proxy outcome score: the weighted outcome sources
+    dense: Tensor  # [B, R] proxy per-token rewards: the weighted dense sources (0 where none)
+    gold: Tensor  # [B] the task's verifier score
+    parts: dict[str, float]  # "rl/reward_<source>": the batch mean of each source, unweighted
+
+
+@dataclass
+class Source:
+    score: ScoreFn
+    dense: bool = False  # True: score returns [B, R]
+    params: int = 0  # non-embedding parameters of the model it runs (0 for a verifier), for FLOPs
+
+
+def rule_source(task: Task) -> Source:
+    """The task's verifier on the decoded responses."""
+
+    def score(examples, responses, rollout):
+        return torch.tensor([task.score(e, r) for e, r in zip(examples, responses)], device=rollout.logprobs.device)
+
+    return Source(score)
+
+
+def orm_source(rm: RewardModel) -> Source:
+    """An outcome (or multi-task) RM's score of each prompt + response."""
+
+    @torch.no_grad()
+    def score(examples, responses, rollout):
+        return rm.score(rollout.sequences, rollout.attention_mask, rollout.response_mask).float()
+
+    return Source(score, params=count_non_embedding(rm.model))
+
+
+def prm_source(rm: RewardModel, mode: str) -> Source:
+    """A process RM: aggregated into one score per response, or σ(step logit) on each step-end token."""
+
+    @torch.no_grad()
+    def dense(examples, responses, rollout):
+        logits, ends = rm.step_scores(rollout.sequences, rollout.attention_mask, rollout.response_mask)
+        return torch.where(ends, torch.sigmoid(logits.float()), 0.0)
+
+    @torch.no_grad()
+    def aggregate(examples, responses, rollout):
+        return rm.score(rollout.sequences, rollout.attention_mask, rollout.response_mask).float()
+
+    return Source(dense if mode == "dense" else aggregate, dense=mode == "dense", params=count_non_embedding(rm.model))
+
+
+class Reward:
+    """The proxy reward: a weighted sum of sources; the gold reward (the verifier) beside it."""
+
+    def __init__(self, task: Task, sources: dict[str, tuple[float, Source]]):
+        self.task, self.sources = task, sources
+
+    @property
+    def params(self) -> int:
+        """Non-embedding parameters of every reward model it runs (one forward per token each)."""
+        return sum(source.params for _, source in self.sources.values())
+
+    def __call__(self, examples: Sequence[Example], responses: list[str], rollout: Rollout) -> Rewards:
+        mask = rollout.response_mask
+        scores = torch.zeros(mask.shape[0], device=mask.device)
+        dense = torch.zeros(mask.shape, device=mask.device)
+        gold = torch.tensor([self.task.score(e, r) for e, r in zip(examples, responses)], device=mask.device)
+        parts = {}
+        for name, (weight, source) in self.sources.items():
+            value = source.score(examples, responses, rollout)
+            if source.dense:
+                dense = dense + weight * value
+                parts[f"rl/reward_{name}"] = value.sum(-1).mean().item()
+            else:
+                scores = scores + weight * value
+                parts[f"rl/reward_{name}"] = value.mean().item()
+        return Rewards(scores, dense, gold, parts)
+
+
+def rm_path(rl: RLConfig, kind: str, rm_run: str | None) -> Path:
+    """The folder of the `kind` RM: ``rl.<kind>_path``, else the model of the `rm` input run (``<run>/rm``)."""
+    path = rl.orm_path if kind == "orm" else rl.prm_path
+    if path:
+        return Path(path)
+    if rm_run:
+        return Path(rm_run) / "rm"
+    raise BadInput(f"config: field 'rl.{kind}_path': expected an {kind.upper()} folder for rl.reward.{kind} "
+                   f"(or an rm input run), found none")
+
+
+def load_rm(rl: RLConfig, kind: str, tok, rm_run: str | None, device: str) -> RewardModel:
+    """Load the `kind` RM ("orm" also takes the multi-task RM, which scores like one); it must be of that kind
+    and share the policy's tokenizer, since it scores the policy's token ids."""
+    path = rm_path(rl, kind, rm_run)
+    rm = load_reward_model(path, device, aggregation=rl.prm_agg)
+    if rm.kind != kind:
+        raise BadInput(f"{path}: expected an {kind.upper()} for rl.reward.{kind}, found a {rm.kind.upper()}")
+    if rm.tok.get_vocab() != tok.get_vocab():
+        raise BadInput(f"{path}: expected the policy's tokenizer, found a different vocabulary")
+    return rm
+
+
+def build_reward(rl: RLConfig, task: Task, tok, device: str, rm_run: str | None = None) -> Reward:
+    """The reward `rl.reward` describes (sources with non-zero weights), its RMs loaded onto `device`."""
+    sources = {}
+    for name, weight in rl.reward.items():
+        if weight == 0:
+            continue
+        if name == "rule":
+            sources[name] = (weight, rule_source(task))
+        elif name == "orm":
+            sources[name] = (weight, orm_source(load_rm(rl, "orm", tok, rm_run, device)))
+        else:
+            sources[name] = (weight, prm_source(load_rm(rl, "prm", tok, rm_run, device), rl.prm_mode))
+    return Reward(task, sources)

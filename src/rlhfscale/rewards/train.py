@@ -1,0 +1,115 @@
+"""The reward-model training loop (CleanRL style): ORM on pairs and/or labels, PRM on step labels.
+
+An outcome RM step scores B chosen, B rejected and B labelled sequences in one forward and takes
+`multitask_loss`: w · Bradley–Terry + (1 - w) · BCE (w = 1: pairs only, w = 0: labels only; an
+empty part contributes nothing). A process RM step reads its logits at the step ends of B
+step-labelled sequences and takes `prm_loss`. Batches are drawn with replacement; AdamW with
+linear warm-up and cosine decay, gradients clipped to norm 1, as in SFT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from ..models.reward import orm_scores, prm_token_scores
+from ..models.train import adamw, left_pad, warmup_cosine
+from .losses import multitask_loss, prm_loss
+
+Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
+Labelled = tuple[list[int], float]  # token sequence, correctness label in [0, 1]
+Stepped = tuple[list[int], list[int], list[float]]  # token sequence, step-end indices, step labels
+
+
+@dataclass
+class RMData:
+    """Encoded training data (see `rewards.data`); an ORM uses pairs and outcomes, a PRM steps."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    outcomes: list[Labelled] = field(default_factory=list)
+    steps: list[Stepped] = field(default_factory=list)
+
+
+def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled], weight: float, pad_id: int):
+    """Multi-task ORM loss of one batch; returns (loss, stats, tokens in the batch)."""
+    device = model.device
+    seqs = [c for c, _ in pairs] + [r for _, r in pairs] + [s for s, _ in outcomes]
+    ids, attn = left_pad(seqs, pad_id, device)
+    scores = orm_scores(model, ids, attn)  # [2P + C]
+    b = len(pairs)
+    labels = torch.tensor([label for _, label in outcomes], device=device)
+    loss, stats = multitask_loss(scores[:b], scores[b:2 * b], scores[2 * b:], labels, weight=weight)
+    if outcomes:
+        stats["label_acc"] = ((scores[2 * b:] > 0) == (labels > 0.5)).float().mean().item()
+    return loss, stats, int(attn.sum())
+
+
+def step_targets(items: list[Stepped], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels [B, T] and step mask [B, T] of left-padded sequences of length T = `width`."""
+    labels = torch.zeros(len(items), width)
+    mask = torch.zeros(len(items), width, dtype=torch.bool)
+    for row, (seq, ends, step_labels) in enumerate(items):
+        cols = torch.tensor(ends, dtype=torch.long) + width - len(seq)
+        labels[row, cols] = torch.tensor(step_labels, dtype=torch.float32)
+        mask[row, cols] = True
+    return labels, mask
+
+
+def prm_batch_loss(model: PreTrainedModel, items: list[Stepped], pad_id: int):
+    """PRM loss of one batch at the step ends; returns (loss, stats, tokens in the batch)."""
+    ids, attn = left_pad([seq for seq, _, _ in items], pad_id, model.device)
+    labels, mask = (t.to(model.device) for t in step_targets(items, ids.shape[1]))
+    logits = prm_token_scores(model, ids, attn)  # [B, T]
+    loss = prm_loss(logits, labels, mask)
+    step_acc = ((logits > 0) == (labels > 0.5))[mask].float().mean().item()
+    return loss, {"prm": loss.item(), "step_acc": step_acc}, int(attn.sum())
+
+
+def train_reward_model(
+    model: PreTrainedModel,
+    data: RMData,
+    *,
+    kind: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    weight_decay: float,
+    weight: float,
+    pad_id: int,
+    seed: int,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> int:
+    """Train an ORM (`kind` "orm": `weight` w of BT vs BCE) or a PRM ("prm") in place.
+
+    Calls on_step(step, stats) after each optimizer step (stats: loss, lr and the loss parts).
+    Returns the number of tokens trained on (for the 6·N·tokens FLOPs estimate).
+    """
+    parts = [data.steps] if kind == "prm" else [data.pairs, data.outcomes]
+    if not any(parts):
+        raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
+    gen = torch.Generator().manual_seed(seed)
+    opt = adamw(model, lr, weight_decay)
+    tokens = 0
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * warmup_cosine(step, steps, warmup)
+        batches = [[part[i] for i in torch.randint(len(part), (batch_size,), generator=gen).tolist()] if part else []
+                   for part in parts]
+        if kind == "prm":
+            loss, stats, n = prm_batch_loss(model, batches[0], pad_id)
+        else:
+            loss, stats, n = orm_loss(model, *batches, weight, pad_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += n
+        if on_step is not None:
+            on_step(step + 1, {"loss": loss.item(), "lr": opt.param_groups[0]["lr"], **stats})
+    model.eval()
+    return tokens

@@ -1,0 +1,108 @@
+"""Stage `bon`: reward models judged on one pool of policy samples per held-out prompt.
+
+The policy (input ``policy``: a model folder, or ``sft``: a run, else ``policy.path``) samples
+``bon.n_max`` responses to each of ``bon.prompts`` test prompts. From that one pool, for N = 1,
+2, 4, ... up to n_max, the expected gold value (accuracy; the gold rater's score for chat) of the
+response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
+- ``bon/orm@N``: by an outcome (or multi-task) RM; ``bon/prm_<agg>@N``: by a process RM under
+  each step aggregation; the RMs are the inputs whose names start with ``rm`` (rm run
+  directories or RM folders), named by kind, one of each at most;
+- ``bon/majority@N``: by majority vote over final answers (tasks with answers);
+- ``bon/oracle@N``: by the gold value itself.
+Also ``orm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
+``prm/step_acc`` and ``prm/step_f1`` against gold step labels, the policy's greedy
+``eval/pass@1``, and the names ``bon/policy`` and ``bon/rm`` (in summary.json only: the
+returned metrics are numbers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ..config import RunConfig
+from ..errors import BadInput
+from ..models.ladder import count_non_embedding
+from ..models.reward import RewardModel, load_reward_model
+from ..rewards.aggregate import AGGREGATIONS, aggregate_steps
+from ..rewards.data import count_tokens
+from ..rewards.metrics import best_of_n, majority_of_n, pool_pair_accuracy, step_metrics
+from ..rollout.evaluate import evaluate, generate
+from .common import max_new_tokens, policy_from, setup
+from .rundir import RunDir
+
+
+def reward_models(cfg: RunConfig, inputs: dict[str, str]) -> dict[str, tuple[str, RewardModel]]:
+    """kind -> (folder, model) of every input whose name starts with ``rm``."""
+    rms: dict[str, tuple[str, RewardModel]] = {}
+    for name in sorted(n for n in inputs if n.startswith("rm")):
+        path = Path(inputs[name])
+        path = path / "rm" if (path / "rm" / "config.json").is_file() else path
+        rm = load_reward_model(path, cfg.device, cfg.rm.aggregation)
+        if rm.kind in rms:
+            raise BadInput(f"{path}: expected at most one {rm.kind} reward model, found a second one")
+        rms[rm.kind] = (str(path), rm)
+    return rms
+
+
+def curve(name: str, scores: torch.Tensor, values: torch.Tensor, ns: list[int]) -> dict[str, float]:
+    return {f"bon/{name}@{n}": best_of_n(scores, values, n) for n in ns}
+
+
+def prm_metrics(rm: RewardModel, prompts: list[str], responses: list[str], gold_steps: list[list[bool]],
+                values: torch.Tensor, ns: list[int]) -> dict[str, float]:
+    """A PRM's curve under every aggregation, its pair accuracy and its step accuracy / F1."""
+    logits = rm.step_logits_texts(prompts, responses)  # per response [S_i]
+    padded = pad_sequence(logits, batch_first=True)  # [P * M, S]
+    mask = pad_sequence([torch.ones(len(x), dtype=torch.bool) for x in logits], batch_first=True)
+    out: dict[str, float] = {}
+    for how in AGGREGATIONS:
+        scores = aggregate_steps(padded, mask, how).view_as(values)
+        out |= curve(f"prm_{how}", scores, values, ns)
+        if how == rm.aggregation:
+            out["prm/pair_acc"] = pool_pair_accuracy(scores, values)
+    m = step_metrics(logits, gold_steps)
+    return out | {"prm/step_acc": m["step_acc"], "prm/step_f1": m["step_f1"]}
+
+
+def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+    task = setup(cfg)
+    policy_path = inputs.get("policy") or (str(Path(inputs["sft"]) / "policy") if "sft" in inputs else cfg.policy.path)
+    if not policy_path:
+        raise BadInput("bon: expected a policy (a policy folder, an sft run directory or policy.path), found none")
+    policy, tok = policy_from(cfg, policy_path)
+    rms = reward_models(cfg, inputs)
+    out = RunDir(out_dir, cfg)
+    examples, M, budget = task.examples("test", cfg.bon.prompts), cfg.bon.n_max, max_new_tokens(cfg, task)
+    sc = cfg.sampling
+    pool = generate(policy, tok, [e.prompt for e in examples], n=M, temperature=sc.temperature, top_p=sc.top_p,
+                    top_k=sc.top_k, max_new_tokens=budget, seed=cfg.seed)  # [P][M]
+    values = torch.tensor([[task.score(e, r) for r in rs] for e, rs in zip(examples, pool)], dtype=torch.float64)
+    ns = sorted({min(2**i, M) for i in range(M.bit_length() + 1)})
+    prompts = [e.prompt for e in examples for _ in range(M)]
+    responses = [r for rs in pool for r in rs]
+    flops = 2.0 * count_non_embedding(policy) * count_tokens(tok, responses)
+
+    summary = curve("oracle", values, values, ns)
+    if all(e.answer for e in examples):
+        answers = [[task.extract_answer(r) for r in rs] for rs in pool]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        summary |= {f"bon/majority@{n}": majority_of_n(answers, [e.answer for e in examples], n, cfg.bon.draws, gen)
+                    for n in ns}
+    for kind, (_, rm) in rms.items():
+        if kind == "orm":
+            scores = rm.score_texts(prompts, responses).view_as(values)
+            summary |= curve("orm", scores, values, ns) | {"orm/pair_acc": pool_pair_accuracy(scores, values)}
+        else:
+            gold_steps = [task.step_labels(e, r) for e, rs in zip(examples, pool) for r in rs]
+            summary |= prm_metrics(rm, prompts, responses, gold_steps, values, ns)
+        flops += 2.0 * count_non_embedding(rm.model) * count_tokens(rm.tok, map(str.__add__, prompts, responses))
+    summary |= {"eval/pass@1": evaluate(policy, tok, task, examples, max_new_tokens=budget)["eval/pass@1"],
+                "bon/pool_score": values.mean().item(), "flops/bon": flops, "wall_s": out.wall_s}
+    out.log(0, **summary)
+    out.write_summary(summary | {"bon/policy": str(policy_path),
+                                 "bon/rm": ", ".join(f"{kind}={path}" for kind, (path, _) in rms.items())})
+    out.close()
+    return summary

@@ -1,0 +1,97 @@
+"""Stage `label`: reward-model training labels for the responses of a `sample` run.
+
+From the ``sample`` input's train.jsonl it writes (formats in `rewards.data` and `tasks.jsonl`):
+- ``outcomes.jsonl``: each response with its verifier score as the correctness label;
+- ``pairs.jsonl``: responses to the same prompt with different gold scores, rated by simulated
+  raters of noise ``data.rater_temperature`` (for arithmetic: correct vs incorrect);
+- ``steps_gold.jsonl``: step labels of the task's gold step checker;
+- ``steps_mc_hard.jsonl``, ``steps_mc_soft.jsonl``: Monte-Carlo step labels (Math-Shepherd):
+  the policy (input ``sft``, else ``policy.path``) completes the response from each step prefix
+  ``data.mc_rollouts`` times; hard = any completion reaches the right answer, soft = the fraction.
+  Written when there is a policy and ``data.mc_rollouts`` > 0.
+From heldout.jsonl: ``heldout_pairs.jsonl`` (gold preferences) and ``heldout_steps.jsonl`` (gold).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..models.ladder import count_non_embedding
+from ..rewards.data import Sampled, count_tokens, load_sampled, preference_pairs, write_jsonl
+from ..rewards.mc_labels import monte_carlo_step_labels
+from ..rollout.evaluate import generate
+from ..tasks import Task
+from .common import max_new_tokens, policy_from, setup
+from .rundir import RunDir
+
+
+def mc_labels(cfg: RunConfig, task: Task, inputs: dict[str, str], flat: list[tuple]) -> tuple[list, list, float]:
+    """Soft and hard Monte-Carlo labels of (example, response, steps) triples, and the FLOPs spent.
+
+    Identical prefixes (common: responses to a prompt share their first steps) are completed once.
+    """
+    policy, tok = policy_from(cfg, Path(inputs["sft"]) / "policy" if "sft" in inputs else None)
+    sc, generated = cfg.sampling, 0
+
+    def complete(texts: list[str], m: int) -> list[list[str]]:
+        nonlocal generated
+        unique = list(dict.fromkeys(texts))
+        outs = generate(policy, tok, unique, n=m, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k,
+                        max_new_tokens=max_new_tokens(cfg, task), seed=cfg.seed)
+        generated += count_tokens(tok, (c for row in outs for c in row))
+        by_text = dict(zip(unique, outs))
+        return [by_text[t] for t in texts]
+
+    def is_correct(i: int, response: str) -> bool:
+        return task.score(flat[i][0], response) >= 1.0
+
+    soft, hard = monte_carlo_step_labels([e.prompt for e, _, _ in flat], [s for _, _, s in flat], complete,
+                                         is_correct, cfg.data.mc_rollouts)
+    return soft, hard, 2.0 * count_non_embedding(policy) * generated
+
+
+def step_rows(flat: list[tuple], labels: list[list]) -> list[dict]:
+    return [{"prompt": e.prompt, "steps": steps, "labels": y} for (e, _, steps), y in zip(flat, labels)]
+
+
+def flatten(task: Task, sampled: list[Sampled]) -> list[tuple]:
+    """(example, response, steps) of every response with at least one step."""
+    triples = [(s.example, r, task.split_steps(r)) for s in sampled for r in s.responses]
+    return [t for t in triples if t[2]]
+
+
+def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+    task = setup(cfg)
+    train, heldout = load_sampled(Path(inputs["sample"]) / "train.jsonl"), []
+    if (path := Path(inputs["sample"]) / "heldout.jsonl").is_file() and path.stat().st_size:
+        heldout = load_sampled(path)
+    out = RunDir(out_dir, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pairs = preference_pairs(task, train, cfg.data.rater_temperature, gen)
+    write_jsonl(out.path / "pairs.jsonl", (p._asdict() for p in pairs))
+    outcomes = [{"prompt": s.example.prompt, "response": r, "label": task.score(s.example, r)}
+                for s in train for r in s.responses]
+    write_jsonl(out.path / "outcomes.jsonl", outcomes)
+    flat = flatten(task, train)
+    gold = [task.step_labels(e, r) for e, r, _ in flat]
+    write_jsonl(out.path / "steps_gold.jsonl", step_rows(flat, gold))
+    held_flat = flatten(task, heldout)
+    write_jsonl(out.path / "heldout_pairs.jsonl", (p._asdict() for p in preference_pairs(task, heldout, 0.0, gen)))
+    held_gold = [task.step_labels(e, r) for e, r, _ in held_flat]
+    write_jsonl(out.path / "heldout_steps.jsonl", step_rows(held_flat, held_gold))
+    summary = {"label/pairs": len(pairs), "label/outcomes": len(outcomes), "label/step_responses": len(flat),
+               "flops/label": 0.0}
+    if ("sft" in inputs or cfg.policy.path) and cfg.data.mc_rollouts and flat:
+        soft, hard, summary["flops/label"] = mc_labels(cfg, task, inputs, flat)
+        write_jsonl(out.path / "steps_mc_soft.jsonl", step_rows(flat, soft))
+        write_jsonl(out.path / "steps_mc_hard.jsonl", step_rows(flat, hard))
+        agree = [h == g for hs, gs in zip(hard, gold) for h, g in zip(hs, gs)]
+        summary["label/mc_hard_gold_agreement"] = sum(agree) / len(agree)
+    summary["wall_s"] = out.wall_s
+    out.log(0, **summary)
+    out.write_summary(summary)
+    out.close()
+    return summary

@@ -1,0 +1,131 @@
+"""Stage `rm`: train an outcome, process or multi-task reward model; score it on held-out data.
+
+- ``rm.kind=orm``: Bradley–Terry on preference pairs (``rm.loss=bt``) or BCE on correctness labels
+  (``bce``); ``multitask``: both, mixed by ``rm.multitask_weight``; ``prm``: per-step BCE on the
+  step labels ``rm.labels`` (gold, mc_hard, mc_soft).
+- Data: the files of the ``label`` input; an input named after a file replaces it (``pairs``,
+  ``outcomes``, ``steps``, ``heldout_pairs``, ``heldout_steps``: jsonl paths).
+- Start: see ``rm.init`` (the backbone of an SFT policy, or a fresh ladder model).
+- Held-out: ``rm/pair_acc`` on gold-preference pairs; for a PRM also ``prm/step_acc`` and
+  ``prm/step_f1`` against gold step labels.
+
+The model is saved in ``rm/`` (loads with `AutoModelForSequenceClassification` or
+`AutoModelForTokenClassification`, or `models.reward.load_reward_model`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import BadInput
+from ..models.io import load_policy, save_policy
+from ..models.ladder import count_non_embedding, llama_config, preset
+from ..models.reward import RewardModel, build_reward_model, reward_model_from
+from ..models.tokenizer import build_tokenizer
+from ..rewards.data import encode_outcomes, encode_preferences, encode_steps, load_outcomes
+from ..rewards.losses import pair_accuracy
+from ..rewards.metrics import step_metrics
+from ..rewards.train import RMData, train_reward_model
+from ..tasks.jsonl import load_preference_pairs, load_step_labels
+from .common import setup
+from .rundir import Progress, RunDir
+
+
+def initial_model(cfg: RunConfig, inputs: dict[str, str]):
+    """(model, tokenizer, whether the backbone came from a policy), as ``rm.init`` says."""
+    head = "prm" if cfg.rm.kind == "prm" else "orm"
+    path = cfg.rm.init_path or (str(Path(inputs["sft"]) / "policy") if "sft" in inputs else cfg.policy.path)
+    policy, tok = load_policy(path, cfg.device) if path else (None, build_tokenizer())
+    if policy is not None and cfg.rm.init != "scratch":
+        p, c = preset(cfg.rm.size), policy.config
+        of_size = (c.hidden_size, c.num_hidden_layers, c.intermediate_size) == (p.hidden, p.layers, p.ffn)
+        if cfg.rm.init == "policy" or cfg.rm.init_path or of_size:
+            return reward_model_from(head, policy, tok.pad_token_id, cfg.seed), tok, True
+    if cfg.rm.init == "policy":
+        raise BadInput("rm.init: expected an SFT policy to start from (an sft input, rm.init_path or policy.path), "
+                       "found none")
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = llama_config(cfg.rm.size, len(tok), cfg.policy.max_len, **ids)
+    return build_reward_model(head, config, tok.pad_token_id, cfg.seed).to(cfg.device), tok, False
+
+
+def data_file(inputs: dict[str, str], name: str, stem: str | None = None) -> Path:
+    """The input file `name`, else ``<stem or name>.jsonl`` of the label run."""
+    if name in inputs:
+        return Path(inputs[name])
+    if "label" not in inputs:
+        raise BadInput(f"rm: expected {name} data (a label run or a {name} file), found neither")
+    return Path(inputs["label"]) / f"{stem or name}.jsonl"
+
+
+def heldout_file(inputs: dict[str, str], name: str) -> Path | None:
+    """The input file `name`, else the label run's ``<name>.jsonl`` when it holds data, else None."""
+    if name in inputs:
+        return Path(inputs[name])
+    path = Path(inputs["label"]) / f"{name}.jsonl" if "label" in inputs else None
+    return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
+
+
+def training_data(cfg: RunConfig, inputs: dict[str, str], rm: RewardModel) -> RMData:
+    """The encoded training data the RM kind and loss call for."""
+    if cfg.rm.kind == "prm":
+        path = data_file(inputs, "steps", f"steps_{cfg.rm.labels}")
+        return RMData(steps=encode_steps(rm.tok, load_step_labels(path), rm.newline_id, str(path)))
+    data = RMData()
+    if cfg.rm.kind == "multitask" or cfg.rm.loss == "bt":
+        data.pairs = encode_preferences(rm.tok, load_preference_pairs(data_file(inputs, "pairs")))
+    if cfg.rm.kind == "multitask" or cfg.rm.loss == "bce":
+        data.outcomes = encode_outcomes(rm.tok, load_outcomes(data_file(inputs, "outcomes")))
+    return data
+
+
+def heldout_metrics(inputs: dict[str, str], rm: RewardModel) -> dict[str, float]:
+    """Pair accuracy on held-out gold-preference pairs; step accuracy and F1 of a PRM on gold labels."""
+    metrics = {}
+    if path := heldout_file(inputs, "heldout_pairs"):
+        pairs = load_preference_pairs(path)
+        prompts = [p.prompt for p in pairs]
+        chosen = rm.score_texts(prompts, [p.chosen for p in pairs])
+        metrics["rm/pair_acc"] = pair_accuracy(chosen, rm.score_texts(prompts, [p.rejected for p in pairs]))
+    if rm.kind == "prm" and (path := heldout_file(inputs, "heldout_steps")):
+        examples = load_step_labels(path)
+        logits = rm.step_logits_texts([e.prompt for e in examples], ["\n".join(e.steps) for e in examples])
+        m = step_metrics(logits, [[y > 0.5 for y in e.labels] for e in examples])
+        metrics |= {"prm/step_acc": m["step_acc"], "prm/step_f1": m["step_f1"]}
+    return metrics
+
+
+def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+    setup(cfg)
+    model, tok, from_policy = initial_model(cfg, inputs)
+    rm = RewardModel(model, tok, cfg.rm.aggregation)
+    data = training_data(cfg, inputs, rm)
+    out = RunDir(out_dir, cfg)
+    weight = cfg.rm.multitask_weight if cfg.rm.kind == "multitask" else float(cfg.rm.loss == "bt")
+    last: dict[str, float] = {}
+    with Progress(cfg.rm.steps, f"rm:{cfg.rm.kind}") as bar:
+        def on_step(step: int, stats: dict[str, float]) -> None:
+            last.update(stats)
+            if step % 10 == 0 or step == cfg.rm.steps:
+                out.log(step, **{f"rm/{k}": v for k, v in stats.items()})
+            bar.advance(f"loss {stats['loss']:.3f}")
+
+        tokens = train_reward_model(
+            model, data, kind=rm.kind, steps=cfg.rm.steps, batch_size=cfg.rm.batch_size, lr=cfg.rm.lr,
+            warmup=cfg.rm.warmup, weight_decay=cfg.rm.weight_decay, weight=weight, pad_id=tok.pad_token_id,
+            seed=cfg.seed, on_step=on_step)
+    save_policy(model, tok, out.path / "rm")
+    n_params = count_non_embedding(model)
+    summary = {
+        "rm/loss": last.get("loss", float("nan")),
+        **heldout_metrics(inputs, rm),
+        "rm/pairs": len(data.pairs), "rm/outcomes": len(data.outcomes), "rm/step_responses": len(data.steps),
+        "rm/params": n_params, "rm/init_from_policy": float(from_policy),
+        "flops/rm": 6.0 * n_params * tokens,
+        "wall_s": out.wall_s,
+    }
+    out.log(cfg.rm.steps, **summary)
+    out.write_summary(summary)
+    out.close()
+    return summary
