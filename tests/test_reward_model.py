@@ -10,9 +10,8 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from rlhfscale.errors import BadInput
 from rlhfscale.models.io import new_policy, save_policy
 from rlhfscale.models.reward import (
-    RewardModel, load_reward_model, orm_scores, pack, prm_token_scores, reward_model_from, step_end_mask,
+    RewardModel, load_reward_model, pack, prm_token_scores, reward_model_from, step_end_mask,
 )
-from rlhfscale.rewards.aggregate import aggregate_steps
 from rlhfscale.rewards.data import Sampled, encode_preferences, encode_steps, load_outcomes, preference_pairs
 from rlhfscale.rewards.losses import pair_accuracy
 from rlhfscale.rewards.metrics import best_of_n, majority_of_n, pool_pair_accuracy, step_metrics
@@ -178,6 +177,8 @@ def test_step_metrics_pairs_steps_in_order():
     m = step_metrics(logits, gold)
     # pairs: (T,T) (F,T) (F,F) (T,F); erroneous steps are the positive class: tp 1, fp 1, fn 1
     assert m["step_acc"] == pytest.approx(0.5) and m["step_f1"] == pytest.approx(0.5)
+    # calling every step an error: precision 2/4, recall 1 -> F1 2/3
+    assert m["step_error_rate"] == pytest.approx(0.5) and m["step_f1_all_errors"] == pytest.approx(2 / 3)
 
 
 def copy_check_pairs(n, seed):

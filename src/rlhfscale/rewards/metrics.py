@@ -67,12 +67,16 @@ def step_metrics(step_logits: Sequence[Tensor], gold: Sequence[Sequence[bool]]) 
 
     step_logits: per response, the logits at its step ends [S_i]; gold: per response, its gold
     labels. Steps pair up in order, over the first min(S_i, len(gold_i)) of each response. F1 is
-    that of `rewards.aggregate.step_f1`: erroneous steps are the positive class.
+    that of `rewards.aggregate.step_f1`: erroneous steps are the positive class. Beside them, what a
+    PRM that calls every step an error would get (``step_f1_all_errors``), and ``step_error_rate``.
     """
     pred, ref = [], []
     for logits, labels in zip(step_logits, gold):
         k = min(len(logits), len(labels))
         pred.append(logits[:k] > 0)
         ref.append(torch.tensor(list(labels[:k]), dtype=torch.bool))
-    m = step_f1(torch.cat(pred), torch.cat(ref))
-    return {"step_acc": m["accuracy"], "step_f1": m["f1"]}
+    pred_all, ref_all = torch.cat(pred), torch.cat(ref)
+    m = step_f1(pred_all, ref_all)
+    return {"step_acc": m["accuracy"], "step_f1": m["f1"],
+            "step_f1_all_errors": step_f1(torch.zeros_like(ref_all), ref_all)["f1"],
+            "step_error_rate": 1.0 - ref_all.float().mean().item()}

@@ -63,8 +63,7 @@ def prm_metrics(rm: RewardModel, prompts: list[str], responses: list[str], gold_
         out |= curve(f"prm_{how}", scores, values, ns)
         if how == rm.aggregation:
             out["prm/pair_acc"] = pool_pair_accuracy(scores, values)
-    m = step_metrics(logits, gold_steps)
-    return out | {"prm/step_acc": m["step_acc"], "prm/step_f1": m["step_f1"]}
+    return out | {f"prm/{k}": v for k, v in step_metrics(logits, gold_steps).items()}
 
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:

@@ -28,7 +28,8 @@ from .common import max_new_tokens, policy_from, setup
 from .rundir import RunDir
 
 
-def mc_labels(cfg: RunConfig, task: Task, inputs: dict[str, str], flat: list[tuple]) -> tuple[list, list, float]:
+def mc_step_labels(cfg: RunConfig, task: Task, inputs: dict[str, str],
+                   flat: list[tuple]) -> tuple[list, list, float]:
     """Soft and hard Monte-Carlo labels of (example, response, steps) triples, and the FLOPs spent.
 
     Identical prefixes (common: responses to a prompt share their first steps) are completed once.
@@ -54,20 +55,25 @@ def mc_labels(cfg: RunConfig, task: Task, inputs: dict[str, str], flat: list[tup
 
 
 def step_rows(flat: list[tuple], labels: list[list]) -> list[dict]:
+    """Step-label file rows (`tasks.jsonl.load_step_labels` format) of (example, response, steps) triples."""
     return [{"prompt": e.prompt, "steps": steps, "labels": y} for (e, _, steps), y in zip(flat, labels)]
 
 
-def flatten(task: Task, sampled: list[Sampled]) -> list[tuple]:
-    """(example, response, steps) of every response with at least one step."""
-    triples = [(s.example, r, task.split_steps(r)) for s in sampled for r in s.responses]
-    return [t for t in triples if t[2]]
+def gold_steps(task: Task, sampled: list[Sampled]) -> tuple[list[tuple], list[list[bool]]]:
+    """(example, response, steps) of every response with at least one step, and its gold step labels."""
+    flat = [(s.example, r, steps) for s in sampled for r in s.responses if (steps := task.split_steps(r))]
+    return flat, [task.step_labels(e, r) for e, r, _ in flat]
+
+
+def load_split(inputs: dict[str, str], split: str) -> list[Sampled]:
+    """The sample run's responses of a split; none for an empty or missing held-out file."""
+    path = Path(inputs["sample"]) / f"{split}.jsonl"
+    return load_sampled(path) if split == "train" or (path.is_file() and path.stat().st_size) else []
 
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
     task = setup(cfg)
-    train, heldout = load_sampled(Path(inputs["sample"]) / "train.jsonl"), []
-    if (path := Path(inputs["sample"]) / "heldout.jsonl").is_file() and path.stat().st_size:
-        heldout = load_sampled(path)
+    train, heldout = load_split(inputs, "train"), load_split(inputs, "heldout")
     out = RunDir(out_dir, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     pairs = preference_pairs(task, train, cfg.data.rater_temperature, gen)
@@ -75,17 +81,14 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     outcomes = [{"prompt": s.example.prompt, "response": r, "label": task.score(s.example, r)}
                 for s in train for r in s.responses]
     write_jsonl(out.path / "outcomes.jsonl", outcomes)
-    flat = flatten(task, train)
-    gold = [task.step_labels(e, r) for e, r, _ in flat]
+    flat, gold = gold_steps(task, train)
     write_jsonl(out.path / "steps_gold.jsonl", step_rows(flat, gold))
-    held_flat = flatten(task, heldout)
     write_jsonl(out.path / "heldout_pairs.jsonl", (p._asdict() for p in preference_pairs(task, heldout, 0.0, gen)))
-    held_gold = [task.step_labels(e, r) for e, r, _ in held_flat]
-    write_jsonl(out.path / "heldout_steps.jsonl", step_rows(held_flat, held_gold))
+    write_jsonl(out.path / "heldout_steps.jsonl", step_rows(*gold_steps(task, heldout)))
     summary = {"label/pairs": len(pairs), "label/outcomes": len(outcomes), "label/step_responses": len(flat),
                "flops/label": 0.0}
     if ("sft" in inputs or cfg.policy.path) and cfg.data.mc_rollouts and flat:
-        soft, hard, summary["flops/label"] = mc_labels(cfg, task, inputs, flat)
+        soft, hard, summary["flops/label"] = mc_step_labels(cfg, task, inputs, flat)
         write_jsonl(out.path / "steps_mc_soft.jsonl", step_rows(flat, soft))
         write_jsonl(out.path / "steps_mc_hard.jsonl", step_rows(flat, hard))
         agree = [h == g for hs, gs in zip(hard, gold) for h, g in zip(hs, gs)]

@@ -91,8 +91,8 @@ def heldout_metrics(inputs: dict[str, str], rm: RewardModel) -> dict[str, float]
     if rm.kind == "prm" and (path := heldout_file(inputs, "heldout_steps")):
         examples = load_step_labels(path)
         logits = rm.step_logits_texts([e.prompt for e in examples], ["\n".join(e.steps) for e in examples])
-        m = step_metrics(logits, [[y > 0.5 for y in e.labels] for e in examples])
-        metrics |= {"prm/step_acc": m["step_acc"], "prm/step_f1": m["step_f1"]}
+        gold = [[y > 0.5 for y in e.labels] for e in examples]
+        metrics |= {f"prm/{k}": v for k, v in step_metrics(logits, gold).items()}
     return metrics
 
 
