@@ -5,3 +5,15 @@ import os
 
 os.environ.setdefault("RLHFSCALE_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """In-process torch too: one thread for the whole session, restored at the end."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

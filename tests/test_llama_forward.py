@@ -9,15 +9,6 @@ from rlhfscale.models import llama
 from rlhfscale.models.ladder import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, which stalls when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def gqa_config(**overrides) -> LlamaConfig:
     """Grouped-query attention, untied lm_head, non-default θ and eps: what the ladder does not cover."""
     args = dict(

@@ -20,14 +20,6 @@ from rlhfscale.tasks.arithmetic import ArithmeticTask
 from rlhfscale.tasks.jsonl import StepExample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def nano():
     return new_policy("nano", 0, 64)

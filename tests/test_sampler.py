@@ -11,15 +11,6 @@ from rlhfscale.rollout.sampler import next_tokens, sample, truncate
 PAD, BOS, EOS = 0, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, which stalls when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_model("nano", 60, seed=7, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS).eval()
