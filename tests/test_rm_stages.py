@@ -159,7 +159,6 @@ def chat_pairs(split, n_prompts, temperature, seed):
 def test_more_noisy_preference_pairs_give_a_better_proxy_rm():
     """Gao et al.'s set-up in miniature: a proxy RM trained on noisy rater labels, judged against
     the hidden gold rater on held-out prompts, gets better with more comparisons."""
-    torch.set_num_threads(1)
     test = chat_pairs("test", 300, temperature=0.0, seed=1)
     prompts = [p.prompt for p in test]
     accuracy = {}

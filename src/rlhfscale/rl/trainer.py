@@ -15,12 +15,13 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import RLConfig, RunConfig
 from ..models.critic import token_values
@@ -108,6 +109,30 @@ def kl_in_reward(rl: RLConfig) -> bool:
     return KL_IN_REWARD[rl.algorithm] if rl.kl_in == "auto" else rl.kl_in == "reward"
 
 
+@contextmanager
+def mixed_precision(device: torch.device, enabled: bool) -> Iterator[None]:
+    """bf16 autocast (rl.bf16) for forward passes; their backward follows. On a CPU attention goes through
+    the math kernel: its bf16 backward is a few bf16 matmuls, the fused flash kernel's is several times slower."""
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device.type, dtype=torch.bfloat16), (
+            sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()):
+        yield
+
+
+def make_actor(policy, bf16: bool):
+    """The model that samples: the policy itself, or with rl.bf16 a bf16 copy (refreshed by `sync_actor`)."""
+    return copy.deepcopy(policy).to(torch.bfloat16).eval().requires_grad_(False) if bf16 else policy
+
+
+@torch.no_grad()
+def sync_actor(actor, policy) -> None:
+    if actor is not policy:
+        for a, p in zip(actor.parameters(), policy.parameters()):
+            a.copy_(p)
+
+
 def make_optimizer(policy, critic, rl: RLConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the policy (lr) and the critic (critic_lr), no weight decay; linear warm-up, then constant."""
     groups = [{"params": list(policy.parameters()), "lr": rl.lr}]
@@ -133,10 +158,10 @@ def train(
     rl, sc = cfg.rl, cfg.sampling
     n, temperature, device = rl.n_samples, sc.temperature or 1.0, policy.device
     rng, gen = random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed)
-    amp = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=rl.bf16)
+    amp = lambda: mixed_precision(device, rl.bf16)  # noqa: E731
     estimator = get_advantage(ESTIMATOR[rl.algorithm])
     kl_ctl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target else FixedKLController(rl.kl_coef)
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    ref, actor = copy.deepcopy(policy).eval().requires_grad_(False), make_actor(policy, rl.bf16)
     (opt, schedule), running = make_optimizer(policy, critic, rl), RunningMeanStd()
     params = (count_non_embedding(policy), count_non_embedding(critic) if critic is not None else 0, reward_params)
     prompt_ids = {e.prompt: tok(e.prompt, add_special_tokens=False).input_ids for e in prompts}
@@ -146,18 +171,17 @@ def train(
         t0 = time.perf_counter()
         # 1. rollout: n responses for each of P prompts, the n of a prompt contiguous
         examples = [e for e in draw(rng, prompts, rl.prompts_per_step) for _ in range(n)]
-        with amp():
-            ro = sample(policy, [prompt_ids[e.prompt] for e in examples], max_new_tokens=max_new_tokens,
-                        temperature=temperature, top_p=sc.top_p, top_k=sc.top_k,
-                        eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=gen)
+        ro = sample(actor, [prompt_ids[e.prompt] for e in examples], max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=sc.top_p, top_k=sc.top_k,
+                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=gen)
         ids, attn, Lp, mask = ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1], ro.response_mask.float()
         t_gen = time.perf_counter() - t0
 
         # 2. reward: proxy scores from the sources, shaped, on the last token; dense step rewards where they are
         r = reward_fn(examples, tok.batch_decode(ro.response_ids, skip_special_tokens=True), ro)
         check_finite(step, reward=r.scores, dense_reward=r.dense)
-        shaped = shape_scores(r.scores, ro.response_lengths, n, rl, running)
-        rewards = token_rewards(shaped, r.dense, mask)
+        rewards = token_rewards(shape_scores(r.scores, ro.response_lengths, n, rl, running), r.dense, mask)
+        proxy, shaped = r.scores + (r.dense * mask).sum(-1), rewards.sum(-1)
 
         # 3. KL to the reference policy (a per-token penalty in the reward, or a loss term), critic values
         with torch.no_grad(), amp():
@@ -175,6 +199,7 @@ def train(
         batch = Batch(ids, attn, mask, Lp, ro.logprobs, ref_logprobs, advantages, returns, values)
         stats = update(policy, critic, opt, batch, 0.0 if kl_in_reward(rl) else kl_ctl.value, cfg, step, amp)
         schedule.step()
+        sync_actor(actor, policy)
         kl_seq = kl.sum(-1).mean().item()
         kl_ctl.update(kl_seq, len(examples))
 
@@ -182,7 +207,7 @@ def train(
         elapsed, n_tokens, seq_tokens = time.perf_counter() - t0, int(mask.sum().item()), int(attn.sum().item())
         flops += step_flops(seq_tokens, rl, *params)
         info = {
-            "rl/proxy_reward": r.scores.mean().item(), "rl/reward": shaped.mean().item(),
+            "rl/proxy_reward": proxy.mean().item(), "rl/reward": shaped.mean().item(),
             "rl/gold_reward": r.gold.mean().item(), **r.parts, "rl/kl": kl_seq, "rl/kl_coef": kl_ctl.value, **stats,
             "rl/response_len": n_tokens / len(examples), "rl/samples_per_s": len(examples) / elapsed,
             "rl/tokens_per_s": n_tokens / elapsed, "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": seq_tokens,

@@ -48,7 +48,8 @@ def evaluate(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, task: Task, examples: Sequence[Example], *,
     max_new_tokens: int, k: int = 0, temperature: float = 1.0, seed: int = 0,
 ) -> dict[str, float]:
-    """``eval/pass@1`` (greedy) and, when k > 0, ``eval/pass@k`` and ``eval/maj@k`` from k samples."""
+    """``eval/pass@1`` (greedy) and, when k > 0, ``eval/maj@k``, ``eval/sample_acc`` (the sampled pass@1) and,
+    for k > 1, ``eval/pass@k`` from k samples (k = 1 leaves ``eval/pass@1`` the greedy figure)."""
     prompts = [e.prompt for e in examples]
     greedy = generate(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
     out = {"eval/pass@1": sum(task.score(e, r[0]) for e, r in zip(examples, greedy)) / len(examples)}
@@ -56,7 +57,8 @@ def evaluate(
         samples = generate(model, tok, prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         correct = [sum(task.score(e, r) >= 1.0 for r in rs) for e, rs in zip(examples, samples)]
         votes = [majority_vote([task.extract_answer(r) for r in rs]) for rs in samples]
-        out[f"eval/pass@{k}"] = sum(pass_at_k(k, c, k) for c in correct) / len(examples)
+        if k > 1:
+            out[f"eval/pass@{k}"] = sum(pass_at_k(k, c, k) for c in correct) / len(examples)
         out[f"eval/maj@{k}"] = sum(v is not None and v == e.answer for e, v in zip(examples, votes)) / len(examples)
         out["eval/sample_acc"] = sum(correct) / (k * len(examples))
     return out

@@ -10,7 +10,8 @@ response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
 - ``bon/majority@N``: by majority vote over final answers (tasks with answers);
 - ``bon/oracle@N``: by the gold value itself.
 Also ``orm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
-``prm/step_acc`` and ``prm/step_f1`` against gold step labels, the policy's greedy
+``prm/step_acc`` and ``prm/step_f1`` against gold step labels (with ``prm/step_f1_all_errors``,
+the F1 of calling every step wrong, and ``prm/step_error_rate``), the policy's greedy
 ``eval/pass@1``, and the names ``bon/policy`` and ``bon/rm`` (in summary.json only: the
 returned metrics are numbers).
 """

@@ -7,7 +7,7 @@
   ``outcomes``, ``steps``, ``heldout_pairs``, ``heldout_steps``: jsonl paths).
 - Start: see ``rm.init`` (the backbone of an SFT policy, or a fresh ladder model).
 - Held-out: ``rm/pair_acc`` on gold-preference pairs; for a PRM also ``prm/step_acc`` and
-  ``prm/step_f1`` against gold step labels.
+  ``prm/step_f1`` against gold step labels (`rewards.metrics.step_metrics`).
 
 The model is saved in ``rm/`` (loads with `AutoModelForSequenceClassification` or
 `AutoModelForTokenClassification`, or `models.reward.load_reward_model`).
