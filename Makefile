@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo demo-rl test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/rlhfscale study run configs/quickstart.yaml
+
+demo-rl: $(STAMP)
 	$(VENV)/bin/rlhfscale demo
 
 test: $(STAMP)

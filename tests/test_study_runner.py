@@ -171,3 +171,16 @@ def test_ray_executor_gives_the_local_results(tmp_path, monkeypatch):
     assert run(local, max_workers=1).ok
     assert metrics_of(on_ray) == metrics_of(local)
     assert set(completions(on_ray).values()) == {1}
+
+
+def test_a_trial_that_keeps_the_base_value_still_sits_on_the_axis(tmp_path):
+    """Explicit trials: the base trial `{}` gets the resolved value of every key another trial overrides,
+    so an analysis sees three RM sizes (and the base SFT lr), not two and a gap."""
+    tmp_path.mkdir(exist_ok=True)
+    spec = {"name": "toy", "base": {"rm": {"size": "tiny"}, "toy": {"sleep": 0.0}}, "seeds": [0],
+            "trials": [{}, {"rm.size": "micro"}, {"rm.size": "small", "sft.lr": 0.25}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps(spec))
+    rows = collect_metrics(path, validate=validate, pipeline=PIPELINE)
+    assert [r["rm.size"] for r in rows] == ["tiny", "micro", "small"]
+    assert [r["sft.lr"] for r in rows] == [0.5, 0.5, 0.25]

@@ -260,18 +260,33 @@ def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: 
     return StudyStatus(rows, counts)
 
 
+def resolved(config: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key of a nested config (None where the config has no such key)."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def collect_metrics(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
                     curves: bool = False, store: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per trial: id, seed, axis values (dotted keys) and every finished stage's metrics.
+
+    The axes are the dotted keys any trial overrides; every trial's row holds its resolved value of each
+    (a trial that leaves a key at the base value still sits on that axis, at the base value).
 
     With `curves`, one row per trial and point of each stage's `curve.jsonl` instead, the point's
     values (with its `step`) over the trial's metrics and a `curve` key naming the stage.
     """
     plan = _plan(spec_path, validate, pipeline, store)
     metrics = plan.store.metrics() if (plan.store.root / "index.sqlite").exists() else {}
+    axes = list(dict.fromkeys(k for trial in plan.trials for k in trial.overrides))
     table: list[dict[str, Any]] = []
     for trial, keys in zip(plan.trials, plan.keys):
-        row: dict[str, Any] = {"trial": trial.id, "seed": trial.seed, **trial.overrides}
+        row: dict[str, Any] = {"trial": trial.id, "seed": trial.seed}
+        row |= {k: trial.overrides[k] if k in trial.overrides else resolved(trial.config, k) for k in axes}
         for stage, key in keys.items():
             row.update(metrics.get((stage, key), {}))
         if not curves:
