@@ -49,6 +49,9 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+SCHEDULES = {"cosine": 0.1, "constant": 1.0}  # name -> the final fraction of the peak learning rate
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.1) -> float:
     """Learning-rate multiplier: linear warm-up to 1, cosine decay to `min_ratio` at `total`."""
     if step < warmup:
@@ -74,9 +77,14 @@ def sft_loop(
     weight_decay: float,
     pad_id: int,
     seed: int,
+    schedule: str = "cosine",
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> list[float]:
-    """Supervised fine-tuning on (prompt, response) token pairs; returns the loss per step."""
+    """Supervised fine-tuning on (prompt, response) token pairs; returns the loss per step.
+
+    schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant" (warm-up, then `lr`)."""
+    if schedule not in SCHEDULES:
+        raise KeyError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     opt = adamw(model, lr, weight_decay)
@@ -84,7 +92,7 @@ def sft_loop(
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * warmup_cosine(step, steps, warmup)
+            g["lr"] = lr * warmup_cosine(step, steps, warmup, min_ratio=SCHEDULES[schedule])
         idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
         ids, attn, loss_mask = response_batch([pairs[i] for i in idx], pad_id, device)
         loss = sft_loss(model, ids, attn, loss_mask)

@@ -29,7 +29,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str
 
         losses = sft_loop(model, pairs, steps=cfg.sft.steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
                           warmup=cfg.sft.warmup, weight_decay=cfg.sft.weight_decay, pad_id=tok.pad_token_id,
-                          seed=cfg.seed, on_step=on_step)
+                          seed=cfg.seed, schedule=cfg.sft.schedule, on_step=on_step)
     save_policy(model, tok, out.path / "policy")
     test = task.examples("test", cfg.eval.n_prompts)
     metrics = evaluate(model, tok, task, test, max_new_tokens=max_new_tokens(cfg, task))
