@@ -25,7 +25,7 @@ BENCH = {
     "seed": 0,
     "task": {"name": "arithmetic"},
     "policy": {"size": "micro"},
-    "sft": {"steps": 480, "batch_size": 64, "lr": 5e-3},
+    "sft": {"steps": 300, "batch_size": 64, "lr": 2e-3, "schedule": "constant"},
     "eval": {"n_prompts": 200},
     "data": {"prompts": 1024, "responses_per_prompt": 4, "heldout_prompts": 64, "mc_rollouts": 4},
     "rm": {"size": "tiny", "steps": 300, "batch_size": 32, "lr": 1e-3},
