@@ -62,7 +62,7 @@ class SFTConfig(Section):
 
     steps: int = Field(270, ge=0, description="optimizer steps")
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW, linear warm-up, cosine decay)")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW, linear warm-up, then `schedule`)")
     warmup: int = Field(30, ge=0, description="warm-up steps")
     schedule: Literal["cosine", "constant"] = Field(
         "constant", description="after warm-up: cosine decay to lr/10, or constant (a start RL moves less erratically)")

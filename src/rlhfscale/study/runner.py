@@ -260,14 +260,14 @@ def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: 
     return StudyStatus(rows, counts)
 
 
-def resolved(config: dict[str, Any], dotted: str) -> Any:
-    """The value at a dotted key of a nested config (None where the config has no such key)."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def axis_value(trial: Trial, dotted: str) -> Any:
+    """The trial's value on an axis: its override, else its resolved config's value (None where it has none)."""
+    if dotted in trial.overrides:
+        return trial.overrides[dotted]
+    try:
+        return get_dotted(trial.config, dotted)
+    except KeyError:
+        return None
 
 
 def collect_metrics(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
@@ -286,7 +286,7 @@ def collect_metrics(spec_path: str | Path, *, validate: Validate | None, pipelin
     table: list[dict[str, Any]] = []
     for trial, keys in zip(plan.trials, plan.keys):
         row: dict[str, Any] = {"trial": trial.id, "seed": trial.seed}
-        row |= {k: trial.overrides[k] if k in trial.overrides else resolved(trial.config, k) for k in axes}
+        row |= {k: axis_value(trial, k) for k in axes}
         for stage, key in keys.items():
             row.update(metrics.get((stage, key), {}))
         if not curves:
