@@ -243,7 +243,8 @@ def bench_rl(vs: str = typer.Option("trl", "--vs", help="what to compare against
              new_tokens: int = typer.Option(0, help="max new tokens (0: 16 for micro, 32 for tiny)"),
              steps: int = typer.Option(5, help="timed steps per side per round"),
              rounds: int = typer.Option(2, help="alternating rounds; each side keeps its best"),
-             bf16: bool = typer.Option(False, help="bf16 autocast on both sides"),
+             bf16: bool = typer.Option(True, help="bf16 autocast on our side (its learning curve is fp32's)"),
+             trl_bf16: bool = typer.Option(False, "--trl-bf16", help="bf16 autocast on TRL's side too"),
              as_json: bool = typer.Option(False, "--json", help="print only the JSON line")) -> None:
     """Our GRPO step against TRL's GRPOTrainer on the same model, task and batch (needs the `bench` extra)."""
     if vs != "trl":
@@ -251,7 +252,7 @@ def bench_rl(vs: str = typer.Option("trl", "--vs", help="what to compare against
     from .bench.rl import run_rl_bench
 
     result = run_rl_bench(tuple(s for s in sizes.split(",") if s), prompts=prompts, n=n, new_tokens=new_tokens,
-                          steps=steps, rounds=rounds, bf16=bf16)
+                          steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16)
     if not as_json:
         for k, v in result.items():
             typer.echo(f"{k:>22s}  {v}")

@@ -5,7 +5,10 @@ loaded by each) on the arithmetic task with the verifier as the reward, and
 take the same steps: P prompts × n samples, at most `new_tokens` new tokens at
 temperature 1, one optimizer step per batch (AdamW, the same constant learning
 rate), the group-normalised advantage, token-level loss aggregation, and the
-same KL setting (β·k3 to a reference model, in the loss). Each side runs
+same KL setting (β·k3 to a reference model, in the loss). Precision is set per side: by
+default our side runs bf16 autocast (allowed where it keeps the learning curve, which
+`tests/test_rl_e2e.py` checks) and TRL its fp32 default; ``trl_bf16`` gives TRL bf16 autocast
+too, for a same-precision comparison. Each side runs
 `warmup` steps, then `steps` timed ones; the two alternate for `rounds` rounds
 and each keeps its best round (the median step of a round), which damps the
 noise of a shared machine.
@@ -52,7 +55,8 @@ class Setup:
     beta: float
     warmup: int
     steps: int
-    bf16: bool
+    bf16: bool  # ours
+    trl_bf16: bool
 
 
 @dataclass
@@ -113,7 +117,7 @@ def time_trl(s: Setup) -> Timing:
             max_completion_length=s.new_tokens, temperature=1.0, learning_rate=s.lr, lr_scheduler_type="constant",
             optim="adamw_torch", beta=s.beta, loss_type="dapo", scale_rewards="group", num_iterations=1,
             max_steps=s.warmup + s.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-            bf16=s.bf16, disable_dropout=True, seed=0,
+            bf16=s.trl_bf16, disable_dropout=True, seed=0,
         )  # fmt: skip
         trainer = GRPOTrainer(model=str(s.model_dir), reward_funcs=verifier, args=args, train_dataset=data,
                               processing_class=load_policy(s.model_dir)[1], callbacks=[clock])
@@ -126,12 +130,13 @@ def time_trl(s: Setup) -> Timing:
 
 
 def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta: float, warmup: int, steps: int,
-            rounds: int, bf16: bool, peak: float, seed: int = 0) -> dict:
+            rounds: int, bf16: bool, trl_bf16: bool, peak: float, seed: int = 0) -> dict:
     """Our GRPO and TRL's on one ladder size: samples/s, their ratio, and each side's fraction of `peak`."""
     policy, tok = new_policy(size, seed, 128)
     with tempfile.TemporaryDirectory() as folder:
         save_policy(policy, tok, folder)
-        setup = Setup(Path(folder), ArithmeticTask(), prompts, n, new_tokens, lr, beta, max(warmup, 1), steps, bf16)
+        setup = Setup(Path(folder), ArithmeticTask(), prompts, n, new_tokens, lr, beta, max(warmup, 1), steps, bf16,
+                      trl_bf16)
         ours, trl = [], []
         for _ in range(rounds):
             ours.append(time_ours(setup))
@@ -157,8 +162,8 @@ def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta
 
 def run_rl_bench(
     sizes: tuple[str, ...] = ("micro", "tiny"), *, prompts: int = 16, n: int = 8, new_tokens: int = 0,
-    lr: float = 1e-5, beta: float = 0.04, warmup: int = 2, steps: int = 5, rounds: int = 2, bf16: bool = False,
-    threads: int | None = None,
+    lr: float = 1e-5, beta: float = 0.04, warmup: int = 2, steps: int = 5, rounds: int = 2, bf16: bool = True,
+    trl_bf16: bool = False, threads: int | None = None,
 ) -> dict:
     """`compare` at each size (new_tokens 0: `NEW_TOKENS` of the size); the first size's figures at the top
     level, the others under their size's name, the fp32 matmul peak (best of the run's start and end) beside."""
@@ -167,7 +172,7 @@ def run_rl_bench(
     try:
         peak = measure_matmul_peak()
         results = [compare(size, prompts=prompts, n=n, new_tokens=new_tokens or NEW_TOKENS.get(size, 32), lr=lr,
-                           beta=beta, warmup=warmup, steps=steps, rounds=rounds, bf16=bf16, peak=peak)
+                           beta=beta, warmup=warmup, steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16, peak=peak)
                    for size in sizes]
         final_peak = max(peak, measure_matmul_peak())
     finally:
@@ -176,5 +181,5 @@ def run_rl_bench(
         r["ours_peak_frac"] *= peak / final_peak
         r["trl_peak_frac"] *= peak / final_peak
     head, *rest = results
-    return {**head, **{r["size"]: r for r in rest}, "peak_flops": final_peak, "bf16": bf16,
+    return {**head, **{r["size"]: r for r in rest}, "peak_flops": final_peak, "bf16": bf16, "trl_bf16": trl_bf16,
             "threads": threads or previous}
