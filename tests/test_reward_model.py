@@ -184,7 +184,8 @@ def copy_check_pairs(n, seed):
     return preference_pairs(task, sampled, temperature=0.0)
 
 
-def test_orm_trained_briefly_ranks_held_out_arithmetic_pairs(nano):
+@pytest.mark.parametrize("schedule, bf16", [("cosine", False), ("constant", True)])
+def test_orm_trained_briefly_ranks_held_out_arithmetic_pairs(nano, schedule, bf16):
     policy, tok = nano
     model = reward_model_from("orm", policy, tok.pad_token_id)
     rm = RewardModel(model, tok)
@@ -197,7 +198,10 @@ def test_orm_trained_briefly_ranks_held_out_arithmetic_pairs(nano):
 
     before = accuracy()
     data = RMData(pairs=encode_preferences(tok, copy_check_pairs(2000, seed=0)))
+    lrs = []
     train_reward_model(model, data, kind="orm", steps=300, batch_size=32, lr=3e-3, warmup=20, weight_decay=0.0,
-                       weight=1.0, pad_id=tok.pad_token_id, seed=0)
+                       weight=1.0, pad_id=tok.pad_token_id, seed=0, schedule=schedule, bf16=bf16,
+                       on_step=lambda step, stats: lrs.append(stats["lr"]))
     after = accuracy()
     assert after > 0.7 and after > before + 0.15, (before, after)
+    assert lrs[-1] == pytest.approx(3e-3 if schedule == "constant" else 3e-4, rel=0.05)

@@ -194,9 +194,12 @@ class RMConfig(Section):
     aggregation: Literal["min", "last", "mean", "prod"] = Field("min", description="PRM: step scores -> response score")
     steps: int = Field(300, ge=0, description="optimizer steps")
     batch_size: int = Field(32, ge=1, description="pairs, labelled responses or step-labelled responses per step")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW, linear warm-up, cosine decay)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW, linear warm-up, then `schedule`)")
     warmup: int = Field(20, ge=0, description="warm-up steps")
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after warm-up: cosine decay to a tenth of rm.lr, or constant")
     weight_decay: float = Field(0.0, ge=0)
+    bf16: bool = Field(False, description="bf16 autocast for the training forward passes (CPU or GPU)")
 
     @field_validator("size")
     @classmethod

@@ -1,11 +1,13 @@
-"""Training utilities shared by SFT, RM and RL: batching, the optimizer and its schedule, the SFT loop."""
+"""Training utilities shared by SFT, RM and RL: batching, the optimizer and its schedule, bf16 autocast, the SFT loop."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .llama import token_logprobs
@@ -47,6 +49,18 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+@contextmanager
+def mixed_precision(device: torch.device, enabled: bool) -> Iterator[None]:
+    """bf16 autocast (rl.bf16, rm.bf16) for forward passes; their backward follows. On a CPU attention goes through
+    the math kernel: its bf16 backward is a few bf16 matmuls, the fused flash kernel's is several times slower."""
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device.type, dtype=torch.bfloat16), (
+            sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()):
+        yield
 
 
 SCHEDULES = {"cosine": 0.1, "constant": 1.0}  # name -> the final fraction of the peak learning rate

@@ -4,7 +4,8 @@ An outcome RM step scores B chosen, B rejected and B labelled sequences in one f
 `multitask_loss`: w · Bradley–Terry + (1 - w) · BCE (w = 1: pairs only, w = 0: labels only; an
 empty part contributes nothing). A process RM step reads its logits at the step ends of B
 step-labelled sequences and takes `prm_loss`. Batches are drawn with replacement; AdamW with
-linear warm-up and cosine decay, gradients clipped to norm 1, as in SFT.
+linear warm-up, then cosine decay or a constant rate, gradients clipped to norm 1, as in SFT;
+optionally under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..models.reward import orm_scores, prm_token_scores
-from ..models.train import adamw, left_pad, warmup_cosine
+from ..models.train import SCHEDULES, adamw, left_pad, mixed_precision, warmup_cosine
 from .losses import multitask_loss, prm_loss
 
 Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
@@ -38,7 +39,7 @@ def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled]
     device = model.device
     seqs = [c for c, _ in pairs] + [r for _, r in pairs] + [s for s, _ in outcomes]
     ids, attn = left_pad(seqs, pad_id, device)
-    scores = orm_scores(model, ids, attn)  # [2P + C]
+    scores = orm_scores(model, ids, attn).float()  # [2P + C]
     b = len(pairs)
     labels = torch.tensor([label for _, label in outcomes], device=device)
     loss, stats = multitask_loss(scores[:b], scores[b:2 * b], scores[2 * b:], labels, weight=weight)
@@ -62,7 +63,7 @@ def prm_batch_loss(model: PreTrainedModel, items: list[Stepped], pad_id: int):
     """PRM loss of one batch at the step ends; returns (loss, stats, tokens in the batch)."""
     ids, attn = left_pad([seq for seq, _, _ in items], pad_id, model.device)
     labels, mask = (t.to(model.device) for t in step_targets(items, ids.shape[1]))
-    logits = prm_token_scores(model, ids, attn)  # [B, T]
+    logits = prm_token_scores(model, ids, attn).float()  # [B, T]
     loss = prm_loss(logits, labels, mask)
     step_acc = ((logits > 0) == (labels > 0.5))[mask].float().mean().item()
     return loss, {"prm": loss.item(), "step_acc": step_acc}, int(attn.sum())
@@ -81,13 +82,18 @@ def train_reward_model(
     weight: float,
     pad_id: int,
     seed: int,
+    schedule: str = "cosine",
+    bf16: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
     """Train an ORM (`kind` "orm": `weight` w of BT vs BCE) or a PRM ("prm") in place.
 
-    Calls on_step(step, stats) after each optimizer step (stats: loss, lr and the loss parts).
-    Returns the number of tokens trained on (for the 6·N·tokens FLOPs estimate).
+    schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant"; bf16: autocast the
+    forward passes. Calls on_step(step, stats) after each optimizer step (stats: loss, lr and the
+    loss parts). Returns the number of tokens trained on (for the 6·N·tokens FLOPs estimate).
     """
+    if schedule not in SCHEDULES:
+        raise KeyError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     parts = [data.steps] if kind == "prm" else [data.pairs, data.outcomes]
     if not any(parts):
         raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
@@ -97,13 +103,14 @@ def train_reward_model(
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * warmup_cosine(step, steps, warmup)
+            g["lr"] = lr * warmup_cosine(step, steps, warmup, min_ratio=SCHEDULES[schedule])
         batches = [[part[i] for i in torch.randint(len(part), (batch_size,), generator=gen).tolist()] if part else []
                    for part in parts]
-        if kind == "prm":
-            loss, stats, n = prm_batch_loss(model, batches[0], pad_id)
-        else:
-            loss, stats, n = orm_loss(model, *batches, weight, pad_id)
+        with mixed_precision(model.device, bf16):
+            if kind == "prm":
+                loss, stats, n = prm_batch_loss(model, batches[0], pad_id)
+            else:
+                loss, stats, n = orm_loss(model, *batches, weight, pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

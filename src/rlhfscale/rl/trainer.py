@@ -15,18 +15,17 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import RLConfig, RunConfig
 from ..models.critic import token_values
 from ..models.ladder import count_non_embedding
 from ..models.llama import token_logprobs
+from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
 from ..rewards.sources import Rewards
 from ..rollout.sampler import Rollout, sample
@@ -107,18 +106,6 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
 def kl_in_reward(rl: RLConfig) -> bool:
     return KL_IN_REWARD[rl.algorithm] if rl.kl_in == "auto" else rl.kl_in == "reward"
-
-
-@contextmanager
-def mixed_precision(device: torch.device, enabled: bool) -> Iterator[None]:
-    """bf16 autocast (rl.bf16) for forward passes; their backward follows. On a CPU attention goes through
-    the math kernel: its bf16 backward is a few bf16 matmuls, the fused flash kernel's is several times slower."""
-    if not enabled:
-        yield
-        return
-    with torch.autocast(device.type, dtype=torch.bfloat16), (
-            sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()):
-        yield
 
 
 def make_actor(policy, bf16: bool):

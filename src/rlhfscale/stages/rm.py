@@ -114,7 +114,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str
         tokens = train_reward_model(
             model, data, kind=rm.kind, steps=cfg.rm.steps, batch_size=cfg.rm.batch_size, lr=cfg.rm.lr,
             warmup=cfg.rm.warmup, weight_decay=cfg.rm.weight_decay, weight=weight, pad_id=tok.pad_token_id,
-            seed=cfg.seed, on_step=on_step)
+            seed=cfg.seed, schedule=cfg.rm.schedule, bf16=cfg.rm.bf16, on_step=on_step)
     save_policy(model, tok, out.path / "rm")
     n_params = count_non_embedding(model)
     summary = {
