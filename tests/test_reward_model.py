@@ -12,10 +12,13 @@ from rlhfscale.models.io import new_policy, save_policy
 from rlhfscale.models.reward import (
     RewardModel, load_reward_model, pack, prm_token_scores, reward_model_from, step_end_mask,
 )
-from rlhfscale.rewards.data import Sampled, encode_preferences, encode_steps, load_outcomes, preference_pairs
+from rlhfscale.models.train import left_pad
+from rlhfscale.rewards.data import (
+    Outcome, Sampled, encode_outcomes, encode_preferences, encode_steps, load_outcomes, preference_pairs,
+)
 from rlhfscale.rewards.losses import pair_accuracy
 from rlhfscale.rewards.metrics import best_of_n, majority_of_n, pool_pair_accuracy, step_metrics
-from rlhfscale.rewards.train import RMData, train_reward_model
+from rlhfscale.rewards.train import RMData, response_token_mask, train_reward_model
 from rlhfscale.tasks.arithmetic import ArithmeticTask
 from rlhfscale.tasks.jsonl import StepExample
 
@@ -205,3 +208,15 @@ def test_orm_trained_briefly_ranks_held_out_arithmetic_pairs(nano, schedule, bf1
     after = accuracy()
     assert after > 0.7 and after > before + 0.15, (before, after)
     assert lrs[-1] == pytest.approx(3e-3 if schedule == "constant" else 3e-4, rel=0.05)
+
+
+def test_token_level_outcome_mask_covers_exactly_the_response_tokens(nano):
+    _, tok = nano
+    outcomes = [Outcome("12+3=?\n", "12+3=15\nanswer: 15", 1.0), Outcome("what is 9-1-1?\n", "answer: 7", 0.0)]
+    encoded = encode_outcomes(tok, outcomes)
+    ids, _ = left_pad([seq for seq, _, _ in encoded], tok.pad_token_id)
+    mask = response_token_mask(encoded, ids.shape[1])
+    for row, (o, (seq, label, prompt_len)) in enumerate(zip(outcomes, encoded)):
+        response = tok(o.response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        assert ids[row][mask[row]].tolist() == response and label == o.label
+        assert prompt_len == len(tok(o.prompt, add_special_tokens=False).input_ids)

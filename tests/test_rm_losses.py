@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlhfscale.rewards.losses import bce_loss, bt_loss, multitask_loss, pair_accuracy, prm_loss
+from rlhfscale.rewards.losses import bce_loss, bt_loss, multitask_loss, pair_accuracy, prm_loss, token_bce_loss
 
 LN3 = math.log(3.0)
 
@@ -173,3 +173,39 @@ def test_pair_accuracy_matches_reference_loop():
     c, r = randn(40, seed=3).round(), randn(40, seed=4).round()
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(c.tolist(), r.tolist()))
     assert pair_accuracy(c, r) == pytest.approx(wins / 40)
+
+
+# --- token-level outcome BCE -------------------------------------------------------------------
+
+
+def test_token_bce_hand_example():
+    scores = torch.tensor([[0.0, 2.0, 5.0], [LN3, 9.0, 9.0]])
+    labels = torch.tensor([0.0, 0.25])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    # mean over the 3 valid tokens of softplus(0) - 0, softplus(2) - 0, softplus(ln 3) - 0.25 ln 3
+    expected = (math.log(2) + math.log1p(math.exp(2)) + math.log(4) - 0.25 * LN3) / 3
+    assert token_bce_loss(scores, labels, mask).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_token_bce_masked_tokens_change_nothing_and_one_token_is_plain_bce():
+    scores, labels = randn(3, 5, seed=5), rand(3, seed=6)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    garbage = torch.where(mask, scores, torch.tensor(float("nan"))).requires_grad_(True)
+    loss = token_bce_loss(garbage, labels, mask)
+    loss.backward()
+    torch.testing.assert_close(loss, token_bce_loss(scores, labels, mask))
+    assert (garbage.grad[~mask] == 0).all()
+    last = torch.zeros_like(mask)
+    last[:, -1] = True  # one token per response: the last-token BCE
+    torch.testing.assert_close(token_bce_loss(scores, labels, last), bce_loss(scores[:, -1], labels))
+
+
+def test_token_bce_matches_reference_loop_and_multitask_uses_it():
+    scores, labels = randn(4, 6, seed=7) * 2, rand(4, seed=8)
+    lengths = [6, 2, 1, 4]
+    mask = torch.arange(6) >= 6 - torch.tensor(lengths).unsqueeze(-1)  # response tokens on the right
+    terms = [bce_ref(scores[b, t].item(), labels[b].item()) for b, n in enumerate(lengths) for t in range(6 - n, 6)]
+    assert token_bce_loss(scores, labels, mask).item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+    empty = torch.zeros(0, dtype=torch.float64)
+    loss, stats = multitask_loss(empty, empty, scores, labels, weight=0.0, cls_mask=mask)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9) and stats["n_labels"] == 4

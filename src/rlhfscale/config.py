@@ -188,6 +188,9 @@ class RMConfig(Section):
     loss: Literal["bt", "bce"] = Field(
         "bt", description="ORM objective: Bradley-Terry on preference pairs, or BCE on correctness labels")
     multitask_weight: float = Field(0.5, ge=0, le=1, description="multitask RM: w in w * BT + (1 - w) * BCE")
+    token_level: bool = Field(
+        False, description="ORM BCE on the correctness label at every response token (Cobbe et al. 2021), not at "
+        "the last token only; the score is read at the last token either way")
     labels: Literal["gold", "mc_hard", "mc_soft"] = Field(
         "mc_hard", description="PRM step labels: the gold step checker, or Monte-Carlo: whether any completion / "
         "the fraction of completions from the step reaches the right answer")

@@ -90,10 +90,10 @@ def encode_preferences(tok: PreTrainedTokenizerBase, pairs: list[PreferencePair]
     return [(pc + rc, pr + rr) for (pc, rc), (pr, rr) in zip(chosen, rejected)]
 
 
-def encode_outcomes(tok: PreTrainedTokenizerBase, outcomes: list[Outcome]) -> list[tuple[list[int], float]]:
-    """(token sequence, label) of labelled responses."""
+def encode_outcomes(tok: PreTrainedTokenizerBase, outcomes: list[Outcome]) -> list[tuple[list[int], float, int]]:
+    """(token sequence, label, prompt length) of labelled responses."""
     seqs = encode_pairs(tok, [o.prompt for o in outcomes], [o.response for o in outcomes])
-    return [(p + r, o.label) for (p, r), o in zip(seqs, outcomes)]
+    return [(p + r, o.label, len(p)) for (p, r), o in zip(seqs, outcomes)]
 
 
 def encode_steps(

@@ -1,5 +1,6 @@
-"""Reward-model losses: Bradley–Terry on preference pairs, BCE on correctness labels, their
-multi-task mix, and the process (per-step) BCE. Pure functions on tensors.
+"""Reward-model losses: Bradley–Terry on preference pairs, BCE on correctness labels (at the last
+token, or at every response token), their multi-task mix, and the process (per-step) BCE. Pure
+functions on tensors.
 
 Symbols: r_c, r_r are the scalar rewards of the chosen and rejected response of a pair,
 m an optional margin, σ the logistic function. Scores are logits (unbounded rewards);
@@ -32,6 +33,17 @@ def bce_loss(scores: Tensor, labels: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
 
 
+def token_bce_loss(token_scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Outcome BCE at every response token: each token's logit is trained on its response's label,
+    averaged over the valid tokens (the verifier objective of Cobbe et al. 2021, who found it
+    better than the last token alone; the score is still read at the last token).
+
+    token_scores: [B, T] logits; labels: [B] in [0, 1]; mask: [B, T] bool, True on response
+    tokens. Masked entries change nothing. Returns a scalar (0 when no token is valid).
+    """
+    return prm_loss(token_scores, labels[:, None].expand_as(token_scores), mask)
+
+
 def multitask_loss(
     pref_chosen: Tensor,
     pref_rejected: Tensor,
@@ -39,18 +51,21 @@ def multitask_loss(
     cls_labels: Tensor,
     *,
     weight: float,
+    cls_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """One reward model trained on preferences and on correctness labels:
     L = w · L_BT + (1 - w) · L_BCE.
 
     pref_chosen, pref_rejected: [P] rewards of P preference pairs; cls_scores, cls_labels: [C]
-    logits and labels of C labelled responses. Either part may be empty (P = 0 or C = 0): it then
+    logits and labels of C labelled responses, or with cls_mask [C, T] (True on response tokens)
+    cls_scores [C, T] token logits and the BCE at every response token (`token_bce_loss`).
+    Either part may be empty (P = 0 or C = 0): it then
     contributes nothing (its term is 0, not NaN) and is left out of the stats; both empty is an error.
     Returns (scalar loss, stats) with stats keys among `bt`, `bce`, `pair_acc`, `n_pairs`, `n_labels`.
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"multitask_loss: weight must be in [0, 1], got {weight}")
-    n_pairs, n_labels = pref_chosen.numel(), cls_scores.numel()
+    n_pairs, n_labels = pref_chosen.numel(), cls_labels.numel()
     if n_pairs == 0 and n_labels == 0:
         raise ValueError("multitask_loss: no preference pairs and no labelled responses")
     terms: list[Tensor] = []
@@ -61,7 +76,7 @@ def multitask_loss(
         stats["bt"] = bt.item()
         stats["pair_acc"] = pair_accuracy(pref_chosen, pref_rejected)
     if n_labels > 0:
-        bce = bce_loss(cls_scores, cls_labels)
+        bce = bce_loss(cls_scores, cls_labels) if cls_mask is None else token_bce_loss(cls_scores, cls_labels, cls_mask)
         terms.append((1.0 - weight) * bce)
         stats["bce"] = bce.item()
     return torch.stack(terms).sum(), stats

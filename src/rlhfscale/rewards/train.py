@@ -2,7 +2,8 @@
 
 An outcome RM step scores B chosen, B rejected and B labelled sequences in one forward and takes
 `multitask_loss`: w · Bradley–Terry + (1 - w) · BCE (w = 1: pairs only, w = 0: labels only; an
-empty part contributes nothing). A process RM step reads its logits at the step ends of B
+empty part contributes nothing); the BCE is at the last token, or with `token_level` at every
+response token (`token_bce_loss`). A process RM step reads its logits at the step ends of B
 step-labelled sequences and takes `prm_loss`. Batches are drawn with replacement; AdamW with
 linear warm-up, then cosine decay or a constant rate, gradients clipped to norm 1, as in SFT;
 optionally under bf16 autocast.
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from ..models.reward import orm_scores, prm_token_scores
+from ..models.reward import prm_token_scores
 from ..models.train import SCHEDULES, adamw, left_pad, mixed_precision, warmup_cosine
 from .losses import multitask_loss, prm_loss
 
 Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
-Labelled = tuple[list[int], float]  # token sequence, correctness label in [0, 1]
+Labelled = tuple[list[int], float, int]  # token sequence, correctness label in [0, 1], prompt length
 Stepped = tuple[list[int], list[int], list[float]]  # token sequence, step-end indices, step labels
 
 
@@ -34,15 +35,26 @@ class RMData:
     steps: list[Stepped] = field(default_factory=list)
 
 
-def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled], weight: float, pad_id: int):
+def response_token_mask(outcomes: list[Labelled], width: int) -> torch.Tensor:
+    """[C, T] bool, True on the response tokens of left-padded labelled sequences of length T = `width`."""
+    starts = torch.tensor([width - len(seq) + prompt_len for seq, _, prompt_len in outcomes])
+    return torch.arange(width)[None, :] >= starts[:, None]
+
+
+def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled], weight: float, pad_id: int,
+             token_level: bool = False):
     """Multi-task ORM loss of one batch; returns (loss, stats, tokens in the batch)."""
     device = model.device
-    seqs = [c for c, _ in pairs] + [r for _, r in pairs] + [s for s, _ in outcomes]
+    seqs = [c for c, _ in pairs] + [r for _, r in pairs] + [s for s, _, _ in outcomes]
     ids, attn = left_pad(seqs, pad_id, device)
-    scores = orm_scores(model, ids, attn).float()  # [2P + C]
+    token_scores = prm_token_scores(model, ids, attn).float()  # the head at every token, [2P + C, T]
+    scores = token_scores[:, -1]  # left-padded: the last real token is the last column
     b = len(pairs)
-    labels = torch.tensor([label for _, label in outcomes], device=device)
-    loss, stats = multitask_loss(scores[:b], scores[b:2 * b], scores[2 * b:], labels, weight=weight)
+    labels = torch.tensor([label for _, label, _ in outcomes], device=device)
+    cls_scores, cls_mask = scores[2 * b:], None
+    if token_level:
+        cls_scores, cls_mask = token_scores[2 * b:], response_token_mask(outcomes, ids.shape[1]).to(device)
+    loss, stats = multitask_loss(scores[:b], scores[b:2 * b], cls_scores, labels, weight=weight, cls_mask=cls_mask)
     if outcomes:
         stats["label_acc"] = ((scores[2 * b:] > 0) == (labels > 0.5)).float().mean().item()
     return loss, stats, int(attn.sum())
@@ -84,12 +96,13 @@ def train_reward_model(
     seed: int,
     schedule: str = "cosine",
     bf16: bool = False,
+    token_level: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
     """Train an ORM (`kind` "orm": `weight` w of BT vs BCE) or a PRM ("prm") in place.
 
     schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant"; bf16: autocast the
-    forward passes. Calls on_step(step, stats) after each optimizer step (stats: loss, lr and the
+    forward passes; token_level: the ORM's BCE at every response token. Calls on_step(step, stats) after each optimizer step (stats: loss, lr and the
     loss parts). Returns the number of tokens trained on (for the 6·N·tokens FLOPs estimate).
     """
     if schedule not in SCHEDULES:
@@ -110,7 +123,7 @@ def train_reward_model(
             if kind == "prm":
                 loss, stats, n = prm_batch_loss(model, batches[0], pad_id)
             else:
-                loss, stats, n = orm_loss(model, *batches, weight, pad_id)
+                loss, stats, n = orm_loss(model, *batches, weight, pad_id, token_level)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,8 +1,9 @@
 """Stage `rm`: train an outcome, process or multi-task reward model; score it on held-out data.
 
 - ``rm.kind=orm``: Bradley–Terry on preference pairs (``rm.loss=bt``) or BCE on correctness labels
-  (``bce``); ``multitask``: both, mixed by ``rm.multitask_weight``; ``prm``: per-step BCE on the
-  step labels ``rm.labels`` (gold, mc_hard, mc_soft).
+  (``bce``; at every response token with ``rm.token_level``); ``multitask``: both, mixed by
+  ``rm.multitask_weight``; ``prm``: per-step BCE on the step labels ``rm.labels`` (gold, mc_hard,
+  mc_soft).
 - Data: the files of the ``label`` input; an input named after a file replaces it (``pairs``,
   ``outcomes``, ``steps``, ``heldout_pairs``, ``heldout_steps``: jsonl paths).
 - Start: see ``rm.init`` (the backbone of an SFT policy, or a fresh ladder model).
@@ -114,7 +115,8 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str
         tokens = train_reward_model(
             model, data, kind=rm.kind, steps=cfg.rm.steps, batch_size=cfg.rm.batch_size, lr=cfg.rm.lr,
             warmup=cfg.rm.warmup, weight_decay=cfg.rm.weight_decay, weight=weight, pad_id=tok.pad_token_id,
-            seed=cfg.seed, schedule=cfg.rm.schedule, bf16=cfg.rm.bf16, on_step=on_step)
+            seed=cfg.seed, schedule=cfg.rm.schedule, bf16=cfg.rm.bf16, token_level=cfg.rm.token_level,
+            on_step=on_step)
     save_policy(model, tok, out.path / "rm")
     n_params = count_non_embedding(model)
     summary = {
