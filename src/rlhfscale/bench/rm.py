@@ -28,11 +28,14 @@ BENCH = {
     "policy": {"size": "micro"},
     "sft": {"steps": 300, "batch_size": 64, "lr": 2e-3, "schedule": "constant"},
     "eval": {"n_prompts": 200},
-    "data": {"prompts": 1024, "responses_per_prompt": 4, "heldout_prompts": 64, "mc_rollouts": 4},
-    "rm": {"size": "tiny", "steps": 300, "batch_size": 32, "lr": 1e-3},
+    "data": {"prompts": 4096, "responses_per_prompt": 4, "heldout_prompts": 64, "mc_rollouts": 4},
+    "rm": {"size": "tiny", "steps": 600, "batch_size": 32, "lr": 1e-3, "bf16": True},
     "bon": {"prompts": 100, "n_max": 64},
 }
 RM_BACKBONE = {"policy": {"size": "tiny"}, "sft": {"steps": 400, "lr": 3e-3}}
+# The PRM learns step checking slowly (held-out step F1 0.62 after 300 steps on 4k responses, 0.75 after
+# 1500 on 16k); more steps do not help reliably at this size (0.70 after 2500).
+PRM = {"rm": {"kind": "prm", "labels": "mc_hard", "steps": 1500, "batch_size": 64, "lr": 5e-4}}
 
 
 def config(*overrides: dict) -> RunConfig:
@@ -60,7 +63,7 @@ def _bench(root: Path) -> dict:
     backbone = {"rm": {"init": "policy", "init_path": str(root / "rm_backbone" / "policy")}}
     labels = {"label": str(root / "label")}
     rm.run(config(backbone, {"rm": {"kind": "orm"}}), labels, root / "orm")
-    rm.run(config(backbone, {"rm": {"kind": "prm", "labels": "mc_hard"}}), labels, root / "prm")
+    rm.run(config(backbone, PRM), labels, root / "prm")
     b = bon.run(cfg, policy | {"rm_orm": str(root / "orm"), "rm_prm": str(root / "prm")}, root / "bon")
     best_by = max(["orm"] + [f"prm_{how}" for how in ("min", "last", "mean", "prod")], key=lambda k: b[f"bon/{k}@16"])
     return {
