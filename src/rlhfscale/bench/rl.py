@@ -172,7 +172,8 @@ def run_rl_bench(
     try:
         peak = measure_matmul_peak()
         results = [compare(size, prompts=prompts, n=n, new_tokens=new_tokens or NEW_TOKENS.get(size, 32), lr=lr,
-                           beta=beta, warmup=warmup, steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16, peak=peak)
+                           beta=beta, warmup=warmup, steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16,
+                           peak=peak)
                    for size in sizes]
         final_peak = max(peak, measure_matmul_peak())
     finally:

@@ -1,4 +1,5 @@
-"""Training utilities shared by SFT, RM and RL: batching, the optimizer and its schedule, bf16 autocast, the SFT loop."""
+"""Training utilities shared by SFT, RM and RL: batching, the optimizer and its schedule, bf16
+autocast, the SFT loop."""
 
 from __future__ import annotations
 

@@ -58,9 +58,9 @@ def multitask_loss(
 
     pref_chosen, pref_rejected: [P] rewards of P preference pairs; cls_scores, cls_labels: [C]
     logits and labels of C labelled responses, or with cls_mask [C, T] (True on response tokens)
-    cls_scores [C, T] token logits and the BCE at every response token (`token_bce_loss`).
-    Either part may be empty (P = 0 or C = 0): it then
-    contributes nothing (its term is 0, not NaN) and is left out of the stats; both empty is an error.
+    cls_scores [C, T] token logits and the BCE at every response token (`token_bce_loss`). Either
+    part may be empty (P = 0 or C = 0): it then contributes nothing (its term is 0, not NaN) and is
+    left out of the stats; both empty is an error.
     Returns (scalar loss, stats) with stats keys among `bt`, `bce`, `pair_acc`, `n_pairs`, `n_labels`.
     """
     if not 0.0 <= weight <= 1.0:

@@ -102,8 +102,9 @@ def train_reward_model(
     """Train an ORM (`kind` "orm": `weight` w of BT vs BCE) or a PRM ("prm") in place.
 
     schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant"; bf16: autocast the
-    forward passes; token_level: the ORM's BCE at every response token. Calls on_step(step, stats) after each optimizer step (stats: loss, lr and the
-    loss parts). Returns the number of tokens trained on (for the 6·N·tokens FLOPs estimate).
+    forward passes; token_level: the ORM's BCE at every response token. Calls on_step(step, stats)
+    after each optimizer step (stats: loss, lr and the loss parts). Returns the number of tokens
+    trained on (for the 6·N·tokens FLOPs estimate).
     """
     if schedule not in SCHEDULES:
         raise KeyError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
