@@ -67,6 +67,13 @@ def mixed_precision(device: torch.device, enabled: bool) -> Iterator[None]:
 SCHEDULES = {"cosine": 0.1, "constant": 1.0}  # name -> the final fraction of the peak learning rate
 
 
+def final_ratio(schedule: str) -> float:
+    """The final fraction of the peak learning rate of a `SCHEDULES` name; an unknown name lists the valid ones."""
+    if schedule not in SCHEDULES:
+        raise KeyError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    return SCHEDULES[schedule]
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.1) -> float:
     """Learning-rate multiplier: linear warm-up to 1, cosine decay to `min_ratio` at `total`."""
     if step < warmup:
@@ -98,8 +105,7 @@ def sft_loop(
     """Supervised fine-tuning on (prompt, response) token pairs; returns the loss per step.
 
     schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant" (warm-up, then `lr`)."""
-    if schedule not in SCHEDULES:
-        raise KeyError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    min_ratio = final_ratio(schedule)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     opt = adamw(model, lr, weight_decay)
@@ -107,7 +113,7 @@ def sft_loop(
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * warmup_cosine(step, steps, warmup, min_ratio=SCHEDULES[schedule])
+            g["lr"] = lr * warmup_cosine(step, steps, warmup, min_ratio)
         idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
         ids, attn, loss_mask = response_batch([pairs[i] for i in idx], pad_id, device)
         loss = sft_loss(model, ids, attn, loss_mask)

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..models.reward import prm_token_scores
-from ..models.train import SCHEDULES, adamw, left_pad, mixed_precision, warmup_cosine
+from ..models.train import adamw, final_ratio, left_pad, mixed_precision, warmup_cosine
 from .losses import multitask_loss, prm_loss
 
 Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
@@ -106,8 +106,7 @@ def train_reward_model(
     after each optimizer step (stats: loss, lr and the loss parts). Returns the number of tokens
     trained on (for the 6·N·tokens FLOPs estimate).
     """
-    if schedule not in SCHEDULES:
-        raise KeyError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    min_ratio = final_ratio(schedule)
     parts = [data.steps] if kind == "prm" else [data.pairs, data.outcomes]
     if not any(parts):
         raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
@@ -117,7 +116,7 @@ def train_reward_model(
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * warmup_cosine(step, steps, warmup, min_ratio=SCHEDULES[schedule])
+            g["lr"] = lr * warmup_cosine(step, steps, warmup, min_ratio)
         batches = [[part[i] for i in torch.randint(len(part), (batch_size,), generator=gen).tolist()] if part else []
                    for part in parts]
         with mixed_precision(model.device, bf16):
