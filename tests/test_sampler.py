@@ -178,3 +178,20 @@ def test_the_cache_is_allocated_once_with_room_for_every_fed_token(model, prompt
     greedy(model, prompts, eos_id=-1, max_new_tokens=12)
     P = max(len(p) for p in prompts)
     assert capacities == [(P + 11, P + n) for n in range(1, 12)]  # the 12th token is sampled, never fed
+
+
+def test_each_distinct_prompt_is_prefilled_once(model, prompts, monkeypatch):
+    sizes, real_prefill = [], sampler.prefill
+
+    def counting(m, ids, mask, capacity):
+        sizes.append(ids.shape[0])
+        return real_prefill(m, ids, mask, capacity)
+
+    monkeypatch.setattr(sampler, "prefill", counting)
+    repeated = [p for p in prompts[:3] for _ in range(4)] + prompts[:1]  # 13 rows, 3 distinct prompts
+    rollout = sample(model, repeated, max_new_tokens=6, eos_id=-1, pad_id=PAD, generator=torch.Generator().manual_seed(2))
+    assert sizes == [3]
+    P = rollout.prompt_ids.shape[1]
+    full = token_logprobs(model, rollout.sequences, rollout.attention_mask)[:, P - 1:]
+    torch.testing.assert_close(rollout.logprobs, full, atol=1e-4, rtol=0)
+    assert len({tuple(r) for r in rollout.response_ids[:4].tolist()}) > 1  # the copies draw independently

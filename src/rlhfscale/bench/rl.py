@@ -17,7 +17,10 @@ noise of a shared machine.
 the same run (`bench.peak`): 2·N per token the sampler runs (prompt and
 response), 6·N per token trained and 2·N per token through the reference model,
 N the non-embedding parameters, tokens counted without padding, the same way
-for both sides (TRL's own ``num_tokens`` count).
+for both sides (TRL's own ``num_tokens`` count). Our side runs each distinct
+prompt through the model once per step (`models.shared_prefix`), so it does
+fewer FLOPs than this count, which charges every prompt copy: the fraction
+is of the work the step stands for, the same yardstick for both sides.
 """
 
 from __future__ import annotations

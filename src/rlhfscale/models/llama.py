@@ -126,7 +126,7 @@ def positions_of(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _self_attention(q, k, v, mask):
+def self_attention(q, k, v, mask):
     """softmax(q kᵀ / √Dh + mask) v within one sequence: q [B, H, T, Dh], k, v [B, Hkv, T, Dh]."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
@@ -143,7 +143,7 @@ def _layer(layer, x, cos, sin, attend):
     return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
 
 
-def _decoder(backbone: LlamaModel, tokens, cos, sin, attend) -> torch.Tensor:
+def decoder(backbone: LlamaModel, tokens, cos, sin, attend) -> torch.Tensor:
     """Final-normed hidden states [N, D] of tokens [N] whose RoPE angles are cos, sin [N, 1, Dh].
 
     attend(i, q, k, v) is the attention of layer i.
@@ -163,9 +163,9 @@ def hidden_states(backbone: LlamaModel, input_ids: torch.Tensor, attention_mask:
 
     def attend(i, q, k, v):  # [B·T, heads, Dh] -> [B, heads, T, Dh] and back
         q, k, v = (t.view(B, T, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
-        return _self_attention(q, k, v, mask).transpose(1, 2).reshape(B * T, -1)
+        return self_attention(q, k, v, mask).transpose(1, 2).reshape(B * T, -1)
 
-    h = _decoder(backbone, input_ids.flatten(), *rope.at(positions_of(attention_mask).flatten()), attend)
+    h = decoder(backbone, input_ids.flatten(), *rope.at(positions_of(attention_mask).flatten()), attend)
     return h.view(B, T, -1)
 
 
@@ -291,10 +291,10 @@ def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.
         keys[b, p], values[b, p] = k, v
         queries = q.new_zeros(*real.shape, *q.shape[1:])  # a pad queries its own (zero) key
         queries[b, p] = q
-        a = _self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
+        a = self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
         return a.transpose(1, 2)[b, p].flatten(1)
 
-    return _decoder(model.model, tokens, *cache.rope.at(positions), attend)
+    return decoder(model.model, tokens, *cache.rope.at(positions), attend)
 
 
 def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
@@ -302,7 +302,7 @@ def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -
     cache.open_column()
     if cache.rope is None or len(cache.rope.cos) < cache.k.shape[3]:  # a cache built elsewhere, or grown
         cache.rope = Rope.of(model.config, cache.k.shape[3], cache.k.dtype, cache.k.device)
-    h = _decoder(model.model, tokens, *cache.rope.at(cache.positions), cache.attend)
+    h = decoder(model.model, tokens, *cache.rope.at(cache.positions), cache.attend)
     cache.length += 1
     cache.positions += 1
     return model.lm_head(h)

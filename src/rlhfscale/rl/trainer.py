@@ -22,9 +22,8 @@ import torch
 from torch import Tensor
 
 from ..config import RLConfig, RunConfig
-from ..models.critic import token_values
 from ..models.ladder import count_non_embedding
-from ..models.llama import token_logprobs
+from ..models import shared_prefix
 from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
 from ..rewards.sources import Rewards
@@ -65,16 +64,18 @@ class Batch:
 
 
 def response_logprobs(model, ids, attn, prompt_len: int, temperature: float, with_entropy: bool = False):
-    """Log-probs (and entropies) of the response tokens: ``[B, R]``."""
-    out = token_logprobs(model, ids, attn, temperature=temperature, with_entropy=with_entropy)
-    if with_entropy:
-        return out[0][:, prompt_len - 1:], out[1][:, prompt_len - 1:]
-    return out[:, prompt_len - 1:]
+    """Log-probs (and entropies) of the response tokens of ids [B, P + R]: ``[B, R]``. The n copies of a
+    prompt go through the model once (`models.shared_prefix`)."""
+    P = prompt_len
+    return shared_prefix.response_logprobs(model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:], temperature,
+                                           with_entropy)
 
 
 def response_values(critic, ids, attn, prompt_len: int) -> Tensor:
-    """V of the state before each response token (the prefix it is sampled from): ``[B, R]``."""
-    return token_values(critic, ids, attn)[:, prompt_len - 1:-1]
+    """V of the state before each response token (the prefix it is sampled from): ``[B, R]``, float32."""
+    P = prompt_len
+    h = shared_prefix.response_hidden_states(critic.model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:])
+    return critic.score(h).squeeze(-1).float()
 
 
 def token_rewards(scores: Tensor, dense: Tensor, mask: Tensor) -> Tensor:

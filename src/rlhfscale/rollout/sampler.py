@@ -2,8 +2,10 @@
 
     prompts ─left-pad─▶ prefill ─▶ logits ─▶ next token ─▶ decode_step ─▶ logits ─▶ …
 
-Each step feeds one token per unfinished row through `models.llama.decode_step`,
-into a cache allocated once with room for the prompts and every token fed.
+Each distinct prompt is prefilled once and its cache copied to the rows that
+continue it (RL samples n responses per prompt). Each step then feeds one
+token per unfinished row through `models.llama.decode_step`, into a cache
+allocated once with room for the prompts and every token fed.
 A row finishes at EOS (kept in the response) or after `max_new_tokens`; when
 half of the rows still in the batch have finished, they are dropped from the
 batch and the cache, so long stragglers do not drag finished rows along.
@@ -21,6 +23,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from rlhfscale.models.llama import decode_step, prefill
+from rlhfscale.models.shared_prefix import distinct_prompts
 
 
 @dataclass
@@ -140,7 +143,9 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,
     device = model.model.embed_tokens.weight.device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     (B, P), R = prompt_ids.shape, max_new_tokens
-    logits, cache = prefill(model, prompt_ids, prompt_mask, capacity=P + R - 1)  # the last token is not fed
+    ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)  # the n copies of a prompt: one prefill
+    logits, cache = prefill(model, ids_u, mask_u, capacity=P + R - 1)  # the last token is not fed
+    logits, cache = logits[inverse], cache.select(inverse)
 
     tokens_out = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     logprobs_out = torch.zeros((B, R), dtype=torch.float32, device=device)

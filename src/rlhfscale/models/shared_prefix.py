@@ -1,0 +1,97 @@
+"""The forward of responses that share prompts: each distinct prompt goes through the model once.
+
+An RL batch holds n responses to each of its prompts. A causal model's states
+at a prompt's tokens do not depend on the response that follows, so the n
+copies of a prompt would compute the same thing n times: at `micro` with 16
+prompt and 16 response tokens, half of the tokens of a GRPO step's reference
+and policy forwards. Here the distinct prompts [U, P] and the responses
+[B, R] go through the layers as one flat list of U·P + B·R tokens (every op
+but the attention acts on each token alone), and the attention reads the
+prompt's keys and values for every response row that follows it:
+
+    prompt tokens:   causal self-attention within their prompt       [U, H, P, P]
+    response tokens: attention over [prompt keys ; response keys]    [B, H, R, P + R]
+
+The results equal the full forward of the concatenated rows (tested); the
+gradient reaches each prompt token once, summed over the responses that read it.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaForCausalLM, LlamaModel
+
+from .llama import Rope, attention_mask_4d, decoder, positions_of, self_attention
+
+
+def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The distinct rows of left-padded prompts [B, P]: their ids and mask [U, P] and each row's index [B]."""
+    keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)  # pads compare equal whatever their id
+    _, first, inverse = _unique_rows(keyed)
+    return prompt_ids[first], prompt_mask[first], inverse
+
+
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distinct rows [U, P], the index of one occurrence of each [U], and each row's distinct index [B]."""
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.empty(len(distinct), dtype=torch.long, device=rows.device)
+    first[inverse] = torch.arange(len(rows), device=rows.device)
+    return distinct, first, inverse
+
+
+def response_hidden_states(
+    backbone: LlamaModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Final-normed hidden states [B, R, D] at the positions that predict each response token.
+
+    prompt_ids, prompt_mask: [B, P], left-padded; response_ids, response_mask:
+    [B, R], right-padded. Row t is the state that predicts response token t:
+    the prompt's last token for t = 0, response token t - 1 after. Equal to
+    `llama.hidden_states` of the concatenated rows at columns P-1 .. P+R-2.
+    """
+    (B, R), P = response_ids.shape, prompt_ids.shape[1]
+    ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)
+    U, emb = len(ids_u), backbone.embed_tokens.weight
+    positions = torch.cat((positions_of(mask_u).flatten(),
+                           positions_of(torch.cat((prompt_mask, response_mask), 1))[:, P:].flatten()))
+    rope = Rope.of(backbone.config, int(positions.max()) + 1, emb.dtype, emb.device)
+    prompt_causal = attention_mask_4d(mask_u)  # [U, 1, P, P]
+    response_causal = attention_mask_4d(torch.cat((prompt_mask, response_mask), 1))[:, :, P:]  # [B, 1, R, P+R]
+
+    def attend(i, q, k, v):  # q [U·P + B·R, H, Dh], k, v [U·P + B·R, Hkv, Dh] -> [U·P + B·R, H·Dh]
+        (qp, qr), (kp, kr), (vp, vr) = (t.split((U * P, B * R)) for t in (q, k, v))
+        qp, kp, vp = (t.view(U, P, *t.shape[1:]).transpose(1, 2) for t in (qp, kp, vp))  # [U, heads, P, Dh]
+        qr, kr, vr = (t.view(B, R, *t.shape[1:]).transpose(1, 2) for t in (qr, kr, vr))  # [B, heads, R, Dh]
+        out_p = self_attention(qp, kp, vp, prompt_causal)
+        out_r = self_attention(qr, torch.cat((kp[inverse], kr), 2), torch.cat((vp[inverse], vr), 2), response_causal)
+        return torch.cat((out_p.transpose(1, 2).reshape(U * P, -1), out_r.transpose(1, 2).reshape(B * R, -1)))
+
+    h = decoder(backbone, torch.cat((ids_u.flatten(), response_ids.flatten())), *rope.at(positions), attend)
+    h_prompt, h_response = h.split((U * P, B * R))
+    last_prompt = h_prompt.view(U, P, -1)[inverse, -1:]  # [B, 1, D]: left padding puts it in the last column
+    return torch.cat((last_prompt, h_response.view(B, R, -1)[:, :-1]), 1)
+
+
+def response_logprobs(
+    model: LlamaForCausalLM,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(response token t | prompt, tokens < t) [B, R] under softmax(logits / temperature), float32.
+
+    With `with_entropy`, also the entropy [B, R] of each of those next-token distributions.
+    """
+    h = response_hidden_states(model.model, prompt_ids, prompt_mask, response_ids, response_mask)
+    logp = (model.lm_head(h).float() / temperature).log_softmax(-1)  # [B, R, V]
+    chosen = logp.gather(-1, response_ids[..., None]).squeeze(-1)
+    if not with_entropy:
+        return chosen
+    return chosen, -(logp.exp() * logp).sum(-1)
