@@ -24,7 +24,8 @@ so a left-padded prompt gets the positions it would have unpadded, as in HF
 What differs between uses is which tokens go in and how they attend: every
 token of a padded batch, within its sequence (`hidden_states`, training and
 scoring); the real prompt tokens only, within their prompt, while filling a
-`KVCache` (`prefill`); one new token per row, to the cache (`decode_step`).
+`KVCache` (`prefill`); one new token per row, to the cache (`decode_step`);
+distinct prompts and the responses that share them (`models.shared_prefix`).
 """
 
 from __future__ import annotations

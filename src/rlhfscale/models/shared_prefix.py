@@ -27,16 +27,10 @@ from .llama import Rope, attention_mask_4d, decoder, positions_of, self_attentio
 def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The distinct rows of left-padded prompts [B, P]: their ids and mask [U, P] and each row's index [B]."""
     keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)  # pads compare equal whatever their id
-    _, first, inverse = _unique_rows(keyed)
-    return prompt_ids[first], prompt_mask[first], inverse
-
-
-def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distinct rows [U, P], the index of one occurrence of each [U], and each row's distinct index [B]."""
-    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    first = torch.empty(len(distinct), dtype=torch.long, device=rows.device)
-    first[inverse] = torch.arange(len(rows), device=rows.device)
-    return distinct, first, inverse
+    distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+    row_of = torch.empty(len(distinct), dtype=torch.long, device=keyed.device)
+    row_of[inverse] = torch.arange(len(keyed), device=keyed.device)  # one row holding each distinct prompt
+    return prompt_ids[row_of], prompt_mask[row_of], inverse
 
 
 def response_hidden_states(

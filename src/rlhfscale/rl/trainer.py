@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from ..config import RLConfig, RunConfig
-from ..models.ladder import count_non_embedding
 from ..models import shared_prefix
+from ..models.ladder import count_non_embedding
 from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
 from ..rewards.sources import Rewards
