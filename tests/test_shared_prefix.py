@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlhfscale.models import llama, shared_prefix
-from rlhfscale.models.critic import critic_from_policy, token_values
+from rlhfscale.models.critic import critic_from_policy, response_values, token_values
 from rlhfscale.models.ladder import build_model
 
 P, R = 6, 5
@@ -82,7 +82,7 @@ def test_response_states_are_the_critic_values_of_the_full_forward():
     torch.nn.init.normal_(critic.score.weight)
     ids, attn = full(*batch)
     want = token_values(critic, ids, attn)[:, P - 1:-1]
-    got = critic.score(shared_prefix.response_hidden_states(critic.model, *batch)).squeeze(-1)
+    got = response_values(critic, ids, attn, prompt_len=P)
     real = batch[3].bool()
     torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=0)
 

@@ -3,8 +3,9 @@
 Stored as a Hugging Face `LlamaForSequenceClassification` with one label, so a
 critic folder is a plain HF folder and a reward model's folder initializes one
 (its backbone and score head load as they are). The forward is our fast
-`hidden_states`, the same one the policy trains with; HF's own forward pools the
-last token and would throw the per-token values away.
+`hidden_states` (`shared_prefix` for RL batches), the same one the policy
+trains with; HF's own forward pools the last token and would throw the
+per-token values away.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
 from ..errors import BadInput
 from .llama import hidden_states
+from .shared_prefix import response_hidden_states
 
 
 def critic_from_policy(policy: LlamaForCausalLM) -> LlamaForSequenceClassification:
@@ -40,4 +42,17 @@ def critic_from_rm(path: str | Path, device: str = "cpu") -> LlamaForSequenceCla
 
 def token_values(critic: LlamaForSequenceClassification, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """The critic's value at every position of ids [B, T] (pads: attn == 0): ``[B, T]``, float32."""
-    return critic.score(hidden_states(critic.model, ids, attn)).squeeze(-1).float()
+    return _values(critic, hidden_states(critic.model, ids, attn))
+
+
+def response_values(critic: LlamaForSequenceClassification, ids: torch.Tensor, attn: torch.Tensor,
+                    prompt_len: int) -> torch.Tensor:
+    """V of the state before each response token of ids [B, P + R] (the prefix it is sampled from): ``[B, R]``,
+    float32; `token_values` at columns P-1 .. P+R-2, each distinct prompt run once (`shared_prefix`)."""
+    P = prompt_len
+    return _values(critic, response_hidden_states(critic.model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:]))
+
+
+def _values(critic: LlamaForSequenceClassification, h: torch.Tensor) -> torch.Tensor:
+    """The scalar head on hidden states h [..., D]: ``[...]``, float32."""
+    return critic.score(h).squeeze(-1).float()

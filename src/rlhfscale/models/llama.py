@@ -188,8 +188,16 @@ def token_logprobs(
     distributions. Computed in float32 whatever the model dtype.
     """
     h = hidden_states(model.model, input_ids, attention_mask)[:, :-1]
-    logp = (model.lm_head(h).float() / temperature).log_softmax(-1)  # [B, T-1, V]
-    chosen = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return next_token_logprobs(model, h, input_ids[:, 1:], temperature, with_entropy)
+
+
+def next_token_logprobs(
+    model: LlamaForCausalLM, h: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(targets) [B, T] of the LM head on hidden states h [B, T, D] under softmax(logits / temperature),
+    in float32; with `with_entropy`, also each distribution's entropy [B, T]."""
+    logp = (model.lm_head(h).float() / temperature).log_softmax(-1)  # [B, T, V]
+    chosen = logp.gather(-1, targets[..., None]).squeeze(-1)
     if not with_entropy:
         return chosen
     return chosen, -(logp.exp() * logp).sum(-1)

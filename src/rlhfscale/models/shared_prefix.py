@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaForCausalLM, LlamaModel
 
-from .llama import Rope, attention_mask_4d, decoder, positions_of, self_attention
+from .llama import Rope, attention_mask_4d, decoder, next_token_logprobs, positions_of, self_attention
 
 
 def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -50,11 +50,11 @@ def response_hidden_states(
     (B, R), P = response_ids.shape, prompt_ids.shape[1]
     ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)
     U, emb = len(ids_u), backbone.embed_tokens.weight
-    positions = torch.cat((positions_of(mask_u).flatten(),
-                           positions_of(torch.cat((prompt_mask, response_mask), 1))[:, P:].flatten()))
-    rope = Rope.of(backbone.config, int(positions.max()) + 1, emb.dtype, emb.device)
+    full_mask = torch.cat((prompt_mask, response_mask), 1)  # [B, P + R]
+    positions = torch.cat((positions_of(mask_u).flatten(), positions_of(full_mask)[:, P:].flatten()))
+    rope = Rope.of(backbone.config, P + R, emb.dtype, emb.device)
     prompt_causal = attention_mask_4d(mask_u)  # [U, 1, P, P]
-    response_causal = attention_mask_4d(torch.cat((prompt_mask, response_mask), 1))[:, :, P:]  # [B, 1, R, P+R]
+    response_causal = attention_mask_4d(full_mask)[:, :, P:]  # [B, 1, R, P + R]
 
     def attend(i, q, k, v):  # q [U·P + B·R, H, Dh], k, v [U·P + B·R, Hkv, Dh] -> [U·P + B·R, H·Dh]
         (qp, qr), (kp, kr), (vp, vr) = (t.split((U * P, B * R)) for t in (q, k, v))
@@ -84,8 +84,4 @@ def response_logprobs(
     With `with_entropy`, also the entropy [B, R] of each of those next-token distributions.
     """
     h = response_hidden_states(model.model, prompt_ids, prompt_mask, response_ids, response_mask)
-    logp = (model.lm_head(h).float() / temperature).log_softmax(-1)  # [B, R, V]
-    chosen = logp.gather(-1, response_ids[..., None]).squeeze(-1)
-    if not with_entropy:
-        return chosen
-    return chosen, -(logp.exp() * logp).sum(-1)
+    return next_token_logprobs(model, h, response_ids, temperature, with_entropy)

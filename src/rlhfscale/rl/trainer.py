@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..config import RLConfig, RunConfig
 from ..models import shared_prefix
+from ..models.critic import response_values
 from ..models.ladder import count_non_embedding
 from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
@@ -69,13 +70,6 @@ def response_logprobs(model, ids, attn, prompt_len: int, temperature: float, wit
     P = prompt_len
     return shared_prefix.response_logprobs(model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:], temperature,
                                            with_entropy)
-
-
-def response_values(critic, ids, attn, prompt_len: int) -> Tensor:
-    """V of the state before each response token (the prefix it is sampled from): ``[B, R]``, float32."""
-    P = prompt_len
-    h = shared_prefix.response_hidden_states(critic.model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:])
-    return critic.score(h).squeeze(-1).float()
 
 
 def token_rewards(scores: Tensor, dense: Tensor, mask: Tensor) -> Tensor:
