@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 from rlhfscale.errors import BadInput
 from rlhfscale.models.io import new_policy, save_policy
+from rlhfscale.models.llama import hidden_states
 from rlhfscale.models.reward import (
     RewardModel, load_reward_model, pack, prm_token_scores, reward_model_from, step_end_mask,
 )
@@ -16,11 +17,13 @@ from rlhfscale.models.train import left_pad
 from rlhfscale.rewards.data import (
     Outcome, Sampled, encode_outcomes, encode_preferences, encode_steps, load_outcomes, preference_pairs,
 )
-from rlhfscale.rewards.losses import pair_accuracy
+from rlhfscale.rewards.losses import next_token_loss, pair_accuracy
 from rlhfscale.rewards.metrics import best_of_n, majority_of_n, pool_pair_accuracy, step_metrics
-from rlhfscale.rewards.train import RMData, response_token_mask, train_reward_model
+from rlhfscale.rewards.train import (
+    RMData, lm_targets, response_token_mask, right_prefix_end, train_reward_model,
+)
 from rlhfscale.tasks.arithmetic import ArithmeticTask
-from rlhfscale.tasks.jsonl import StepExample
+from rlhfscale.tasks.jsonl import PreferencePair, StepExample
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +223,46 @@ def test_token_level_outcome_mask_covers_exactly_the_response_tokens(nano):
         response = tok(o.response, add_special_tokens=False).input_ids + [tok.eos_token_id]
         assert ids[row][mask[row]].tolist() == response and label == o.label
         assert prompt_len == len(tok(o.prompt, add_special_tokens=False).input_ids)
+
+
+def test_lm_targets_cover_the_steps_before_the_first_wrong_one():
+    items = [([5, 6, 7, 8, 9, 10], [3, 5], [1.0, 0.0]),  # step 1 right (ends at token 3), step 2 wrong
+             ([5, 6, 7], [1, 2], [0.0, 1.0]),  # step 1 wrong: nothing, whatever follows
+             ([5, 6, 7, 8], [1, 3], [1.0, 0.6])]  # both right (a soft 0.6 counts): tokens 1..3
+    upto = [right_prefix_end(item) for item in items]
+    assert upto == [3, -1, 3]
+    mask = lm_targets([seq for seq, _, _ in items], upto, 6)  # rows 2 and 3 are left-padded by 3 and 2
+    assert mask.int().tolist() == [[0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("kind", ["prm", "orm"])
+def test_lm_coef_teaches_the_backbone_the_right_responses_only(nano, kind):
+    """With lm_coef the RM's tied LM head learns the gold solutions: their next-token loss falls far
+    below that of the same training without it; a wrong implementation that trained on the wrong
+    steps (here: every response's wrong tail is the same junk line) would learn the junk too."""
+    policy, tok = nano
+    task = ArithmeticTask()
+    newline = tok.encode("\n", add_special_tokens=False)[0]
+    train = task.examples("train", 64)
+    steps = [StepExample(e.prompt, e.solution.split("\n") + ["zzzz"], [1.0] * 3 + [0.0]) for e in train]
+    pairs = [PreferencePair(e.prompt, e.solution, "zzzz") for e in train]
+    test = task.examples("test", 32)
+
+    def lm_loss(model, responses):  # the next-token loss of the responses' tokens (and EOS)
+        ids, attn, response_mask = pack(tok, [e.prompt for e in test], responses)
+        with torch.no_grad():
+            h = hidden_states(model.model, ids, attn)
+        mask = torch.cat((torch.zeros_like(ids[:, :-response_mask.shape[1]]), response_mask), 1).bool()
+        return next_token_loss(h, model.model.embed_tokens.weight, ids, mask).item()
+
+    losses = {}
+    for coef in (0.0, 1.0):
+        model = reward_model_from(kind, policy, tok.pad_token_id)
+        data = RMData(steps=encode_steps(tok, steps, newline, "x")) if kind == "prm" else \
+            RMData(pairs=encode_preferences(tok, pairs))
+        train_reward_model(model, data, kind=kind, steps=60, batch_size=16, lr=3e-3, warmup=5, weight_decay=0.0,
+                           weight=1.0, pad_id=tok.pad_token_id, seed=0, lm_coef=coef)
+        losses[coef] = lm_loss(model, [e.solution for e in test]), lm_loss(model, ["zzzz"] * len(test))
+    (gold0, junk0), (gold1, junk1) = losses[0.0], losses[1.0]
+    assert gold1 < 0.6 * gold0, losses
+    assert junk1 > gold1 + 0.5, losses  # "zzzz" was never a target

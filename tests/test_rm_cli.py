@@ -51,3 +51,20 @@ def test_train_rm_runs_sample_label_rm_and_writes_a_run_directory(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "rm/config.json", "rm/model.safetensors",
                  "sample/train.jsonl", "label/pairs.jsonl"):
         assert (tmp_path / "rm" / name).is_file(), name
+
+
+def test_lm_coef_on_a_backbone_without_tied_embeddings_exits_2(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from rlhfscale.models.io import new_policy, save_policy
+    policy, tok = new_policy("nano", 0, 64)
+    policy.config.tie_word_embeddings = False
+    save_policy(LlamaForCausalLM(policy.config), tok, tmp_path / "untied")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "q\n", "chosen": "a", "rejected": "b"}) + "\n")
+    r = run_cli("train-rm", "rm.lm_coef=1", f"rm.init_path={tmp_path / 'untied'}", "--pairs", str(pairs),
+                "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rm.lm_coef: expected a backbone with tied input and output embeddings" in lines[0]
+    assert not (tmp_path / "run" / "rm").exists()

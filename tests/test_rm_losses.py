@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from rlhfscale.rewards.losses import bce_loss, bt_loss, multitask_loss, pair_accuracy, prm_loss, token_bce_loss
+from rlhfscale.rewards.losses import (
+    bce_loss, bt_loss, multitask_loss, next_token_loss, pair_accuracy, prm_loss, token_bce_loss,
+)
 
 LN3 = math.log(3.0)
 
@@ -209,3 +211,48 @@ def test_token_bce_matches_reference_loop_and_multitask_uses_it():
     empty = torch.zeros(0, dtype=torch.float64)
     loss, stats = multitask_loss(empty, empty, scores, labels, weight=0.0, cls_mask=mask)
     assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9) and stats["n_labels"] == 4
+
+
+# --- next-token (LM) loss ---------------------------------------------------------------------
+
+
+def test_next_token_loss_hand_example():
+    # V = 2, W = I: logits are the hidden states. Targets: x_1 = 1 after h_0 = [0, ln 3] (p = 3/4)
+    # and x_2 = 0 after h_1 = [0, 0] (p = 1/2); x_3 is not a target.
+    hidden = torch.tensor([[[0.0, LN3], [0.0, 0.0], [5.0, -5.0], [1.0, 2.0]]])
+    ids = torch.tensor([[0, 1, 0, 1]])
+    mask = torch.tensor([[False, True, True, False]])
+    expected = (-math.log(0.75) - math.log(0.5)) / 2
+    assert next_token_loss(hidden, torch.eye(2), ids, mask).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_next_token_loss_masked_tokens_and_column_zero_change_nothing():
+    hidden, weight = randn(3, 6, 4), randn(5, 4, seed=1)
+    ids = torch.randint(5, (3, 6), generator=torch.Generator().manual_seed(2))
+    mask = rand(3, 6, seed=3) > 0.4
+    base = next_token_loss(hidden, weight, ids, mask)
+    other_hidden, other_ids = hidden.clone(), ids.clone()
+    last_free = ~mask[:, 1:].clone()  # positions whose next token is not a target
+    other_hidden[:, :-1][last_free] = 100.0
+    other_hidden[:, -1] = -7.0  # the last position predicts nothing
+    other_ids[~mask] = (other_ids[~mask] + 1) % 5
+    mask_col0 = mask.clone()
+    mask_col0[:, 0] = ~mask[:, 0]
+    assert next_token_loss(other_hidden, weight, other_ids, mask_col0).item() == pytest.approx(base.item(), abs=1e-6)
+    assert next_token_loss(hidden, weight, ids, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_next_token_loss_matches_reference_loop():
+    hidden, weight = randn(2, 5, 3), randn(7, 3, seed=1)
+    ids = torch.randint(7, (2, 5), generator=torch.Generator().manual_seed(2))
+    mask = rand(2, 5, seed=3) > 0.3
+    total, count = 0.0, 0
+    for b in range(2):
+        for t in range(1, 5):
+            if mask[b, t]:
+                logits = [sum(hidden[b, t - 1, d].item() * weight[v, d].item() for d in range(3)) for v in range(7)]
+                top = max(logits)
+                log_z = top + math.log(sum(math.exp(z - top) for z in logits))
+                total += log_z - logits[ids[b, t]]
+                count += 1
+    assert next_token_loss(hidden, weight, ids, mask).item() == pytest.approx(total / count, abs=1e-6)  # float32

@@ -191,6 +191,10 @@ class RMConfig(Section):
     token_level: bool = Field(
         False, description="ORM BCE on the correctness label at every response token (Cobbe et al. 2021), not at "
         "the last token only; the score is read at the last token either way")
+    lm_coef: float = Field(
+        0.0, ge=0, description="weight of an auxiliary next-token loss (through the tied embeddings) on the text "
+        "the labels call right: chosen and correct sequences, a PRM one up to its first wrong step (the verifier "
+        "objective of Cobbe et al. 2021); 0: off")
     labels: Literal["gold", "mc_hard", "mc_soft"] = Field(
         "mc_hard", description="PRM step labels: the gold step checker, or Monte-Carlo: whether any completion / "
         "the fraction of completions from the step reaches the right answer")

@@ -1,6 +1,6 @@
 """Reward-model losses: Bradley–Terry on preference pairs, BCE on correctness labels (at the last
-token, or at every response token), their multi-task mix, and the process (per-step) BCE. Pure
-functions on tensors.
+token, or at every response token), their multi-task mix, the process (per-step) BCE, and the
+auxiliary next-token loss of a verifier trained with the LM objective. Pure functions on tensors.
 
 Symbols: r_c, r_r are the scalar rewards of the chosen and rejected response of a pair,
 m an optional margin, σ the logistic function. Scores are logits (unbounded rewards);
@@ -94,6 +94,24 @@ def prm_loss(step_scores: Tensor, step_labels: Tensor, step_mask: Tensor) -> Ten
     scores = torch.where(mask, step_scores, 0.0)
     per_step = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
     return torch.where(mask, per_step, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def next_token_loss(hidden: Tensor, out_weight: Tensor, ids: Tensor, target_mask: Tensor) -> Tensor:
+    """Language-model loss  -log softmax(h_{t-1} Wᵀ)[x_t], averaged over the target tokens x_t.
+
+    A reward model whose backbone ties its input and output embeddings still holds its LM head
+    (W = the embedding matrix), so it can keep the next-token objective beside its reward loss, as
+    the verifiers of Cobbe et al. (2021) do. Logits are formed only at the targets' positions.
+
+    hidden: [B, T, D] final-normed hidden states; out_weight: [V, D]; ids: [B, T] token ids;
+    target_mask: [B, T] bool, True at tokens to predict (column 0 has no predecessor and is
+    ignored). Masked entries change nothing. Returns a scalar (0 when no token is a target).
+    """
+    targets = target_mask[:, 1:].bool()
+    if not targets.any():
+        return hidden.sum() * 0.0
+    logits = hidden[:, :-1][targets].float() @ out_weight.float().T  # [N, V]
+    return F.cross_entropy(logits, ids[:, 1:][targets])
 
 
 def pair_accuracy(chosen: Tensor, rejected: Tensor) -> float:

@@ -4,9 +4,11 @@ An outcome RM step scores B chosen, B rejected and B labelled sequences in one f
 `multitask_loss`: w · Bradley–Terry + (1 - w) · BCE (w = 1: pairs only, w = 0: labels only; an
 empty part contributes nothing); the BCE is at the last token, or with `token_level` at every
 response token (`token_bce_loss`). A process RM step reads its logits at the step ends of B
-step-labelled sequences and takes `prm_loss`. Batches are drawn with replacement; AdamW with
-linear warm-up, then cosine decay or a constant rate, gradients clipped to norm 1, as in SFT;
-optionally under bf16 autocast.
+step-labelled sequences and takes `prm_loss`. With `lm_coef` > 0 either adds lm_coef times the
+next-token loss (`next_token_loss`, through the tied embeddings) of the text the labels call right:
+chosen and correct sequences whole, a step-labelled one up to its first wrong step (prompt tokens
+included). Batches are drawn with replacement; AdamW with linear warm-up, then cosine decay or a
+constant rate, gradients clipped to norm 1, as in SFT; optionally under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from ..models.reward import prm_token_scores
+from ..models.llama import hidden_states
 from ..models.train import adamw, final_ratio, left_pad, mixed_precision, warmup_cosine
-from .losses import multitask_loss, prm_loss
+from .losses import multitask_loss, next_token_loss, prm_loss
 
 Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
 Labelled = tuple[list[int], float, int]  # token sequence, correctness label in [0, 1], prompt length
@@ -41,13 +43,30 @@ def response_token_mask(outcomes: list[Labelled], width: int) -> torch.Tensor:
     return torch.arange(width)[None, :] >= starts[:, None]
 
 
+def lm_targets(seqs: list[list[int]], upto: list[int], width: int) -> torch.Tensor:
+    """[B, T] bool: True at tokens 1..upto[i] of sequence i (unpadded indices; -1: none) in the
+    left-padded layout of length T = `width`."""
+    lengths, ends = torch.tensor([len(s) for s in seqs]), torch.tensor(upto)
+    col = torch.arange(width)[None, :] - (width - lengths)[:, None]  # index into the unpadded sequence
+    return (col >= 1) & (col <= ends[:, None])
+
+
+def lm_aux(model: PreTrainedModel, h: torch.Tensor, ids: torch.Tensor, seqs: list[list[int]], upto: list[int],
+           stats: dict[str, float]) -> torch.Tensor:
+    """The next-token loss of tokens 1..upto[i] of each sequence i (h [B, T, D], ids [B, T]); logged as "lm"."""
+    lm = next_token_loss(h, model.model.embed_tokens.weight, ids, lm_targets(seqs, upto, ids.shape[1]).to(ids.device))
+    stats["lm"] = lm.item()
+    return lm
+
+
 def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled], weight: float, pad_id: int,
-             token_level: bool = False):
+             token_level: bool = False, lm_coef: float = 0.0):
     """Multi-task ORM loss of one batch; returns (loss, stats, tokens in the batch)."""
     device = model.device
     seqs = [c for c, _ in pairs] + [r for _, r in pairs] + [s for s, _, _ in outcomes]
     ids, attn = left_pad(seqs, pad_id, device)
-    token_scores = prm_token_scores(model, ids, attn).float()  # the head at every token, [2P + C, T]
+    h = hidden_states(model.model, ids, attn)  # [2P + C, T, D]
+    token_scores = model.score(h).squeeze(-1).float()  # the head at every token, [2P + C, T]
     scores = token_scores[:, -1]  # left-padded: the last real token is the last column
     b = len(pairs)
     labels = torch.tensor([label for _, label, _ in outcomes], device=device)
@@ -57,6 +76,9 @@ def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled]
     loss, stats = multitask_loss(scores[:b], scores[b:2 * b], cls_scores, labels, weight=weight, cls_mask=cls_mask)
     if outcomes:
         stats["label_acc"] = ((scores[2 * b:] > 0) == (labels > 0.5)).float().mean().item()
+    if lm_coef:
+        right = [len(c) - 1 for c, _ in pairs] + [-1] * b + [len(s) - 1 if y >= 0.5 else -1 for s, y, _ in outcomes]
+        loss = loss + lm_coef * lm_aux(model, h, ids, seqs, right, stats)
     return loss, stats, int(attn.sum())
 
 
@@ -71,14 +93,26 @@ def step_targets(items: list[Stepped], width: int) -> tuple[torch.Tensor, torch.
     return labels, mask
 
 
-def prm_batch_loss(model: PreTrainedModel, items: list[Stepped], pad_id: int):
+def prm_batch_loss(model: PreTrainedModel, items: list[Stepped], pad_id: int, lm_coef: float = 0.0):
     """PRM loss of one batch at the step ends; returns (loss, stats, tokens in the batch)."""
-    ids, attn = left_pad([seq for seq, _, _ in items], pad_id, model.device)
+    seqs = [seq for seq, _, _ in items]
+    ids, attn = left_pad(seqs, pad_id, model.device)
     labels, mask = (t.to(model.device) for t in step_targets(items, ids.shape[1]))
-    logits = prm_token_scores(model, ids, attn).float()  # [B, T]
+    h = hidden_states(model.model, ids, attn)
+    logits = model.score(h).squeeze(-1).float()  # [B, T]
     loss = prm_loss(logits, labels, mask)
     step_acc = ((logits > 0) == (labels > 0.5))[mask].float().mean().item()
-    return loss, {"prm": loss.item(), "step_acc": step_acc}, int(attn.sum())
+    stats = {"prm": loss.item(), "step_acc": step_acc}
+    if lm_coef:
+        loss = loss + lm_coef * lm_aux(model, h, ids, seqs, [right_prefix_end(it) for it in items], stats)
+    return loss, stats, int(attn.sum())
+
+
+def right_prefix_end(item: Stepped) -> int:
+    """The index of the last token of the steps before the first one labelled wrong (< 0.5); -1 if step 1 is."""
+    _, ends, step_labels = item
+    good = next((i for i, y in enumerate(step_labels) if y < 0.5), len(step_labels))
+    return ends[good - 1] if good else -1
 
 
 def train_reward_model(
@@ -97,12 +131,14 @@ def train_reward_model(
     schedule: str = "cosine",
     bf16: bool = False,
     token_level: bool = False,
+    lm_coef: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
     """Train an ORM (`kind` "orm": `weight` w of BT vs BCE) or a PRM ("prm") in place.
 
     schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant"; bf16: autocast the
-    forward passes; token_level: the ORM's BCE at every response token. Calls on_step(step, stats)
+    forward passes; token_level: the ORM's BCE at every response token; lm_coef: the weight of the
+next-token loss on what the labels call right (needs tied embeddings). Calls on_step(step, stats)
     after each optimizer step (stats: loss, lr and the loss parts). Returns the number of tokens
     trained on (for the 6·N·tokens FLOPs estimate).
     """
@@ -110,6 +146,8 @@ def train_reward_model(
     parts = [data.steps] if kind == "prm" else [data.pairs, data.outcomes]
     if not any(parts):
         raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
+    if lm_coef and not model.config.tie_word_embeddings:
+        raise ValueError("train_reward_model: lm_coef needs a backbone with tied input and output embeddings")
     gen = torch.Generator().manual_seed(seed)
     opt = adamw(model, lr, weight_decay)
     tokens = 0
@@ -121,9 +159,9 @@ def train_reward_model(
                    for part in parts]
         with mixed_precision(model.device, bf16):
             if kind == "prm":
-                loss, stats, n = prm_batch_loss(model, batches[0], pad_id)
+                loss, stats, n = prm_batch_loss(model, batches[0], pad_id, lm_coef)
             else:
-                loss, stats, n = orm_loss(model, *batches, weight, pad_id, token_level)
+                loss, stats, n = orm_loss(model, *batches, weight, pad_id, token_level, lm_coef)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

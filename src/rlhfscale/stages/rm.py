@@ -100,6 +100,9 @@ def heldout_metrics(inputs: dict[str, str], rm: RewardModel) -> dict[str, float]
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
     setup(cfg)
     model, tok, from_policy = initial_model(cfg, inputs)
+    if cfg.rm.lm_coef and not model.config.tie_word_embeddings:
+        raise BadInput("rm.lm_coef: expected a backbone with tied input and output embeddings (a reward model keeps "
+                       "no separate LM head), found tie_word_embeddings=false")
     rm = RewardModel(model, tok, cfg.rm.aggregation)
     data = training_data(cfg, inputs, rm)
     out = RunDir(out_dir, cfg)
@@ -116,7 +119,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str
             model, data, kind=rm.kind, steps=cfg.rm.steps, batch_size=cfg.rm.batch_size, lr=cfg.rm.lr,
             warmup=cfg.rm.warmup, weight_decay=cfg.rm.weight_decay, weight=weight, pad_id=tok.pad_token_id,
             seed=cfg.seed, schedule=cfg.rm.schedule, bf16=cfg.rm.bf16, token_level=cfg.rm.token_level,
-            on_step=on_step)
+            lm_coef=cfg.rm.lm_coef, on_step=on_step)
     save_policy(model, tok, out.path / "rm")
     n_params = count_non_embedding(model)
     summary = {
