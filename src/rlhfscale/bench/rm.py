@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import RunConfig, merge
 from ..models.io import load_policy
@@ -60,7 +61,8 @@ def config(*overrides: dict) -> RunConfig:
 
 
 @torch.inference_mode()
-def response_loglik(policy, tok, prompts: list[str], responses: list[str]) -> torch.Tensor:
+def response_loglik(policy: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
+                    responses: list[str]) -> torch.Tensor:
     """log p(response + EOS | prompt) under a causal LM, [N] (float32)."""
     ids, attn, mask = pack(tok, prompts, responses, policy.device)
     return (token_logprobs(policy, ids, attn)[:, -mask.shape[1]:] * mask).sum(-1).cpu()
