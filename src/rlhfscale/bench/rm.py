@@ -18,7 +18,6 @@ accuracy beside that of the backbone's own log-likelihood, untrained as a reward
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -87,7 +86,7 @@ def _bench(root: Path) -> dict:
     start = time.perf_counter()
     cfg = config()
     sft.run(cfg, {}, root / "policy")
-    sft.run(config(RM_BACKBONE), {}, root / "rm_backbone")
+    backbone_sft = sft.run(config(RM_BACKBONE), {}, root / "rm_backbone")
     policy = {"sft": str(root / "policy")}
     sample.run(cfg, policy, root / "sample")
     label.run(cfg, policy | {"sample": str(root / "sample")}, root / "label")
@@ -96,7 +95,6 @@ def _bench(root: Path) -> dict:
     orm = rm.run(config(backbone, {"rm": {"kind": "orm"}}), labels, root / "orm")
     rm.run(config(backbone, PRM), labels, root / "prm")
     b = bon.run(cfg, policy | {"rm_orm": str(root / "orm"), "rm_prm": str(root / "prm")}, root / "bon")
-    backbone_acc = json.loads((root / "rm_backbone" / "summary.json").read_text())["eval/pass@1"]
     best_by = max(["orm"] + [f"prm_{how}" for how in ("min", "last", "mean", "prod")], key=lambda k: b[f"bon/{k}@16"])
     return {
         "orm_pair_acc": b["orm/pair_acc"],
@@ -106,7 +104,7 @@ def _bench(root: Path) -> dict:
         "bon16_best": b[f"bon/{best_by}@16"],
         "bon16_best_by": best_by,
         "bon16_majority": b["bon/majority@16"],
-        "rm_backbone_greedy_pass@1": backbone_acc,
+        "rm_backbone_greedy_pass@1": backbone_sft["eval/pass@1"],
         # on the label stage's held-out pairs: the trained ORM and its backbone's log-likelihood
         "orm_heldout_pair_acc": orm["rm/pair_acc"],
         "rm_backbone_loglik_pair_acc": loglik_pair_accuracy(root / "rm_backbone" / "policy",
