@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlhfscale.rl import advantages as adv_mod
-from rlhfscale.rl.advantages import ADVANTAGES, gae, get_advantage, grpo, reinforce_pp, rloo
+from rlhfscale.rl.advantages import ESTIMATORS, gae, get_advantage, grpo, reinforce_pp, rloo
 
 
 def random_batch(B=6, T=7, seed=0):
@@ -207,7 +207,7 @@ def test_reinforce_pp_matches_reference_loop():
 # --- every estimator --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(ADVANTAGES))
+@pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_masked_tokens_change_nothing(name):
     rewards, values, mask = random_batch()
     kwargs = dict(n=2, values=values, gamma=0.9, gae_lambda=0.8, norm_std=True, eps=1e-6)

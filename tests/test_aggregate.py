@@ -56,7 +56,7 @@ def test_aggregate_matches_reference_loop(how):
 
 
 def test_aggregate_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="'max'.*min, last, mean, prod"):
+    with pytest.raises(KeyError, match="'max'.*min, last, mean, prod"):
         aggregate_steps(SCORES, MASK, "max")
 
 

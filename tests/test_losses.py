@@ -80,8 +80,11 @@ def test_masked_stats_match_reference_loop():
 
 
 def aggregate_ref(name, losses, mask, n):
-    """Plain loops: token = one pool; sequence = per row; group = per block of n rows."""
-    B = losses.shape[0]
+    """Plain loops: token = one pool; sequence = per row; group = per block of n rows; token_sum = the sum of
+    valid tokens over the constant B * T."""
+    B, T = losses.shape
+    if name == "token_sum":
+        return sum(losses[b, t].item() for b in range(B) for t in range(T) if mask[b, t]) / (B * T)
     pools = {
         "token": [list(range(B))],
         "sequence": [[b] for b in range(B)],
@@ -106,11 +109,12 @@ def test_aggregations_differ_on_ragged_lengths():
     assert AGGREGATIONS["token"](losses, mask, 1).item() == pytest.approx(7.0 / 4.0)
     assert AGGREGATIONS["sequence"](losses, mask, 1).item() == pytest.approx(2.5)
     assert AGGREGATIONS["group"](losses, mask, 2).item() == pytest.approx(7.0 / 4.0)
+    assert AGGREGATIONS["token_sum"](losses, mask, 1).item() == pytest.approx(7.0 / 6.0)  # Dr. GRPO: sum / (B * T)
 
 
 def test_unknown_aggregation_lists_valid_names():
     new, old, advantages, *_, mask = random_batch()
-    with pytest.raises(KeyError, match="token, sequence, group"):
+    with pytest.raises(KeyError, match="token, sequence, group, token_sum"):
         policy_loss(new, old, advantages, mask, agg="prompt")
 
 
@@ -198,6 +202,22 @@ def test_value_loss_hand_example():
     # token 0: clip(1.5) = 1.2, max(0.25, 0.64) = 0.64; token 1: inside the clip, 0.01
     assert loss.item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
     assert stats["vf_clipfrac"].item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("clip", [0.2, None])
+def test_value_loss_nan_at_masked_positions_reaches_neither_loss_nor_gradient(clip):
+    values = torch.tensor([[1.5, 0.9, 7.0]], requires_grad=True)
+    old_values, returns = torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[2.0, 1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, _ = value_loss(values, old_values, returns, mask, clip_coef_value=clip)
+    (grad,) = torch.autograd.grad(loss, values)
+    nan = torch.tensor([[0.0, 0.0, float("nan")]])
+    values2 = (values.detach() + nan).requires_grad_()
+    loss2, _ = value_loss(values2, old_values + nan, returns + nan, mask, clip_coef_value=clip)
+    (grad2,) = torch.autograd.grad(loss2, values2)
+    torch.testing.assert_close(loss2, loss)
+    torch.testing.assert_close(grad2, grad)
+    assert torch.isfinite(grad2).all() and grad2[0, 2] == 0
     loss, _ = value_loss(values, old_values, returns, mask, clip_coef_value=None)
     assert loss.item() == pytest.approx(0.5 * (0.25 + 0.01) / 2)
 

@@ -14,12 +14,12 @@ from rlhfscale.models.reward import (
     RewardModel, load_reward_model, pack, prm_token_scores, reward_model_from, step_end_mask,
 )
 from rlhfscale.models.train import left_pad
-from rlhfscale.rewards.data import (
+from rlhfscale.rm.data import (
     Outcome, Sampled, encode_outcomes, encode_preferences, encode_steps, load_outcomes, preference_pairs,
 )
 from rlhfscale.rewards.losses import next_token_loss, pair_accuracy
 from rlhfscale.rewards.metrics import best_of_n, majority_of_n, pool_pair_accuracy, step_metrics
-from rlhfscale.rewards.train import (
+from rlhfscale.rm.train import (
     RMData, lm_targets, response_token_mask, right_prefix_end, train_reward_model,
 )
 from rlhfscale.tasks.arithmetic import ArithmeticTask

@@ -13,9 +13,9 @@ from rlhfscale.errors import BadInput
 from rlhfscale.models.io import new_policy, save_policy
 from rlhfscale.models.ladder import count_non_embedding
 from rlhfscale.models.reward import RewardModel, reward_model_from
-from rlhfscale.rewards.data import Sampled, encode_preferences, load_sampled, preference_pairs, sampled_row, write_jsonl
+from rlhfscale.rm.data import Sampled, encode_preferences, load_sampled, preference_pairs, sampled_row, write_jsonl
 from rlhfscale.rewards.losses import pair_accuracy
-from rlhfscale.rewards.train import RMData, train_reward_model
+from rlhfscale.rm.train import RMData, train_reward_model
 from rlhfscale.stages import bon, label, rm, sample, sft
 from rlhfscale.tasks.arithmetic import ArithmeticTask
 from rlhfscale.tasks.chat import ChatTask, corrupt
@@ -95,10 +95,10 @@ def test_rm_stage_saves_an_hf_reward_model_and_counts_flops(chat_runs):
     assert {"prm/step_acc", "prm/step_f1", "rm/pair_acc"} <= set(prm_summary)
 
 
-def test_rm_stage_starts_from_the_sft_policy_of_its_size(chat_runs, tmp_path):
+def test_rm_stage_starts_from_the_rm_base_policy_of_its_size(chat_runs, tmp_path):
     policy, tok = new_policy("nano", 5, 128)
     save_policy(policy, tok, tmp_path / "sft" / "policy")
-    inputs = {"label": str(chat_runs / "label"), "sft": str(tmp_path / "sft")}
+    inputs = {"label": str(chat_runs / "label"), "rm_base": str(tmp_path / "sft")}
     summary = rm.run(config(rm={"steps": 0}), inputs, tmp_path / "rm")
     assert summary["rm/init_from_policy"] == 1.0
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "rm")
@@ -136,9 +136,8 @@ def test_monte_carlo_labels_through_the_policy_sampler(tmp_path):
     write_jsonl(tmp_path / "sample" / "heldout.jsonl", [])
     policy, tok = new_policy("nano", 0, 128)
     save_policy(policy, tok, tmp_path / "policy")
-    cfg = RunConfig.model_validate({"threads": 1, "policy": {"path": str(tmp_path / "policy")},
-                                    "data": {"mc_rollouts": 6}})
-    summary = label.run(cfg, {"sample": str(tmp_path / "sample")}, tmp_path / "label")
+    cfg = RunConfig.model_validate({"threads": 1, "data": {"mc_rollouts": 6}})
+    summary = label.run(cfg, {"sample": str(tmp_path / "sample"), "sft": str(tmp_path / "policy")}, tmp_path / "label")
     soft = [e.labels for e in load_step_labels(tmp_path / "label" / "steps_mc_soft.jsonl")]
     hard = [e.labels for e in load_step_labels(tmp_path / "label" / "steps_mc_hard.jsonl")]
     assert soft == [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]] and hard == soft

@@ -1,9 +1,9 @@
 from rlhfscale.study.keys import StageDef, trial_keys
 
 PIPE = [
-    StageDef(name="a", fn="m:a", config_keys=["a"]),
-    StageDef(name="b", fn="m:b", config_keys=["b"], enabled="b.on"),
-    StageDef(name="c", fn="m:c", config_keys=["c"], inputs=["a"], optional_inputs=["b"]),
+    StageDef(name="a", fn="m:a", reads=["a"]),
+    StageDef(name="b", fn="m:b", reads=["b"], enabled="b.on"),
+    StageDef(name="c", fn="m:c", reads=["c"], inputs=["a"], optional_inputs=["b"]),
 ]
 
 

@@ -19,9 +19,9 @@ from rlhfscale.study.store import Store
 TESTS_DIR = Path(__file__).parent
 
 
-def write_spec(folder: Path, axes: dict, *, sleep: float = 0.0, seeds=(0,), base: dict | None = None) -> Path:
+def write_spec(folder: Path, axes: dict, *, seeds=(0,), base: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"name": "toy", "base": {**(base or {}), "toy": {"sleep": sleep}}, "axes": axes, "seeds": list(seeds)}
+    spec = {"name": "toy", "base": base or {}, "axes": axes, "seeds": list(seeds)}
     path = folder / "study.yaml"
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path
@@ -129,18 +129,18 @@ KILL_TOTAL = 21
 
 
 def artifacts(store: Path) -> set[Path]:
-    return {p for p in store.glob("*/*") if p.is_dir() and not p.name.startswith(".tmp-")}
+    return {p for p in store.glob("*/*") if p.is_dir() and not p.name.startswith(".")}
 
 
 def test_sigkill_mid_study_then_resume_matches_uninterrupted_run(tmp_path):
-    path = write_spec(tmp_path / "killed", KILL_AXES, sleep=0.25)
+    path = write_spec(tmp_path / "killed", KILL_AXES)
     store = path.parent / "store"
     code = (
         f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); import toy_stages as t; "
         f"from rlhfscale.study.runner import run_study; "
         f"run_study({str(path)!r}, validate=t.validate, pipeline=t.PIPELINE, max_workers=2, progress=False)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TOY_SLEEP": "0.25"})
     deadline = time.monotonic() + 60
     while len(artifacts(store)) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -155,7 +155,7 @@ def test_sigkill_mid_study_then_resume_matches_uninterrupted_run(tmp_path):
     assert resumed.ok and len(resumed.ran) == KILL_TOTAL - len(at_kill)
     counts = completions(path)
     assert len(counts) == KILL_TOTAL and set(counts.values()) == {1}
-    assert list(store.glob("*/.tmp-*")) == []
+    assert list(store.glob("*/.tmp-*")) == list(store.glob("*/.partial-*")) == []
 
     fresh = write_spec(tmp_path / "fresh", KILL_AXES)
     assert run(fresh, max_workers=1).ok
@@ -177,7 +177,7 @@ def test_a_trial_that_keeps_the_base_value_still_sits_on_the_axis(tmp_path):
     """Explicit trials: the base trial `{}` gets the resolved value of every key another trial overrides,
     so an analysis sees three RM sizes (and the base SFT lr), not two and a gap."""
     tmp_path.mkdir(exist_ok=True)
-    spec = {"name": "toy", "base": {"rm": {"size": "tiny"}, "toy": {"sleep": 0.0}}, "seeds": [0],
+    spec = {"name": "toy", "base": {"rm": {"size": "tiny"}}, "seeds": [0],
             "trials": [{}, {"rm.size": "micro"}, {"rm.size": "small", "sft.lr": 0.25}]}
     path = tmp_path / "study.yaml"
     path.write_text(json.dumps(spec))

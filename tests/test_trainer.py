@@ -8,7 +8,7 @@ from rlhfscale.config import RLConfig
 from rlhfscale.models.critic import critic_from_policy, token_values
 from rlhfscale.models.io import new_policy
 from rlhfscale.rewards.shaping import RunningMeanStd
-from rlhfscale.rewards.sources import Reward, Source
+from rlhfscale.rm.sources import Reward, Source
 from rlhfscale.rl.trainer import (
     NonFiniteError,
     check_finite,

@@ -2,12 +2,13 @@
 
 Each stage writes a file and returns metrics computed deterministically from its config
 section and its inputs' files, so tests can predict every number by hand.
-`toy.sleep` makes every stage slow enough for a kill to land mid-way; it is timing only and
-deliberately in no stage's config keys.
+The environment variable `TOY_SLEEP` (seconds) makes every stage slow enough for a kill to land
+mid-way; it is timing only, so it is no setting of any stage (a stage sees only what it reads).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -48,17 +49,12 @@ class EvalConfig(_Section):
     enabled: bool = True
 
 
-class ToyKnobs(_Section):
-    sleep: float = 0.0  # seconds each stage sleeps
-
-
 class ToyConfig(_Section):
     task: TaskConfig = TaskConfig()
     sft: SftConfig = SftConfig()
     rm: RmConfig = RmConfig()
     rl: RlConfig = RlConfig()
     eval: EvalConfig = EvalConfig()
-    toy: ToyKnobs = ToyKnobs()
     seed: int = 0
 
 
@@ -72,7 +68,10 @@ def _read(inputs: dict[str, str], stage: str, name: str) -> Any:
 
 def _write(out_dir: str, name: str, value: Any, config: dict[str, Any]) -> None:
     (Path(out_dir) / "partial.txt").write_text("work in progress")
-    time.sleep(config["toy"]["sleep"])
+    time.sleep(float(os.environ.get("TOY_SLEEP", "0")))
+    if os.environ.get("TOY_FULL_DISK") == name:  # the disk fills up while this file is written
+        (Path(out_dir) / name).write_text(json.dumps(value)[:3])
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / name))
     (Path(out_dir) / name).write_text(json.dumps(value))
 
 
@@ -111,15 +110,16 @@ def rl(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str
 def evaluate(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:
     reward = _read(inputs, "rl", "policy.json")["reward"]
     _write(out_dir, "eval.json", {"score": reward / 10}, config)
-    return {"eval/score": reward / 10}
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return {"eval/score": reward / 10} | ({"eval/gpus": float(len(gpus.split(",")))} if gpus else {})
 
 
 PIPELINE = [
-    StageDef(name="data", fn="toy_stages:data", config_keys=["task", "seed"]),
-    StageDef(name="sft", fn="toy_stages:sft", config_keys=["sft", "seed"], inputs=["data"]),
-    StageDef(name="rm", fn="toy_stages:rm", config_keys=["rm"], inputs=["data", "sft"]),
-    StageDef(name="rl", fn="toy_stages:rl", config_keys=["rl"], inputs=["sft", "rm"]),
-    StageDef(name="eval", fn="toy_stages:evaluate", config_keys=[], inputs=["rl"], enabled="eval.enabled"),
+    StageDef(name="data", fn="toy_stages:data", reads=["task", "seed"]),
+    StageDef(name="sft", fn="toy_stages:sft", reads=["sft", "seed"], inputs=["data"]),
+    StageDef(name="rm", fn="toy_stages:rm", reads=["rm"], inputs=["data", "sft"]),
+    StageDef(name="rl", fn="toy_stages:rl", reads=["rl"], inputs=["sft", "rm"]),
+    StageDef(name="eval", fn="toy_stages:evaluate", reads=[], inputs=["rl"], enabled="eval.enabled"),
 ]
 
 

@@ -7,7 +7,10 @@ traceback only with ``--debug``); anything else that fails exits 1.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import sqlite3
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,61 +59,20 @@ def _nonfinite_exits_1():
         raise typer.Exit(1) from None
 
 
-@app.command()
-def sft(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
-        out: Optional[Path] = typer.Option(None, help="run directory (default runs/sft)")) -> None:
-    """Supervised fine-tuning on the task's gold solutions."""
-    cfg = _run_config(config, overrides)
-    from .stages import sft as stage
-
-    summary = stage.run(cfg, {}, _out(out, "sft"))
-    typer.echo(json.dumps(summary))
+def _threads(cfg: RunConfig) -> None:
+    """A command's stages run with ``threads`` CPU threads (0: all cores)."""
+    if cfg.threads:
+        os.environ["RLHFSCALE_THREADS"] = str(cfg.threads)
 
 
-@app.command()
-def rl(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
-       sft_dir: Optional[Path] = typer.Option(None, "--sft", help="run directory of an `sft` run to start from"),
-       rm_dir: Optional[Path] = typer.Option(None, "--rm", help="run directory of a `train-rm` run (its rm/ folder)"),
-       out: Optional[Path] = typer.Option(None, help="run directory (default runs/rl)")) -> None:
-    """Policy optimization (GRPO, RLOO, REINFORCE++, PPO) from an SFT run or a checkpoint."""
-    cfg = _run_config(config, overrides)
-    inputs = {}
-    if sft_dir is not None:
-        if not (sft_dir / "policy" / "config.json").is_file():
-            raise BadInput(f"{sft_dir}: expected an sft run directory with policy/config.json, found none")
-        inputs["sft"] = str(sft_dir)
-    if rm_dir is not None:
-        if not (rm_dir / "rm" / "config.json").is_file():
-            raise BadInput(f"{rm_dir}: expected a reward-model run directory with rm/config.json, found none")
-        inputs["rm"] = str(rm_dir)
-    from .stages import rl as stage
+def _run(cfg: RunConfig, targets: list[str], out: Path, **kwargs) -> dict[str, dict[str, float]]:
+    """Run `targets` of the pipeline graph (with `pinned` inputs and the rest as `run_targets` takes)."""
+    from .pipeline import GRAPH
+    from .study.targets import run_targets
 
+    _threads(cfg)
     with _nonfinite_exits_1():
-        summary = stage.run(cfg, inputs, _out(out, "rl"))
-    typer.echo(json.dumps(summary))
-
-
-@app.command("eval")
-def eval_(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
-          policy: Path = typer.Option(..., help="HF checkpoint folder of the policy"),
-          out: Optional[Path] = typer.Option(None, help="run directory (default runs/eval)")) -> None:
-    """Held-out pass@1, pass@k and maj@k of a policy checkpoint."""
-    cfg = _run_config(config, overrides)
-    from .stages import eval as stage
-
-    summary = stage.run(cfg, {"policy": str(policy)}, _out(out, "eval"))
-    typer.echo(json.dumps(summary))
-
-
-@app.command()
-def demo(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
-         out: Optional[Path] = typer.Option(None, help="run directory (default runs/demo)")) -> None:
-    """SFT a small model to a weak start, then GRPO; print a before/after table."""
-    cfg = _run_config(config, overrides, DEMO_DEFAULTS)
-    from .stages import demo as stage
-
-    with _nonfinite_exits_1():
-        stage.run(cfg, _out(out, "demo"))
+        return run_targets(GRAPH, cfg.model_dump(mode="json"), targets, out, **kwargs)
 
 
 def _run_dir(path: Path, marker: str, what: str) -> str:
@@ -120,12 +82,57 @@ def _run_dir(path: Path, marker: str, what: str) -> str:
     return str(path)
 
 
-SFT_DIR = typer.Option(None, "--sft", help="sft run directory: its policy/ samples and completes responses")
+def _sft_input(sft_dir: Optional[Path]) -> dict[str, str]:
+    return {"sft": _run_dir(sft_dir, "policy/config.json", "an sft run directory")} if sft_dir else {}
+
+
+SFT_DIR = typer.Option(None, "--sft", help="sft run directory to start from (default: run SFT first)")
+
+
+@app.command()
+def sft(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
+        out: Optional[Path] = typer.Option(None, help="run directory (default runs/sft)")) -> None:
+    """Supervised fine-tuning on the task's gold solutions."""
+    typer.echo(json.dumps(_run(_run_config(config, overrides), ["sft"], _out(out, "sft"))["sft"]))
+
+
+@app.command()
+def rl(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG, sft_dir: Optional[Path] = SFT_DIR,
+       rm_dir: Optional[Path] = typer.Option(None, "--rm", help="run directory of a `train-rm` run (its rm/ folder)"),
+       out: Optional[Path] = typer.Option(None, help="run directory (default runs/rl)")) -> None:
+    """Policy optimization (GRPO, Dr. GRPO, RLOO, REINFORCE++, PPO) from an SFT run."""
+    pinned = _sft_input(sft_dir)
+    if rm_dir is not None:
+        pinned["rm"] = _run_dir(rm_dir, "rm/config.json", "a reward-model run directory")
+    typer.echo(json.dumps(_run(_run_config(config, overrides), ["rl"], _out(out, "rl"), pinned=pinned)["rl"]))
+
+
+@app.command("eval")
+def eval_(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
+          policy: Path = typer.Option(..., help="HF checkpoint folder of the policy (or a run directory)"),
+          out: Optional[Path] = typer.Option(None, help="run directory (default runs/eval)")) -> None:
+    """Held-out pass@1, pass@k and maj@k of a policy checkpoint."""
+    marker = "policy/config.json" if (policy / "policy").is_dir() else "config.json"
+    pinned = {"rl": _run_dir(policy, marker, "a Hugging Face model folder")}
+    typer.echo(json.dumps(_run(_run_config(config, overrides), ["eval"], _out(out, "eval"), pinned=pinned)["eval"]))
+
+
+@app.command()
+def demo(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
+         out: Optional[Path] = typer.Option(None, help="run directory (default runs/demo)")) -> None:
+    """SFT a small model to a weak start, then GRPO; print a before/after table."""
+    cfg = _run_config(config, overrides, DEMO_DEFAULTS)
+    from .stages import demo as stage
+
+    _threads(cfg)
+    with _nonfinite_exits_1():
+        stage.run(cfg, _out(out, "demo"))
 
 
 @app.command("train-rm")
 def train_rm(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CONFIG,
-             sft_dir: Optional[Path] = SFT_DIR,
+             sft_dir: Optional[Path] = typer.Option(
+                 None, "--sft", help="sft run directory: samples and completes responses, and starts the RM"),
              data: Optional[Path] = typer.Option(None, help="label run directory to train on (skips sample and label)"),
              pairs: Optional[Path] = typer.Option(None, help="preference pairs (jsonl: prompt, chosen, rejected)"),
              outcomes: Optional[Path] = typer.Option(None, help="labelled responses (jsonl: prompt, response, label)"),
@@ -135,22 +142,17 @@ def train_rm(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] 
              out: Optional[Path] = typer.Option(None, help="run directory (default runs/rm)")) -> None:
     """Train an ORM, PRM or multi-task RM (rm.kind): sample -> label -> rm, or on given data."""
     cfg = _run_config(config, overrides)
-    run_dir = _out(out, "rm")
-    inputs = {"sft": _run_dir(sft_dir, "policy/config.json", "an sft run directory")} if sft_dir else {}
+    pinned = _sft_input(sft_dir)
+    if sft_dir:
+        pinned["rm_base"] = pinned["sft"]  # the RM starts from the SFT policy (rm.init decides)
     files = {"pairs": pairs, "outcomes": outcomes, "steps": steps, "heldout_pairs": heldout_pairs,
              "heldout_steps": heldout_steps}
-    inputs |= {name: str(path) for name, path in files.items() if path is not None}
+    extra = {name: str(path) for name, path in files.items() if path is not None}
     if data is not None:
-        inputs["label"] = _run_dir(data, "outcomes.jsonl", "a label run directory")
-    elif not any(files.values()):
-        from .stages import label, sample
-
-        sample.run(cfg, inputs, run_dir / "sample")
-        label.run(cfg, inputs | {"sample": str(run_dir / "sample")}, run_dir / "label")
-        inputs["label"] = str(run_dir / "label")
-    from .stages import rm as stage
-
-    typer.echo(json.dumps(stage.run(cfg, inputs, run_dir)))
+        pinned["label"] = _run_dir(data, "outcomes.jsonl", "a label run directory")
+    targets = ["rm"] if data is not None or extra else ["label", "rm"]
+    result = _run(cfg, targets, _out(out, "rm"), pinned=pinned, extra_inputs=extra, root_stage="rm")
+    typer.echo(json.dumps(result["rm"]))
 
 
 @app.command("label-steps")
@@ -160,17 +162,13 @@ def label_steps(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Pat
                 out: Optional[Path] = typer.Option(None, help="run directory (default runs/label)")) -> None:
     """Monte-Carlo step labels (Math-Shepherd), with outcome, pair and gold step labels beside them."""
     cfg = _run_config(config, overrides)
-    run_dir = _out(out, "label")
-    if sft_dir is None and not cfg.policy.path:
-        raise BadInput("label-steps: expected a policy to complete step prefixes (--sft or policy.path), found neither")
-    inputs = {"sft": _run_dir(sft_dir, "policy/config.json", "an sft run directory")} if sft_dir else {}
-    from .stages import label as stage, sample
-
-    if samples is None:
-        sample.run(cfg, inputs, run_dir / "sample")
-        samples = run_dir / "sample"
-    inputs["sample"] = _run_dir(samples, "train.jsonl", "a sample run directory")
-    typer.echo(json.dumps(stage.run(cfg, inputs, run_dir)))
+    if sft_dir is None:
+        raise BadInput("label-steps: expected a policy to complete step prefixes (--sft), found none")
+    pinned = _sft_input(sft_dir)
+    if samples is not None:
+        pinned["sample"] = _run_dir(samples, "train.jsonl", "a sample run directory")
+    result = _run(cfg, ["label"], _out(out, "label"), pinned=pinned)
+    typer.echo(json.dumps(result["label"]))
 
 
 @app.command()
@@ -179,16 +177,14 @@ def bon(overrides: Optional[list[str]] = OVERRIDES, config: Optional[Path] = CON
         rm: list[Path] = typer.Option([], "--rm", help="reward-model run directory or folder; repeat for ORM and PRM"),
         out: Optional[Path] = typer.Option(None, help="run directory (default runs/bon)")) -> None:
     """Best-of-N curves (ORM, PRM under each aggregation, majority vote, oracle) on one pool of samples."""
-    cfg = _run_config(config, overrides)
-    inputs = {"sft": _run_dir(sft_dir, "policy/config.json", "an sft run directory")} if sft_dir else {}
+    pinned = _sft_input(sft_dir)
     if policy is not None:
-        inputs["policy"] = _run_dir(policy, "config.json", "a policy folder")
-    for i, path in enumerate(rm):
-        inputs[f"rm{i}"] = _run_dir(path, "rm/config.json" if (path / "rm").is_dir() else "config.json",
-                                    "a reward-model run directory or folder")
-    from .stages import bon as stage
-
-    typer.echo(json.dumps(stage.run(cfg, inputs, _out(out, "bon"))))
+        pinned["sft"] = _run_dir(policy, "config.json", "a policy folder")
+    rms = {f"rm{i}" if i else "rm": _run_dir(path, "rm/config.json" if (path / "rm").is_dir() else "config.json",
+                                             "a reward-model run directory or folder") for i, path in enumerate(rm)}
+    pinned |= {"rm": rms.pop("rm")} if "rm" in rms else {}
+    result = _run(_run_config(config, overrides), ["bon"], _out(out, "bon"), pinned=pinned, extra_inputs=rms)
+    typer.echo(json.dumps(result["bon"]))
 
 
 SPEC = typer.Argument(..., help="study spec (YAML)")
@@ -199,11 +195,19 @@ STUDY_OUT = typer.Option(None, "--out", help="study directory: store/ and report
 def study_run(spec: Path = SPEC, out: Optional[Path] = STUDY_OUT,
               executor: Optional[str] = typer.Option(None, help="local | ray (default: the spec's)"),
               address: Optional[str] = typer.Option(None, help="Ray cluster address to join"),
-              max_workers: Optional[int] = typer.Option(None, help="stages run at once")) -> None:
+              max_workers: Optional[int] = typer.Option(None, help="stages run at once"),
+              rerun_stale: bool = typer.Option(False, "--rerun-stale",
+                                               help="re-run the artifacts another code version made")) -> None:
     """Run every stage of the study that is not done yet, then write the report."""
     from .study import commands
 
-    ok = commands.run(spec, _out(out, spec.stem), executor=executor, address=address, max_workers=max_workers)
+    try:
+        ok = commands.run(spec, _out(out, spec.stem), executor=executor, address=address, max_workers=max_workers,
+                          rerun_stale=rerun_stale)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished stages are kept; run `rlhfscale study run {spec}` again to resume",
+              file=sys.stderr)
+        raise typer.Exit(130) from None
     raise typer.Exit(0 if ok else 1)
 
 
@@ -285,6 +289,16 @@ def main() -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (OSError, sqlite3.OperationalError) as e:
+        if debug or not _disk_full(e):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}no space left on device; nothing half-written was left in place", file=sys.stderr)
+        sys.exit(1)
+
+
+def _disk_full(err: BaseException) -> bool:
+    return getattr(err, "errno", None) == errno.ENOSPC or "disk is full" in str(err)
 
 
 if __name__ == "__main__":

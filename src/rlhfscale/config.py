@@ -15,8 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .algorithms import ALGORITHMS
 from .errors import BadInput
-from .models.ladder import LADDER
+from .models.presets import LADDER
 
 
 class Section(BaseModel):
@@ -68,6 +69,8 @@ class SFTConfig(Section):
         "constant", description="after warm-up: cosine decay to lr/10, or constant (a start RL moves less erratically)")
     weight_decay: float = Field(0.0, ge=0)
     n_examples: int = Field(4000, ge=1, description="distinct training problems")
+    checkpoint_every: int = Field(
+        100, ge=0, description="save the full training state every this many steps, so a killed run resumes (0: never)")
 
 
 class SamplingConfig(Section):
@@ -83,8 +86,9 @@ class RLConfig(Section):
     """Policy optimization: PPO (critic + GAE), GRPO, RLOO and REINFORCE++, one loop, pluggable estimators."""
 
     enabled: bool = Field(True, description="study trials: run policy optimization")
-    algorithm: Literal["grpo", "rloo", "reinforce++", "ppo"] = Field(
-        "grpo", description="advantage estimator: grpo, rloo, reinforce++, or ppo (gae with a learned critic)")
+    algorithm: str = Field(
+        "grpo", description=f"a record of `algorithms.ALGORITHMS` ({', '.join(ALGORITHMS)}): its advantage "
+        "estimator, whether it trains a critic, where its KL goes, whether it needs groups")
     steps: int = Field(50, ge=0, description="rollout batches")
     prompts_per_step: int = Field(128, ge=1)
     n_samples: int = Field(4, ge=1, description="responses per prompt (n); 1 makes grpo/rloo use the batch as the group")
@@ -99,12 +103,18 @@ class RLConfig(Section):
     adam_eps: float = Field(1e-8, gt=0)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip, policy and critic separately")
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch (shuffled minibatches)")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch (shuffled minibatches); at most the "
+                             "responses (groups, for loss_agg=group) of a rollout batch")
     # policy loss
-    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip ε")
-    loss_agg: Literal["token", "sequence", "group"] = Field(
-        "token", description="mean over all tokens, over each response then responses, or over each group then groups")
-    norm_std: bool = Field(True, description="divide advantages by the std (group std for grpo, batch std otherwise)")
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip ε (ε_low when clip_coef_high is set)")
+    clip_coef_high: float | None = Field(
+        None, gt=0, description="upper ratio clip ε_high (DAPO's clip-higher when above clip_coef); None: clip_coef")
+    loss_agg: Literal["token", "sequence", "group", "token_sum"] | None = Field(
+        None, description="mean over all tokens, over each response then responses, over each group then groups, or "
+        "token sums over a constant (Dr. GRPO); None: the algorithm's choice, else token")
+    norm_std: bool | None = Field(
+        None, description="divide advantages by the std (group std for grpo, batch std otherwise); None: the "
+        "algorithm's choice, else true")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
     # KL to the reference (the starting policy)
     kl_coef: float = Field(0.0, ge=0, description="KL(π ‖ π_ref) coefficient β (the initial one when kl_target is set)")
@@ -143,6 +153,15 @@ class RLConfig(Section):
     # compute and logging
     bf16: bool = Field(False, description="bf16 autocast for every model forward/backward (CPU with avx512_bf16, GPU)")
     eval_every: int = Field(25, ge=0, description="held-out pass@1 every this many steps (0: only at the end)")
+    checkpoint_every: int = Field(
+        10, ge=0, description="save the full training state every this many steps, so a killed run resumes (0: never)")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        if v not in ALGORITHMS:
+            raise ValueError(f"expected one of {', '.join(ALGORITHMS)}, found {v!r}")
+        return v
 
     @field_validator("reward")
     @classmethod

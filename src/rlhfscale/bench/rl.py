@@ -38,7 +38,7 @@ from ..config import RLConfig, RunConfig, SamplingConfig
 from ..errors import BadInput
 from ..models.io import load_policy, new_policy, save_policy
 from ..models.ladder import count_non_embedding
-from ..rewards.sources import Reward, rule_source
+from ..rm.sources import Reward, rule_source
 from ..rl.trainer import train
 from ..tasks.arithmetic import ArithmeticTask
 

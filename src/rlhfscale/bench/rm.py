@@ -1,4 +1,4 @@
-"""The arithmetic reward-model figures in one run, through the same stages the CLI runs.
+"""The arithmetic reward-model figures in one run, through the pipeline graph the CLI and the study run.
 
 1. SFT a micro policy to a middling held-out accuracy, and a tiny model further (the RMs' backbone:
    an RM starts from an SFT model of its own size, as in the paper);
@@ -30,7 +30,8 @@ from ..models.io import load_policy
 from ..models.llama import token_logprobs
 from ..models.reward import pack
 from ..rewards.losses import pair_accuracy
-from ..stages import bon, label, rm, sample, sft
+from ..pipeline import GRAPH
+from ..study.targets import run_targets
 from ..tasks.jsonl import load_preference_pairs
 
 BENCH = {
@@ -83,30 +84,33 @@ def run_rm_bench(out: str | Path | None = None) -> dict:
 
 
 def _bench(root: Path) -> dict:
+    """The pipeline graph's stages with their inputs pinned: two SFT runs, sample + label, ORM, PRM, Best-of-N."""
     start = time.perf_counter()
     cfg = config()
-    sft.run(cfg, {}, root / "policy")
-    backbone_sft = sft.run(config(RM_BACKBONE), {}, root / "rm_backbone")
+
+    def run(cfg: RunConfig, target: str, out: str, **pins: dict[str, str]) -> dict[str, dict[str, float]]:
+        return run_targets(GRAPH, cfg.model_dump(mode="json"), [target], root / out, **pins)
+
+    run(cfg, "sft", "policy")
+    backbone_sft = run(config(RM_BACKBONE), "sft", "rm_backbone")["sft"]
     policy = {"sft": str(root / "policy")}
-    sample.run(cfg, policy, root / "sample")
-    label.run(cfg, policy | {"sample": str(root / "sample")}, root / "label")
-    backbone = {"rm": {"init": "policy", "init_path": str(root / "rm_backbone" / "policy")}}
-    labels = {"label": str(root / "label")}
-    orm = rm.run(config(backbone, {"rm": {"kind": "orm"}}), labels, root / "orm")
-    rm.run(config(backbone, PRM), labels, root / "prm")
-    b = bon.run(cfg, policy | {"rm_orm": str(root / "orm"), "rm_prm": str(root / "prm")}, root / "bon")
+    run(cfg, "label", "label", pinned=policy)
+    backbone = {"label": str(root / "label"), "rm_base": str(root / "rm_backbone")}
+    orm = run(config({"rm": {"kind": "orm", "init": "policy"}}), "rm", "orm", pinned=backbone)["rm"]
+    run(config(PRM, {"rm": {"init": "policy"}}), "rm", "prm", pinned=backbone)
+    b = run(cfg, "bon", "bon", pinned=policy | {"rm": str(root / "orm")}, extra_inputs={"rm_prm": str(root / "prm")})["bon"]
     best_by = max(["orm"] + [f"prm_{how}" for how in ("min", "last", "mean", "prod")], key=lambda k: b[f"bon/{k}@16"])
     return {
         "orm_pair_acc": b["orm/pair_acc"],
         "prm_step_f1": b["prm/step_f1"],
         "policy_pass@1": b["bon/oracle@1"],
-        "policy_greedy_pass@1": b["eval/pass@1"],
+        "policy_greedy_pass@1": b["eval/pass@1_sft"],
         "bon16_best": b[f"bon/{best_by}@16"],
         "bon16_best_by": best_by,
         "bon16_majority": b["bon/majority@16"],
         "rm_backbone_greedy_pass@1": backbone_sft["eval/pass@1"],
         # on the label stage's held-out pairs: the trained ORM and its backbone's log-likelihood
-        "orm_heldout_pair_acc": orm["rm/pair_acc"],
+        "orm_heldout_pair_acc": orm.get("rm/pair_acc", float("nan")),
         "rm_backbone_loglik_pair_acc": loglik_pair_accuracy(root / "rm_backbone" / "policy",
                                                             root / "label" / "heldout_pairs.jsonl"),
         "wall_s": time.perf_counter() - start,

@@ -7,34 +7,12 @@ nano ≈0.1M, micro ≈0.5M, tiny ≈2M, small ≈8M, base ≈27M.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from .presets import LADDER, Preset, preset
 
-@dataclass(frozen=True)
-class Preset:
-    hidden: int
-    layers: int
-    heads: int
-    ffn: int
-
-
-LADDER: dict[str, Preset] = {
-    "nano": Preset(hidden=64, layers=2, heads=4, ffn=192),
-    "micro": Preset(hidden=128, layers=2, heads=4, ffn=512),
-    "tiny": Preset(hidden=192, layers=4, heads=6, ffn=640),
-    "small": Preset(hidden=256, layers=8, heads=8, ffn=1024),
-    "base": Preset(hidden=512, layers=8, heads=8, ffn=1536),
-}
-
-
-def preset(size: str) -> Preset:
-    """Look up a ladder size by name; an unknown name lists the valid ones."""
-    if size not in LADDER:
-        raise KeyError(f"unknown model size {size!r}; valid sizes: {', '.join(LADDER)}")
-    return LADDER[size]
+__all__ = ["LADDER", "Preset", "preset", "llama_config", "build_model", "non_embedding_params", "count_non_embedding"]
 
 
 def llama_config(size: str, vocab_size: int, max_len: int = 256, **special_ids: int) -> LlamaConfig:

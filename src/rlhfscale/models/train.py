@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .checkpoint import Checkpointer
 from .llama import token_logprobs
 
 
@@ -101,17 +103,27 @@ def sft_loop(
     seed: int,
     schedule: str = "cosine",
     on_step: Callable[[int, float, float], None] | None = None,
+    checkpoint: Checkpointer | None = None,
+    extra_state: Callable[[], dict[str, Any]] = dict,
 ) -> list[float]:
     """Supervised fine-tuning on (prompt, response) token pairs; returns the loss per step.
 
-    schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant" (warm-up, then `lr`)."""
+    schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant" (warm-up, then `lr`).
+    With `checkpoint`, the state (model, optimizer, data order, losses, the caller's `extra_state()`)
+    is saved on its schedule, and a state it holds is resumed from: the result is the uninterrupted run's."""
     min_ratio = final_ratio(schedule)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     opt = adamw(model, lr, weight_decay)
-    losses = []
+    losses: list[float] = []
+    start = 0
+    if checkpoint is not None and (state := checkpoint.load()) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        losses, start = list(state["losses"]), state["step"]
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = lr * warmup_cosine(step, steps, warmup, min_ratio)
         idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
@@ -124,5 +136,8 @@ def sft_loop(
         losses.append(loss.item())
         if on_step is not None:
             on_step(step + 1, losses[-1], opt.param_groups[0]["lr"])
+        if checkpoint is not None and checkpoint.due(step + 1, steps):
+            checkpoint.save(step + 1, {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                                       "losses": losses, "extra": extra_state()})
     model.eval()
     return losses

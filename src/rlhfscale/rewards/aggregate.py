@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..registry import Registry
+
 
 def agg_min(step_scores: Tensor, step_mask: Tensor) -> Tensor:
     """min_s p_s over valid steps. step_scores, step_mask: [B, S]. Returns [B]."""
@@ -43,12 +45,8 @@ def agg_prod(step_scores: Tensor, step_mask: Tensor) -> Tensor:
     return log_p.sum(dim=-1).exp()
 
 
-AGGREGATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "min": agg_min,
-    "last": agg_last,
-    "mean": agg_mean,
-    "prod": agg_prod,
-}
+AGGREGATIONS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry.of(
+    "step aggregation", {"min": agg_min, "last": agg_last, "mean": agg_mean, "prod": agg_prod})
 
 
 def aggregate_steps(step_scores: Tensor, step_mask: Tensor, how: str) -> Tensor:
@@ -57,10 +55,8 @@ def aggregate_steps(step_scores: Tensor, step_mask: Tensor, how: str) -> Tensor:
     step_scores: [B, S] logits; step_mask: [B, S] bool, True at valid steps (masked entries,
     whatever their value, change nothing). Returns [B] in [0, 1]; 0 for a response with no valid step.
     """
-    if how not in AGGREGATIONS:
-        raise ValueError(f"unknown step aggregation {how!r}; valid: {', '.join(AGGREGATIONS)}")
     mask = step_mask.bool()
-    score = AGGREGATIONS[how](torch.where(mask, step_scores, 0.0), mask)
+    score = AGGREGATIONS.get(how)(torch.where(mask, step_scores, 0.0), mask)
     return torch.where(mask.any(dim=-1), score, 0.0)
 
 

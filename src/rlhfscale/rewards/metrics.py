@@ -8,14 +8,27 @@ Best-of-N draws N of the M responses without replacement and keeps the best-scor
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from math import comb
 
 import torch
 from torch import Tensor
 
-from ..rollout.evaluate import majority_vote
 from .aggregate import step_f1
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+    """The most frequent non-empty answer (first seen wins a tie), or None."""
+    counts = Counter(a for a in answers if a is not None)
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def pool_pair_accuracy(scores: Tensor, values: Tensor) -> float:

@@ -15,12 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-
-def _pick(registry: dict, name: str, what: str):
-    """`registry[name]`, or a KeyError that lists the valid names."""
-    if name not in registry:
-        raise KeyError(f"unknown {what} {name!r}; valid: {', '.join(registry)}")
-    return registry[name]
+from ..registry import Registry
 
 
 @functools.cache
@@ -85,11 +80,11 @@ def norm_running(scores: Tensor, n: int, running: RunningMeanStd | None, eps: fl
     return (scores - running.mean) / (running.var**0.5 + eps)
 
 
-NORMALIZATIONS: dict[str, Callable[[Tensor, int, RunningMeanStd | None, float], Tensor]] = {
+NORMALIZATIONS: Registry[Callable[..., Tensor]] = Registry.of("normalization mode", {
     "batch": norm_batch,
     "group": norm_group,
     "running": norm_running,
-}
+})
 
 
 def normalize_rewards(
@@ -105,7 +100,7 @@ def normalize_rewards(
     scores: [B]. mode: a name in `NORMALIZATIONS` ("batch", "group" over each prompt's n responses,
     "running" over every score seen so far, which updates `running`). Returns [B].
     """
-    return _pick(NORMALIZATIONS, mode, "normalization mode")(scores, n, running, eps)
+    return NORMALIZATIONS.get(mode)(scores, n, running, eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,11 +123,8 @@ def ref_group(scores: Tensor, n: int) -> Tensor:
     return groups.mean(dim=1, keepdim=True).expand_as(groups).reshape(-1)
 
 
-REFERENCES: dict[str, Callable[[Tensor, int], Tensor]] = {
-    "zero": ref_zero,
-    "batch": ref_batch,
-    "group": ref_group,
-}
+REFERENCES: Registry[Callable[[Tensor, int], Tensor]] = Registry.of(
+    "shrink reference", {"zero": ref_zero, "batch": ref_batch, "group": ref_group})
 
 
 def asymmetric_shrink(
@@ -155,7 +147,7 @@ def asymmetric_shrink(
     scores: [B]; reference: a name in `REFERENCES` (r0 = 0, the batch mean, or each group's mean
     over its n responses). Factors (1, 1) without bound return the scores unchanged. Returns [B].
     """
-    r0 = _pick(REFERENCES, reference, "shrink reference")(scores, n)
+    r0 = REFERENCES.get(reference)(scores, n)
     deviation = scores - r0
     shaped = r0 + torch.where(deviation > 0, pos_factor * deviation, neg_factor * deviation)
     return shaped if bound is None else clip_rewards(shaped, bound)
@@ -171,14 +163,10 @@ def length_penalty(scores: Tensor, lengths: Tensor, *, coef: float, target_len: 
     return scores - coef * (lengths - target_len).clamp(min=0).to(scores.dtype)
 
 
-SHAPING: dict[str, Callable[..., Tensor]] = {
+SHAPING: Registry[Callable[..., Tensor]] = Registry.of("reward shaping", {
     "normalize": normalize_rewards,
     "shrink": asymmetric_shrink,
     "clip": clip_rewards,
     "length_penalty": length_penalty,
-}
-
-
-def get_shaping(name: str) -> Callable[..., Tensor]:
-    """The shaping function called `name`; an unknown name raises a KeyError listing the valid ones."""
-    return _pick(SHAPING, name, "reward shaping")
+})
+get_shaping = SHAPING.get

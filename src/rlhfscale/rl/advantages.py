@@ -1,4 +1,4 @@
-"""Advantage estimators for PPO, GRPO, RLOO and REINFORCE++, chosen by name from `ADVANTAGES`.
+"""Advantage estimators for PPO, GRPO, RLOO and REINFORCE++, chosen by name from `ESTIMATORS`.
 
 Every estimator has the same signature, so the trainer calls any of them by name:
 
@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlhfscale.registry import Registry
 from rlhfscale.rl.losses import masked_mean, masked_whiten
 
 Estimator = Callable[..., tuple[Tensor, Tensor]]
@@ -177,16 +178,6 @@ def reinforce_pp(
     return normalize(returns, mask, norm_std, eps), returns
 
 
-ADVANTAGES: dict[str, Estimator] = {
-    "gae": gae,
-    "grpo": grpo,
-    "rloo": rloo,
-    "reinforce++": reinforce_pp,
-}
-
-
-def get_advantage(name: str) -> Estimator:
-    """The estimator called `name`; an unknown name raises a KeyError listing the valid ones."""
-    if name not in ADVANTAGES:
-        raise KeyError(f"unknown advantage estimator {name!r}; valid: {', '.join(ADVANTAGES)}")
-    return ADVANTAGES[name]
+ESTIMATORS: Registry[Estimator] = Registry.of(
+    "advantage estimator", {"gae": gae, "grpo": grpo, "rloo": rloo, "reinforce++": reinforce_pp})
+get_advantage = ESTIMATORS.get

@@ -13,12 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-
-def _pick(registry: dict, name: str, what: str):
-    """`registry[name]`, or a KeyError that lists the valid names."""
-    if name not in registry:
-        raise KeyError(f"unknown {what} {name!r}; valid: {', '.join(registry)}")
-    return registry[name]
+from rlhfscale.registry import Registry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,11 +75,14 @@ def agg_group(losses: Tensor, mask: Tensor, n: int) -> Tensor:
     return masked_mean(losses.reshape(num_prompts, -1), mask.reshape(num_prompts, -1), dim=-1).mean()
 
 
-AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
-    "token": agg_token,
-    "sequence": agg_sequence,
-    "group": agg_group,
-}
+def agg_token_sum(losses: Tensor, mask: Tensor, n: int) -> Tensor:
+    """Sum over valid tokens divided by a constant, B · T (Dr. GRPO, Liu et al. 2025): no response's
+    tokens are weighted by its length, so long wrong answers are not favoured. [B, T] -> []."""
+    return losses.masked_fill(~mask.bool(), 0.0).sum() / mask.numel()
+
+
+AGGREGATIONS: Registry[Callable[[Tensor, Tensor, int], Tensor]] = Registry.of(
+    "loss aggregation", {"token": agg_token, "sequence": agg_sequence, "group": agg_group, "token_sum": agg_token_sum})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +105,8 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
-KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+KL_ESTIMATORS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry.of(
+    "KL estimator", {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3})
 
 
 def kl_penalty(
@@ -119,7 +118,7 @@ def kl_penalty(
     estimator: a name in `KL_ESTIMATORS`. mask: [B, T] or None; masked tokens give 0.
     Returns [B, T].
     """
-    fn = _pick(KL_ESTIMATORS, estimator, "KL estimator")
+    fn = KL_ESTIMATORS.get(estimator)
     if mask is None:
         return fn(logprobs, ref_logprobs)
     valid = mask.bool()
@@ -151,7 +150,7 @@ def policy_loss(
     Returns (scalar loss, stats): `clipfrac` (fraction of valid tokens where the clip is active)
     and `approx_kl` (k3 estimate of KL(π_old ‖ π)), both detached 0-dim tensors.
     """
-    aggregate = _pick(AGGREGATIONS, agg, "loss aggregation")
+    aggregate = AGGREGATIONS.get(agg)
     valid = mask.bool()
     high = clip_coef if clip_coef_high is None else clip_coef_high
     log_ratio = (logprobs - old_logprobs).masked_fill(~valid, 0.0)
@@ -180,18 +179,21 @@ def value_loss(
     """Clipped value loss ½ max((V - R)², (clip(V, V_old - c, V_old + c) - R)²), as in PPO/TRL/OpenRLHF.
 
     values: [B, T] critic outputs (with grad); old_values: [B, T] at rollout time; returns: [B, T]
-    targets; mask: [B, T]. clip_coef_value None: plain ½ (V - R)². agg, n as in `policy_loss`.
+    targets; mask: [B, T]. clip_coef_value None: plain ½ (V - R)². agg, n as in `policy_loss`. Inputs are
+    masked before the squared error, so a NaN or inf at a masked position reaches neither loss nor gradient.
     Returns (scalar loss, stats): `vf_clipfrac`, the fraction of valid tokens where the clipped
     term is the larger one (detached 0-dim tensor).
     """
-    aggregate = _pick(AGGREGATIONS, agg, "loss aggregation")
+    aggregate = AGGREGATIONS.get(agg)
+    valid = mask.bool()
+    values, old_values, returns = (x.masked_fill(~valid, 0.0) for x in (values, old_values, returns))
     vf_losses = (values - returns).square()
     if clip_coef_value is None:
-        return 0.5 * aggregate(vf_losses, mask, n), {"vf_clipfrac": torch.zeros(())}
+        return 0.5 * aggregate(vf_losses, valid, n), {"vf_clipfrac": torch.zeros(())}
     values_clipped = old_values + (values - old_values).clamp(-clip_coef_value, clip_coef_value)
     vf_losses_clipped = (values_clipped - returns).square()
-    loss = 0.5 * aggregate(torch.maximum(vf_losses, vf_losses_clipped), mask, n)
-    vf_clipfrac = masked_mean((vf_losses_clipped > vf_losses).float(), mask).detach()
+    loss = 0.5 * aggregate(torch.maximum(vf_losses, vf_losses_clipped), valid, n)
+    vf_clipfrac = masked_mean((vf_losses_clipped > vf_losses).float(), valid).detach()
     return loss, {"vf_clipfrac": vf_clipfrac}
 
 

@@ -17,30 +17,42 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from ..config import RLConfig, RunConfig
+from ..algorithms import ALGORITHMS
+from ..config import RLConfig, SamplingConfig
 from ..models import shared_prefix
 from ..models.critic import response_values
+from ..models.checkpoint import Checkpointer, rng_state, set_rng_state
 from ..models.ladder import count_non_embedding
 from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
-from ..rewards.sources import Rewards
+from ..rm.sources import Rewards
 from ..rollout.sampler import Rollout, sample
 from ..tasks.base import Example
-from .advantages import get_advantage
+from .advantages import ESTIMATORS
 from .losses import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean, masked_var, policy_loss, value_loss
 
 # reward_fn(examples, responses, rollout) -> proxy scores [B], dense rewards [B, R], gold scores [B]
 RewardFn = Callable[[Sequence[Example], list[str], Rollout], Rewards]
-ESTIMATOR = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "reinforce++": "reinforce++"}
-KL_IN_REWARD = {"ppo": True, "reinforce++": True, "grpo": False, "rloo": False}  # rl.kl_in = "auto"
+
+
+class RLSettings(Protocol):
+    """What the loop reads of a config: a `RunConfig` or the rl stage's input (`contract.view`)."""
+
+    seed: int
+    rl: RLConfig
+    sampling: SamplingConfig
 
 
 class NonFiniteError(RuntimeError):
-    """A reward or loss became NaN or inf; the message names the step and the quantity."""
+    """A reward or loss became NaN or inf; the message names the step and the quantity. The run's folder
+    (the last good policy, the log) is kept as its output."""
+
+    keep_output = True
 
 
 def check_finite(step: int, **quantities: Tensor) -> None:
@@ -100,7 +112,8 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
 
 def kl_in_reward(rl: RLConfig) -> bool:
-    return KL_IN_REWARD[rl.algorithm] if rl.kl_in == "auto" else rl.kl_in == "reward"
+    """Whether beta * KL goes into the per-token reward (else into the loss): rl.kl_in, or the algorithm's choice."""
+    return (ALGORITHMS.get(rl.algorithm).kl_in if rl.kl_in == "auto" else rl.kl_in) == "reward"
 
 
 def make_actor(policy, bf16: bool):
@@ -132,37 +145,84 @@ def step_flops(seq_tokens: int, rl: RLConfig, policy_n: int, critic_n: int, rewa
     return (sample_f + ref_f + train_f + 2 * critic_n + 2 * reward_n) * seq_tokens
 
 
+@dataclass
+class LoopState:
+    """Everything besides the models and the optimizer that a resumed run must restore."""
+
+    rng: random.Random  # draws the prompts of each step
+    gen: torch.Generator  # the sampler's randomness
+    running: RunningMeanStd  # running reward statistics (shaping=normalize, norm_mode=running)
+    kl_ctl: FixedKLController | AdaptiveKLController
+    flops: float = 0.0
+    step: int = 0  # the last finished step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_state(self.rng, self.gen), "running": vars(self.running).copy(),
+                "kl_coef": self.kl_ctl.value, "flops": self.flops}
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        set_rng_state(state["rng"], self.rng, self.gen)
+        self.running = RunningMeanStd(**state["running"])
+        self.kl_ctl.value, self.flops, self.step = state["kl_coef"], state["flops"], step
+
+
+def save_state(ckpt: Checkpointer, loop: LoopState, policy, critic, opt, schedule, extra: dict[str, Any]) -> None:
+    ckpt.save(loop.step, {"loop": loop.state_dict(), "policy": policy.state_dict(), "opt": opt.state_dict(),
+                          "schedule": schedule.state_dict(), "extra": extra,
+                          "critic": critic.state_dict() if critic is not None else None})
+
+
+def restore_state(state: dict[str, Any], loop: LoopState, policy, critic, opt, schedule) -> None:
+    policy.load_state_dict(state["policy"])
+    if critic is not None:
+        critic.load_state_dict(state["critic"])
+    opt.load_state_dict(state["opt"])
+    schedule.load_state_dict(state["schedule"])
+    loop.load_state_dict(state["loop"], state["step"])
+
+
 def train(
-    policy, tok, prompts: Sequence[Example], reward_fn: RewardFn, cfg: RunConfig, *,
+    policy, tok, prompts: Sequence[Example], reward_fn: RewardFn, cfg: RLSettings, *,
     max_new_tokens: int, critic=None, reward_params: int = 0, on_step: Callable[[int, dict], None] | None = None,
+    checkpoint: Checkpointer | None = None, resume: dict[str, Any] | None = None,
+    extra_state: Callable[[], dict[str, Any]] = dict,
 ) -> None:
-    """Optimize `policy` (and, for PPO, `critic`) in place with the algorithm ``cfg.rl.algorithm`` names."""
-    rl, sc = cfg.rl, cfg.sampling
-    n, temperature, device = rl.n_samples, sc.temperature or 1.0, policy.device
-    rng, gen = random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed)
+    """Optimize `policy` (and, for PPO, `critic`) in place with the algorithm ``cfg.rl.algorithm`` names.
+
+    With `checkpoint`, the full state (models, optimizer, schedule, RNGs, KL controller, running reward
+    statistics, FLOPs, plus the caller's `extra_state()`) is saved every ``rl.checkpoint_every`` steps;
+    `resume` (a state `checkpoint.load()` returned) continues from it and ends as the uninterrupted run.
+    """
+    rl, sc, algo = cfg.rl, cfg.sampling, ALGORITHMS.get(cfg.rl.algorithm)
+    n, temperature, device = rl.n_samples, sc.temperature, policy.device
     amp = lambda: mixed_precision(device, rl.bf16)  # noqa: E731
-    estimator = get_advantage(ESTIMATOR[rl.algorithm])
+    estimator = ESTIMATORS.get(algo.estimator)
+    norm_std = algo.norm_std if algo.norm_std is not None else rl.norm_std is not False
     kl_ctl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target else FixedKLController(rl.kl_coef)
-    ref, actor = copy.deepcopy(policy).eval().requires_grad_(False), make_actor(policy, rl.bf16)
-    (opt, schedule), running = make_optimizer(policy, critic, rl), RunningMeanStd()
+    loop = LoopState(random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed), RunningMeanStd(),
+                     kl_ctl)
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)  # the starting policy, before any resume
+    opt, schedule = make_optimizer(policy, critic, rl)
+    if resume is not None:
+        restore_state(resume, loop, policy, critic, opt, schedule)
+    actor = make_actor(policy, rl.bf16)
     params = (count_non_embedding(policy), count_non_embedding(critic) if critic is not None else 0, reward_params)
     prompt_ids = {e.prompt: tok(e.prompt, add_special_tokens=False).input_ids for e in prompts}
-    flops = 0.0
 
-    for step in range(1, rl.steps + 1):
+    for step in range(loop.step + 1, rl.steps + 1):
         t0 = time.perf_counter()
         # 1. rollout: n responses for each of P prompts, the n of a prompt contiguous
-        examples = [e for e in draw(rng, prompts, rl.prompts_per_step) for _ in range(n)]
+        examples = [e for e in draw(loop.rng, prompts, rl.prompts_per_step) for _ in range(n)]
         ro = sample(actor, [prompt_ids[e.prompt] for e in examples], max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=sc.top_p, top_k=sc.top_k,
-                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=gen)
+                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=loop.gen)
         ids, attn, Lp, mask = ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1], ro.response_mask.float()
         t_gen = time.perf_counter() - t0
 
         # 2. reward: proxy scores from the sources, shaped, on the last token; dense step rewards where they are
         r = reward_fn(examples, tok.batch_decode(ro.response_ids, skip_special_tokens=True), ro)
         check_finite(step, reward=r.scores, dense_reward=r.dense)
-        rewards = token_rewards(shape_scores(r.scores, ro.response_lengths, n, rl, running), r.dense, mask)
+        rewards = token_rewards(shape_scores(r.scores, ro.response_lengths, n, rl, loop.running), r.dense, mask)
         proxy, shaped = r.scores + (r.dense * mask).sum(-1), rewards.sum(-1)
 
         # 3. KL to the reference policy (a per-token penalty in the reward, or a loss term), critic values
@@ -171,34 +231,38 @@ def train(
             values = response_values(critic, ids, attn, Lp) if critic is not None else None
         kl = kl_penalty(ro.logprobs, ref_logprobs, rl.kl_estimator, mask)
         if kl_in_reward(rl):
-            rewards = rewards - kl_ctl.value * kl
+            rewards = rewards - loop.kl_ctl.value * kl
 
         # 4. advantages, and the critic's targets
         advantages, returns = estimator(rewards, mask, n=n, values=values, gamma=rl.gamma,
-                                        gae_lambda=rl.gae_lambda, norm_std=rl.norm_std)
+                                        gae_lambda=rl.gae_lambda, norm_std=norm_std)
 
         # 5. clipped policy (and value) updates
         batch = Batch(ids, attn, mask, Lp, ro.logprobs, ref_logprobs, advantages, returns, values)
-        stats = update(policy, critic, opt, batch, 0.0 if kl_in_reward(rl) else kl_ctl.value, cfg, step, amp)
+        stats = update(policy, critic, opt, batch, 0.0 if kl_in_reward(rl) else loop.kl_ctl.value, cfg, step, amp)
         schedule.step()
         sync_actor(actor, policy)
         kl_seq = kl.sum(-1).mean().item()
-        kl_ctl.update(kl_seq, len(examples))
+        loop.kl_ctl.update(kl_seq, len(examples))
 
-        # 6. log
+        # 6. log, and save the state every rl.checkpoint_every steps
         elapsed, n_tokens, seq_tokens = time.perf_counter() - t0, int(mask.sum().item()), int(attn.sum().item())
-        flops += step_flops(seq_tokens, rl, *params)
+        loop.flops += step_flops(seq_tokens, rl, *params)
+        loop.step = step
         info = {
             "rl/proxy_reward": proxy.mean().item(), "rl/reward": shaped.mean().item(),
-            "rl/gold_reward": r.gold.mean().item(), **r.parts, "rl/kl": kl_seq, "rl/kl_coef": kl_ctl.value, **stats,
+            "rl/reward_std": shaped.std(correction=0).item(), "rl/gold_reward": r.gold.mean().item(), **r.parts,
+            "rl/kl": kl_seq, "rl/kl_coef": loop.kl_ctl.value, **stats,
             "rl/response_len": n_tokens / len(examples), "rl/samples_per_s": len(examples) / elapsed,
             "rl/tokens_per_s": n_tokens / elapsed, "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": seq_tokens,
-            "flops/rl": flops,
+            "flops/rl": loop.flops,
         }
         if values is not None:
             info["rl/explained_var"] = explained_variance(values, returns, mask)
         if on_step is not None:
             on_step(step, info)
+        if checkpoint is not None and checkpoint.due(step, rl.steps):
+            save_state(checkpoint, loop, policy, critic, opt, schedule, extra_state())
 
 
 def draw(rng: random.Random, prompts: Sequence[Example], k: int) -> list[Example]:
@@ -213,10 +277,11 @@ def minibatches(batch_size: int, group: int, count: int, gen: torch.Generator) -
     return [(c[:, None] * group + torch.arange(group)).flatten() for c in chunks]
 
 
-def update(policy, critic, opt, b: Batch, kl_coef: float, cfg: RunConfig, step: int, amp) -> dict[str, float]:
+def update(policy, critic, opt, b: Batch, kl_coef: float, cfg: RLSettings, step: int, amp) -> dict[str, float]:
     """`epochs` passes of `minibatches` optimizer steps on one rollout batch; returns mean diagnostics."""
-    rl, temperature = cfg.rl, cfg.sampling.temperature or 1.0
-    group = rl.n_samples if rl.loss_agg == "group" else 1
+    rl, temperature, algo = cfg.rl, cfg.sampling.temperature, ALGORITHMS.get(cfg.rl.algorithm)
+    loss_agg = algo.loss_agg or rl.loss_agg or "token"
+    group = rl.n_samples if loss_agg == "group" else 1
     shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
     policy.train()
     totals: dict[str, float] = {}
@@ -228,7 +293,8 @@ def update(policy, critic, opt, b: Batch, kl_coef: float, cfg: RunConfig, step: 
                 logprobs, entropy = response_logprobs(policy, b.ids[idx], b.attn[idx], b.prompt_len, temperature,
                                                       with_entropy=True)
             pg_loss, pg_stats = policy_loss(logprobs, b.old_logprobs[idx], b.advantages[idx], m,
-                                            clip_coef=rl.clip_coef, agg=rl.loss_agg, n=group)
+                                            clip_coef=rl.clip_coef, clip_coef_high=rl.clip_coef_high,
+                                            agg=loss_agg, n=group)
             entropy_bonus = masked_mean(entropy, m)
             kl = masked_mean(kl_penalty(logprobs, b.ref_logprobs[idx], rl.kl_estimator), m)
             loss = pg_loss - rl.entropy_coef * entropy_bonus + kl_coef * kl
@@ -238,7 +304,7 @@ def update(policy, critic, opt, b: Batch, kl_coef: float, cfg: RunConfig, step: 
                 with amp():
                     new_values = response_values(critic, b.ids[idx], b.attn[idx], b.prompt_len)
                 v_loss, v_stats = value_loss(new_values, b.values[idx], b.returns[idx], m,
-                                             clip_coef_value=rl.clip_coef_value, agg=rl.loss_agg, n=group)
+                                             clip_coef_value=rl.clip_coef_value, agg=loss_agg, n=group)
                 loss = loss + v_loss
                 row |= {"rl/v_loss": v_loss.item(), "rl/vf_clipfrac": v_stats["vf_clipfrac"].item()}
             check_finite(step, loss=loss)

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from math import comb
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..rewards.metrics import majority_vote, pass_at_k
 from ..tasks.base import Example, Task
 from .sampler import sample
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def majority_vote(answers: Sequence[str | None]) -> str | None:
-    """The most frequent non-empty answer (first seen wins a tie), or None."""
-    counts = Counter(a for a in answers if a is not None)
-    return max(counts, key=counts.__getitem__) if counts else None
 
 
 @torch.no_grad()

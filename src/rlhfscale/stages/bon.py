@@ -1,6 +1,6 @@
 """Stage `bon`: reward models judged on one pool of policy samples per held-out prompt.
 
-The policy (input ``policy``: a model folder, or ``sft``: a run, else ``policy.path``) samples
+The policy (input ``sft``: a run directory or a policy folder) samples
 ``bon.n_max`` responses to each of ``bon.prompts`` test prompts. From that one pool, for N = 1,
 2, 4, ... up to n_max, the expected gold value (accuracy; the gold rater's score for chat) of the
 response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
@@ -23,19 +23,22 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ..config import RunConfig
+from pydantic import BaseModel
+
+from ..contract import view
 from ..errors import BadInput
 from ..models.ladder import count_non_embedding
 from ..models.reward import RewardModel, load_reward_model
+from ..pipeline import STAGES
 from ..rewards.aggregate import AGGREGATIONS, aggregate_steps
-from ..rewards.data import count_tokens
+from ..rm.data import count_tokens
 from ..rewards.metrics import best_of_n, majority_of_n, pool_pair_accuracy, step_metrics
 from ..rollout.evaluate import evaluate, generate
-from .common import max_new_tokens, policy_from, setup
+from .common import input_policy, max_new_tokens, policy_folder, setup
 from .rundir import RunDir
 
 
-def reward_models(cfg: RunConfig, inputs: dict[str, str]) -> dict[str, tuple[str, RewardModel]]:
+def reward_models(cfg: BaseModel, inputs: dict[str, str]) -> dict[str, tuple[str, RewardModel]]:
     """kind -> (folder, model) of every input whose name starts with ``rm``."""
     rms: dict[str, tuple[str, RewardModel]] = {}
     for name in sorted(n for n in inputs if n.startswith("rm")):
@@ -67,12 +70,13 @@ def prm_metrics(rm: RewardModel, prompts: list[str], responses: list[str], gold_
     return out | {f"prm/{k}": v for k, v in step_metrics(logits, gold_steps).items()}
 
 
-def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+    cfg = view(STAGES["bon"], cfg)
     task = setup(cfg)
-    policy_path = inputs.get("policy") or (str(Path(inputs["sft"]) / "policy") if "sft" in inputs else cfg.policy.path)
-    if not policy_path:
-        raise BadInput("bon: expected a policy (a policy folder, an sft run directory or policy.path), found none")
-    policy, tok = policy_from(cfg, policy_path)
+    if "sft" not in inputs:
+        raise BadInput("bon: expected a policy (an sft run directory or a policy folder), found none")
+    policy_path = policy_folder(inputs["sft"])
+    policy, tok = input_policy(cfg, policy_path)
     rms = reward_models(cfg, inputs)
     out = RunDir(out_dir, cfg)
     examples, M, budget = task.examples("test", cfg.bon.prompts), cfg.bon.n_max, max_new_tokens(cfg, task)

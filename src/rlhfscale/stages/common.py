@@ -1,38 +1,61 @@
-"""What every stage does first: threads, seeds, the task, the policy, the sampling budget."""
+"""What every stage does first: threads, seeds, the task, the policy, the sampling budget, a checkpointer."""
 
 from __future__ import annotations
 
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 
-from ..config import RunConfig
+from ..models.checkpoint import Checkpointer
 from ..models.io import load_policy, new_policy
+from ..study.keys import canonical_json
 from ..tasks import Task, make_task
 
 
-def setup(cfg: RunConfig) -> Task:
-    """Set torch threads (config, else ``RLHFSCALE_THREADS``, else all cores) and seeds; return the task."""
-    threads = cfg.threads or int(os.environ.get("RLHFSCALE_THREADS", "0")) or os.cpu_count() or 1
+def start(cfg: Any) -> None:
+    """Set torch threads (``RLHFSCALE_THREADS``, which the study sets per stage, else all cores) and seeds."""
+    threads = int(os.environ.get("RLHFSCALE_THREADS", "0")) or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+
+
+def setup(cfg: Any) -> Task:
+    """`start`, and the task the stage works on."""
+    start(cfg)
     return make_task(cfg.task)
 
 
-def policy_from(cfg: RunConfig, checkpoint: str | Path | None = None):
-    """The policy to start from: a checkpoint folder, else ``policy.path``, else a fresh ladder model."""
-    path = checkpoint or cfg.policy.path
-    if path:
-        return load_policy(path, cfg.device)
+def fresh_policy(cfg: Any):
+    """The policy SFT starts from: ``policy.path``, else a fresh ladder model of ``policy.size``."""
+    if cfg.policy.path:
+        return load_policy(cfg.policy.path, cfg.device)
     model, tok = new_policy(cfg.policy.size, cfg.seed, cfg.policy.max_len)
     return model.to(cfg.device), tok
 
 
-def max_new_tokens(cfg: RunConfig, task: Task) -> int:
+def policy_folder(run: str | Path) -> Path:
+    """The policy of an input: a run directory's ``policy/``, or the folder itself."""
+    run = Path(run)
+    return run / "policy" if (run / "policy" / "config.json").is_file() else run
+
+
+def input_policy(cfg: Any, run: str | Path):
+    """(model, tokenizer) of an input run's policy, on ``cfg.device``."""
+    return load_policy(policy_folder(run), cfg.device)
+
+
+def max_new_tokens(cfg: Any, task: Task) -> int:
     """``sampling.max_new_tokens``, or the task's longest gold solution plus EOS and a little slack."""
     if cfg.sampling.max_new_tokens:
         return cfg.sampling.max_new_tokens
     return task.max_solution_chars() + 4
+
+
+def checkpointer(cfg: BaseModel, out_dir: str | Path, every: int) -> Checkpointer:
+    """The stage's checkpointer under ``<out_dir>/checkpoint``, fingerprinted by every setting it read."""
+    return Checkpointer(Path(out_dir) / "checkpoint", every, canonical_json(cfg.model_dump(mode="json")))

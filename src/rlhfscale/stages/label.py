@@ -1,12 +1,12 @@
 """Stage `label`: reward-model training labels for the responses of a `sample` run.
 
-From the ``sample`` input's train.jsonl it writes (formats in `rewards.data` and `tasks.jsonl`):
+From the ``sample`` input's train.jsonl it writes (formats in `rm.data` and `tasks.jsonl`):
 - ``outcomes.jsonl``: each response with its verifier score as the correctness label;
 - ``pairs.jsonl``: responses to the same prompt with different gold scores, rated by simulated
   raters of noise ``data.rater_temperature`` (for arithmetic: correct vs incorrect);
 - ``steps_gold.jsonl``: step labels of the task's gold step checker;
 - ``steps_mc_hard.jsonl``, ``steps_mc_soft.jsonl``: Monte-Carlo step labels (Math-Shepherd):
-  the policy (input ``sft``, else ``policy.path``) completes the response from each step prefix
+  the policy (input ``sft``) completes the response from each step prefix
   ``data.mc_rollouts`` times; hard = any completion reaches the right answer, soft = the fraction.
   Written when there is a policy and ``data.mc_rollouts`` > 0.
 From heldout.jsonl: ``heldout_pairs.jsonl`` (gold preferences) and ``heldout_steps.jsonl`` (gold).
@@ -18,23 +18,26 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig
+from pydantic import BaseModel
+
+from ..contract import view
 from ..models.ladder import count_non_embedding
-from ..rewards.data import Sampled, count_tokens, load_sampled, preference_pairs, write_jsonl
+from ..rm.data import Sampled, count_tokens, load_sampled, preference_pairs, write_jsonl
+from ..pipeline import STAGES
 from ..rewards.mc_labels import monte_carlo_step_labels
 from ..rollout.evaluate import generate
 from ..tasks import Task
-from .common import max_new_tokens, policy_from, setup
+from .common import input_policy, max_new_tokens, setup
 from .rundir import RunDir
 
 
-def mc_step_labels(cfg: RunConfig, task: Task, inputs: dict[str, str],
+def mc_step_labels(cfg: BaseModel, task: Task, inputs: dict[str, str],
                    flat: list[tuple]) -> tuple[list, list, float]:
     """Soft and hard Monte-Carlo labels of (example, response, steps) triples, and the FLOPs spent.
 
     Identical prefixes (common: responses to a prompt share their first steps) are completed once.
     """
-    policy, tok = policy_from(cfg, Path(inputs["sft"]) / "policy" if "sft" in inputs else None)
+    policy, tok = input_policy(cfg, inputs["sft"])
     sc, generated = cfg.sampling, 0
 
     def complete(texts: list[str], m: int) -> list[list[str]]:
@@ -71,7 +74,8 @@ def load_split(inputs: dict[str, str], split: str) -> list[Sampled]:
     return load_sampled(path) if split == "train" or (path.is_file() and path.stat().st_size) else []
 
 
-def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+    cfg = view(STAGES["label"], cfg)
     task = setup(cfg)
     train, heldout = load_split(inputs, "train"), load_split(inputs, "heldout")
     out = RunDir(out_dir, cfg)
@@ -87,7 +91,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     write_jsonl(out.path / "heldout_steps.jsonl", step_rows(*gold_steps(task, heldout)))
     summary = {"label/pairs": len(pairs), "label/outcomes": len(outcomes), "label/step_responses": len(flat),
                "flops/label": 0.0}
-    if ("sft" in inputs or cfg.policy.path) and cfg.data.mc_rollouts and flat:
+    if "sft" in inputs and cfg.data.mc_rollouts and flat:
         soft, hard, summary["flops/label"] = mc_step_labels(cfg, task, inputs, flat)
         write_jsonl(out.path / "steps_mc_soft.jsonl", step_rows(flat, soft))
         write_jsonl(out.path / "steps_mc_hard.jsonl", step_rows(flat, hard))

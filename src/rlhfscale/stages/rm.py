@@ -18,33 +18,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RunConfig
+from pydantic import BaseModel
+
+from ..contract import view
 from ..errors import BadInput
 from ..models.io import load_policy, save_policy
 from ..models.ladder import count_non_embedding, llama_config, preset
 from ..models.reward import RewardModel, build_reward_model, reward_model_from
 from ..models.tokenizer import build_tokenizer
-from ..rewards.data import encode_outcomes, encode_preferences, encode_steps, load_outcomes
+from ..pipeline import STAGES
+from ..rm.data import encode_outcomes, encode_preferences, encode_steps, load_outcomes
 from ..rewards.losses import pair_accuracy
 from ..rewards.metrics import step_metrics
-from ..rewards.train import RMData, train_reward_model
+from ..rm.train import RMData, train_reward_model
 from ..tasks.jsonl import load_preference_pairs, load_step_labels
-from .common import setup
+from .common import policy_folder, start
 from .rundir import Progress, RunDir
 
 
-def initial_model(cfg: RunConfig, inputs: dict[str, str]):
-    """(model, tokenizer, whether the backbone came from a policy), as ``rm.init`` says."""
+def initial_model(cfg: BaseModel, inputs: dict[str, str]):
+    """(model, tokenizer, whether the backbone came from a policy), as ``rm.init`` says. The backbone is
+    the ``rm_base`` input's policy (an SFT run at ``rm.size``), else ``rm.init_path``."""
     head = "prm" if cfg.rm.kind == "prm" else "orm"
-    path = cfg.rm.init_path or (str(Path(inputs["sft"]) / "policy") if "sft" in inputs else cfg.policy.path)
+    path = str(policy_folder(inputs["rm_base"])) if "rm_base" in inputs else cfg.rm.init_path
     policy, tok = load_policy(path, cfg.device) if path else (None, build_tokenizer())
     if policy is not None and cfg.rm.init != "scratch":
         p, c = preset(cfg.rm.size), policy.config
         of_size = (c.hidden_size, c.num_hidden_layers, c.intermediate_size) == (p.hidden, p.layers, p.ffn)
-        if cfg.rm.init == "policy" or cfg.rm.init_path or of_size:
+        if cfg.rm.init == "policy" or "rm_base" not in inputs or of_size:
             return reward_model_from(head, policy, tok.pad_token_id, cfg.seed), tok, True
     if cfg.rm.init == "policy":
-        raise BadInput("rm.init: expected an SFT policy to start from (an sft input, rm.init_path or policy.path), "
+        raise BadInput("rm.init: expected a backbone to start from (an rm_base or sft run, or rm.init_path), "
                        "found none")
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     config = llama_config(cfg.rm.size, len(tok), cfg.policy.max_len, **ids)
@@ -68,7 +72,7 @@ def heldout_file(inputs: dict[str, str], name: str) -> Path | None:
     return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
 
 
-def training_data(cfg: RunConfig, inputs: dict[str, str], rm: RewardModel) -> RMData:
+def training_data(cfg: BaseModel, inputs: dict[str, str], rm: RewardModel) -> RMData:
     """The encoded training data the RM kind and loss call for."""
     if cfg.rm.kind == "prm":
         path = data_file(inputs, "steps", f"steps_{cfg.rm.labels}")
@@ -97,8 +101,9 @@ def heldout_metrics(inputs: dict[str, str], rm: RewardModel) -> dict[str, float]
     return metrics
 
 
-def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
-    setup(cfg)
+def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+    cfg = view(STAGES["rm"], cfg)
+    start(cfg)
     model, tok, from_policy = initial_model(cfg, inputs)
     if cfg.rm.lm_coef and not model.config.tie_word_embeddings:
         raise BadInput("rm.lm_coef: expected a backbone with tied input and output embeddings (a reward model keeps "

@@ -36,6 +36,7 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
+        self.rows: list[dict[str, Any]] = []  # every logged line, for a checkpoint to carry
         self._metrics = (self.path / "metrics.jsonl").open("a")
         if config is not None:
             dump_config(config, self.path / "config.yaml")
@@ -47,9 +48,21 @@ class RunDir:
     def log(self, step: int, **metrics: Any) -> dict[str, Any]:
         """Append one JSON line with `step`, `wall_s` and the given metrics."""
         row = {"step": step, "wall_s": round(self.wall_s, 3), **{k: _clean(v) for k, v in metrics.items()}}
+        self._write(row)
+        return row
+
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite the lines a checkpointed run had logged (its metrics.jsonl starts over on resume)."""
+        self._metrics.seek(0)
+        self._metrics.truncate()
+        self.rows = []
+        for row in rows:
+            self._write(row)
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
-        return row
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write `summary.json` atomically (flat keys such as ``eval/pass@1``)."""

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlhfscale import __version__
-from rlhfscale.study.pipeline import PIPELINE
+from rlhfscale.pipeline import GRAPH as PIPELINE
 from rlhfscale.study.runner import collect_metrics, run_study, study_status
 
 FLOPS_PARTS = ("flops/sft", "flops/sample", "flops/label", "flops/rm", "flops/rl")
@@ -18,16 +18,27 @@ FLOPS_PARTS = ("flops/sft", "flops/sample", "flops/label", "flops/rm", "flops/rl
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """A trial config, validated and fully resolved by the pipeline's `RunConfig`."""
     from rlhfscale.config import RunConfig
+    from rlhfscale.errors import BadInput
 
-    return RunConfig.model_validate(config).model_dump(mode="json")
+    resolved = RunConfig.model_validate(config).model_dump(mode="json")
+    if resolved["threads"]:
+        raise BadInput(f"threads={resolved['threads']}: does nothing in a study: each stage runs with the threads "
+                       "of its resources.<stage>.num_cpus (default 1), so its numbers do not depend on the machine")
+    return resolved
 
 
-def run(spec: Path, out: Path, *, executor: str | None, address: str | None, max_workers: int | None) -> bool:
+def run(spec: Path, out: Path, *, executor: str | None, address: str | None, max_workers: int | None,
+        rerun_stale: bool = False) -> bool:
     result = run_study(spec, validate=validate, pipeline=PIPELINE, executor=executor, address=address,
-                       max_workers=max_workers, store=out / "store")
+                       max_workers=max_workers, store=out / "store", rerun_stale=rerun_stale)
     console = Console()
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
     console.print(f"study {result.study}: {len(result.ran)} stages ran, {result.skipped} already done, "
                   f"{len(result.failed)} failed, {len(result.blocked)} blocked")
+    if result.stale and not rerun_stale:
+        console.print(f"{len(result.stale)} artifacts were made by another code version (`study status` lists "
+                      "them); `study run --rerun-stale` re-runs them")
     for (stage, key), error in result.failed.items():
         console.print(f"  failed {stage} {key}: {error}")
     console.print(f"report: {report(spec, out)}")
@@ -36,6 +47,9 @@ def run(spec: Path, out: Path, *, executor: str | None, address: str | None, max
 
 def status(spec: Path, out: Path) -> None:
     st = study_status(spec, validate=validate, pipeline=PIPELINE, store=out / "store")
+    if st.counts.get("stale"):
+        Console().print(f"this study mixes code versions: {st.counts['stale']} stage runs were made by another "
+                        "code version; `study run --rerun-stale` re-runs them")
     table = Table(title=f"{spec}: " + ", ".join(f"{n} {s}" for s, n in sorted(st.counts.items())))
     for col in ("trial", "stage", "key", "status", "reason"):
         table.add_column(col)

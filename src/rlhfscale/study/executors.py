@@ -1,8 +1,9 @@
 """Executors: where stage calls run. The stage code cannot tell which one runs it.
 
-- `LocalExecutor`: a spawn-context process pool on this machine; each worker's threads are the
-  cores divided among the workers (env `RLHFSCALE_THREADS`, `OMP_NUM_THREADS`, `MKL_NUM_THREADS`,
-  read by the stage code). Workers die with the driver (Linux `PR_SET_PDEATHSIG`), so a killed
+- `LocalExecutor`: a spawn-context process pool on this machine. Each stage runs with the threads its
+  `num_cpus` asks for (env `RLHFSCALE_THREADS`, `OMP_NUM_THREADS`, `MKL_NUM_THREADS`, read by the
+  stage code), whatever `max_workers` is: a thread count changes floating-point sums, so it is
+  part of the stage's key, never a consequence of how many stages run beside it. Workers die with the driver (Linux `PR_SET_PDEATHSIG`), so a killed
   study leaves no process that finishes a stage later. It runs up to `max_workers` stages at once
   whatever their resource requests (use `max_workers=1` on a single GPU). With `max_workers=1`
   stages run inside the driver process itself (the thread variables are then set in the driver):
@@ -31,10 +32,11 @@ import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from rlhfscale.errors import BadInput
-from rlhfscale.study.store import Store, publish
+from rlhfscale.study.store import CHECKPOINT, Store, publish, write_meta
 
 THREAD_ENV = ("RLHFSCALE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 RAY_OBJECT_STORE_BYTES = 128 * 1024**2  # a local Ray instance's object store (stage results are small)
@@ -49,9 +51,12 @@ class StageCall:
     stage: str
     key: str
     fn: str  # 'module:function'
-    config: dict[str, Any]  # the full resolved trial config
+    config: dict[str, Any]  # the settings the stage reads, and nothing else
     inputs: dict[str, str]  # input stage name -> artifact folder
     store_root: str
+    threads: int = 1  # CPU threads the stage runs with (part of its key)
+    meta: dict[str, Any] = field(default_factory=dict)  # recorded in meta.json: code version, version, input keys
+    replace: bool = False  # an artifact at this key exists (stale) and is replaced once the new one is complete
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,13 @@ def one_line(err: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
-def _resolve(path: str) -> Any:
+def resolve(path: str) -> Any:
+    """The object at an import path 'module:name'."""
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
 
 
-def _flat_metrics(stage: str, value: Any) -> dict[str, float]:
+def flat_metrics(stage: str, value: Any) -> dict[str, float]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in value.items()
     ):
@@ -101,24 +107,44 @@ def set_thread_env(threads: int) -> None:
     os.environ.update({name: str(threads) for name in THREAD_ENV})
 
 
-def run_stage(call: StageCall, threads: int) -> StageOutcome:
-    """Run one stage into a tmp folder, write its summary, publish it atomically.
+def finish_artifact(folder: Path, metrics: dict[str, float], meta: dict[str, Any], wall_s: float) -> None:
+    """Complete a stage's folder: drop its checkpoint, write summary.json (if the stage wrote none) and meta.json."""
+    shutil.rmtree(folder / CHECKPOINT, ignore_errors=True)
+    summary = folder / "summary.json"
+    if not summary.exists():
+        summary.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    write_meta(folder, {**meta, "metrics": metrics, "wall_s": wall_s})
 
-    A raising stage leaves no artifact; its traceback goes to `<stage>/<key>.error.log`.
+
+def run_stage(call: StageCall) -> StageOutcome:
+    """Run one stage in its partial folder (resuming from a checkpoint there), then publish it atomically.
+
+    A raising stage leaves no artifact and no partial folder; its traceback goes to
+    `<stage>/<key>.error.log`. A killed one leaves its partial folder for the next attempt.
     """
-    set_thread_env(threads)
+    set_thread_env(call.threads)
     store = Store(call.store_root)
-    tmp = store.new_tmp_dir(call.stage, call.key)
     start = time.perf_counter()
+    partial = None
     try:
-        metrics = _flat_metrics(call.stage, _resolve(call.fn)(call.config, call.inputs, str(tmp)))
-        summary = tmp / "summary.json"
-        if not summary.exists():
-            summary.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        published = publish(tmp, store.artifact_dir(call.stage, call.key))
+        partial = store.partial_dir(call.stage, call.key)
+        metrics = flat_metrics(call.stage, resolve(call.fn)(call.config, call.inputs, str(partial)))
+        finish_artifact(partial, metrics, {**call.meta, "stage": call.stage, "key": call.key,
+                                           "config": call.config, "threads": call.threads},
+                        time.perf_counter() - start)
+        if call.replace and store.has_artifact(call.stage, call.key):
+            old = store.set_aside(call.stage, call.key, "replaced")
+            published = publish(partial, store.artifact_dir(call.stage, call.key))
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            published = publish(partial, store.artifact_dir(call.stage, call.key))
     except Exception as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        store.error_log(call.stage, call.key).write_text(traceback.format_exc())
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        try:
+            store.error_log(call.stage, call.key).write_text(traceback.format_exc())
+        except OSError:
+            pass  # a full disk: the one-line error still reaches the driver
         return StageOutcome(call.stage, call.key, ok=False, wall_s=time.perf_counter() - start, error=one_line(err))
     store.error_log(call.stage, call.key).unlink(missing_ok=True)
     return StageOutcome(call.stage, call.key, True, time.perf_counter() - start, metrics, published=published)
@@ -141,7 +167,6 @@ class LocalExecutor:
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.capacity = max_workers or available_cores()
-        self.threads = max(1, available_cores() // self.capacity)
         self._pool = self._new_pool() if self.capacity > 1 else None
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -155,13 +180,13 @@ class LocalExecutor:
     def submit(self, call: StageCall, resources: dict[str, float]) -> Future[StageOutcome]:
         if self._pool is None:
             future: Future[StageOutcome] = Future()
-            future.set_result(run_stage(call, self.threads))
+            future.set_result(run_stage(call))
             return future
         try:
-            return self._pool.submit(run_stage, call, self.threads)
+            return self._pool.submit(run_stage, call)
         except BrokenProcessPool:  # a worker died (e.g. out of memory): start a fresh pool
             self._pool = self._new_pool()
-            return self._pool.submit(run_stage, call, self.threads)
+            return self._pool.submit(run_stage, call)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -187,8 +212,7 @@ class RayExecutor:
         self._task = ray.remote(run_stage)
 
     def submit(self, call: StageCall, resources: dict[str, float]) -> Future[StageOutcome]:
-        threads = max(1, int(resources.get("num_cpus", 1)))
-        return self._task.options(**resources).remote(call, threads).future()
+        return self._task.options(**resources).remote(call).future()
 
     def close(self) -> None:
         if self._owns_ray:

@@ -1,8 +1,10 @@
 """Content-addressed stage keys: a pipeline definition and the keys of each trial's stages.
 
-A stage's key is a short sha256 of the canonical JSON of its name, the part of the trial
-config it depends on, the keys of its inputs and its code version. Two trials that agree on
-everything a stage depends on get the same key, so they share one artifact.
+A stage declares the settings it reads (`StageDef.reads`, dotted paths into the trial config).
+It is called with exactly those settings (`project`) and nothing else, and its key is a short
+sha256 of the canonical JSON of its name, those settings, the keys of its inputs, its version
+and its thread count. So a stage cannot read a setting its key leaves out, and two trials that
+agree on everything a stage reads share one artifact.
 """
 
 from __future__ import annotations
@@ -22,19 +24,19 @@ class StageDef(BaseModel):
     """One stage of a pipeline. A `Pipeline` is a list of these in topological order.
 
     The stage function runs in a worker process as
-    `fn(config: dict, inputs: dict[str, str], out_dir: str) -> dict[str, float]`: `config` is the
-    full resolved trial config, `inputs` maps each input stage's name to its artifact directory,
-    `out_dir` is an empty directory to write into; it returns flat metrics. It must read only
-    the config keys listed in `config_keys`, since only those are part of its key.
+    `fn(config: dict, inputs: dict[str, str], out_dir: str) -> dict[str, float]`: `config` holds
+    only the settings named in `reads` (nested as in the trial config), `inputs` maps each input
+    stage's name to its artifact directory, `out_dir` is the directory to write into (it may hold
+    a `checkpoint/` of an interrupted attempt); it returns flat metrics.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Stage name; also the artifact folder under the store root.")
     fn: str = Field(description="Import path of the stage function, 'module:function'.")
-    config_keys: list[str] = Field(
+    reads: list[str] = Field(
         default_factory=list,
-        description="Dotted prefixes of the trial config this stage depends on, e.g. ['task', 'seed'].",
+        description="Dotted settings the stage reads, whole sections or single fields, e.g. ['task', 'sampling.top_p'].",
     )
     inputs: list[str] = Field(default_factory=list, description="Names of upstream stages.")
     optional_inputs: list[str] = Field(
@@ -44,20 +46,31 @@ class StageDef(BaseModel):
         default_factory=lambda: {"num_cpus": 1, "num_gpus": 0},
         description="Resource request of one call, e.g. {'num_cpus': 1, 'num_gpus': 0} (used by Ray).",
     )
-    enabled: str | None = Field(
+    enabled: str | bool | None = Field(
         default=None,
-        description="Dotted config key; where it is false the stage and its dependents are skipped.",
+        description="Dotted config key; where it is false the stage and its dependents are skipped. "
+        "False: never part of a study (a stage only commands run, pinned by hand).",
+    )
+    check: str | None = Field(
+        default=None,
+        description="Import path 'module:function' of `check(config) -> list[str]`: refuses (raises) settings "
+        "that would do nothing in this stage, returns one-line warnings; `config` as the stage receives it.",
     )
     version: str = Field(
         default="1", description="Code version, part of the key: bump it to invalidate old artifacts."
     )
 
-    @field_validator("fn")
+    @field_validator("fn", "check")
     @classmethod
-    def _import_path(cls, value: str) -> str:
-        if not re.fullmatch(r"[\w.]+:\w+", value):
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
             raise ValueError(f"expected 'module:function', found {value!r}")
         return value
+
+    @property
+    def threads(self) -> int:
+        """CPU threads the stage runs with: its `num_cpus`, whatever else runs beside it (part of its key)."""
+        return max(1, int(self.resources.get("num_cpus", 1)))
 
 
 Pipeline = list[StageDef]
@@ -69,7 +82,7 @@ class Node:
 
     stage: StageDef
     key: str
-    config: dict[str, Any]  # the config of the first trial that needs this key
+    config: dict[str, Any]  # the settings the stage reads (`project` of a trial config that needs this key)
     input_keys: dict[str, str]  # input stage name -> key
 
 
@@ -88,15 +101,34 @@ def get_dotted(config: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def config_subset(config: dict[str, Any], prefixes: list[str]) -> dict[str, Any]:
-    """The parts of `config` under the dotted `prefixes`, keyed by prefix."""
-    return {prefix: get_dotted(config, prefix) for prefix in prefixes}
+def project(config: dict[str, Any], reads: list[str]) -> dict[str, Any]:
+    """The settings `reads` names, nested as in `config`: ``project(c, ["seed", "rl.lr"])`` ->
+    ``{"seed": .., "rl": {"lr": ..}}``. A whole section wins over single fields of it."""
+    out: dict[str, Any] = {}
+    for dotted in sorted(reads, key=lambda d: d.count(".")):
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            if leaf not in node:
+                node[leaf] = get_dotted(config, dotted)
+    return out
 
 
-def stage_key(stage: str, config_subset: dict[str, Any], input_keys: dict[str, str], version: str) -> str:
+def stage_key(stage: str, settings: dict[str, Any], input_keys: dict[str, str], version: str, threads: int = 1) -> str:
     """Short sha256 of the canonical JSON of everything a stage's output depends on."""
-    payload = {"stage": stage, "config": config_subset, "inputs": input_keys, "version": version}
+    payload = {"stage": stage, "config": settings, "inputs": input_keys, "version": version, "threads": threads}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def is_enabled(stage: StageDef, config: dict[str, Any]) -> bool:
+    """Whether a study trial runs `stage` (its `enabled` key true, or no key)."""
+    if isinstance(stage.enabled, bool):
+        return stage.enabled
+    return stage.enabled is None or bool(get_dotted(config, stage.enabled))
 
 
 def check_pipeline(pipeline: Pipeline) -> None:
@@ -115,13 +147,10 @@ def trial_keys(config: dict[str, Any], pipeline: Pipeline) -> dict[str, str]:
     """Stage name -> key for one trial config; stages disabled (directly or upstream) are left out."""
     keys: dict[str, str] = {}
     for stage in pipeline:
-        if stage.enabled is not None and not get_dotted(config, stage.enabled):
-            continue
-        if any(name not in keys for name in stage.inputs):
+        if not is_enabled(stage, config) or any(name not in keys for name in stage.inputs):
             continue
         inputs = {name: keys[name] for name in stage.inputs + stage.optional_inputs if name in keys}
-        subset = config_subset(config, stage.config_keys)
-        keys[stage.name] = stage_key(stage.name, subset, inputs, stage.version)
+        keys[stage.name] = stage_key(stage.name, project(config, stage.reads), inputs, stage.version, stage.threads)
     return keys
 
 
@@ -134,5 +163,6 @@ def plan_nodes(configs: list[dict[str, Any]], pipeline: Pipeline) -> tuple[list[
         for config, keys in zip(configs, per_trial):
             if stage.name in keys and (stage.name, keys[stage.name]) not in nodes:
                 input_keys = {name: keys[name] for name in stage.inputs + stage.optional_inputs if name in keys}
-                nodes[(stage.name, keys[stage.name])] = Node(stage, keys[stage.name], config, input_keys)
+                settings = project(config, stage.reads)
+                nodes[(stage.name, keys[stage.name])] = Node(stage, keys[stage.name], settings, input_keys)
     return per_trial, list(nodes.values())

@@ -1,9 +1,13 @@
 """Run a study: expand its trials, key their stages, run each missing key once, in dependency order.
 
-Resuming a killed study is running it again: visible artifacts are complete (atomic rename) and
-are skipped, everything else is redone. A failing stage records a one-line error, blocks its
-dependents and lets independent stages go on. `study_status` and `collect_metrics` read the
-store without running anything.
+Resuming a killed study is running it again: visible artifacts are complete (atomic rename), are
+checked against their manifest and reused; a damaged one is set aside and re-run, and a stage
+killed mid-way resumes from its checkpoint. Artifacts made by another code version are reported
+as stale and re-run only when asked (`rerun_stale`). Before anything runs, each stage's `check`
+refuses settings that would do nothing, and a stage on a CUDA device must ask for a GPU. A failing
+stage records a one-line error, blocks its dependents and lets independent stages go on.
+`study_status` and `collect_metrics` read the store without running anything; metrics come from
+the artifacts themselves, the index being only a cache of them.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlhfscale.errors import BadInput
-from rlhfscale.study.executors import Executor, StageCall, StageOutcome, make_executor, one_line
-from rlhfscale.study.keys import Node, Pipeline, get_dotted, plan_nodes
+from rlhfscale.study.executors import Executor, StageCall, StageOutcome, make_executor, one_line, resolve
+from rlhfscale.study.keys import Node, Pipeline, get_dotted, is_enabled, plan_nodes
 from rlhfscale.study.spec import StudySpec, Trial, Validate, expand, load_spec
 from rlhfscale.study.store import Store
+from rlhfscale.version import code_version, describe
 
 NodeId = tuple[str, str]  # (stage, key)
 
@@ -40,6 +45,9 @@ class StudyResult:
     skipped: int = 0  # stage keys whose artifact already existed
     failed: dict[NodeId, str] = field(default_factory=dict)  # -> one-line error
     blocked: dict[NodeId, str] = field(default_factory=dict)  # -> which input failed
+    stale: list[NodeId] = field(default_factory=list)  # artifacts made by another code version
+    damaged: dict[NodeId, str] = field(default_factory=dict)  # artifacts that failed their manifest: set aside, re-run
+    notes: list[str] = field(default_factory=list)  # one-line warnings and repairs, in order
 
     @property
     def ok(self) -> bool:
@@ -68,18 +76,57 @@ class _Plan:
     keys: list[dict[str, str]]  # per trial: stage -> key
     nodes: list[Node]  # unique stage keys, topological order
     store: Store
+    warnings: list[str]  # what the stages' checks found surprising but legitimate
+
+
+def _with_resources(spec: StudySpec, pipeline: Pipeline) -> Pipeline:
+    """The pipeline with the spec's per-stage resource requests merged in."""
+    names = [stage.name for stage in pipeline]
+    for name, request in spec.resources.items():
+        if name not in names:
+            raise spec.error(("resources", name), f"resources.{name}", f"a stage name ({', '.join(names)})", repr(name))
+        for what, amount in request.items():
+            if amount < 0 or (what == "num_cpus" and amount < 1):
+                raise spec.error(("resources", name, what), f"resources.{name}.{what}", "a count of at least "
+                                 f"{1 if what == 'num_cpus' else 0}", repr(amount))
+    return [s.model_copy(update={"resources": {**s.resources, **spec.resources[s.name]}}) if s.name in spec.resources
+            else s for s in pipeline]
+
+
+def _check_nodes(spec: StudySpec, trials: list[Trial], keys: list[dict[str, str]], nodes: list[Node]) -> list[str]:
+    """Refuse a stage on a CUDA device without a GPU, and what each stage's check refuses; return its warnings."""
+    trial_of: dict[NodeId, Trial] = {}
+    for trial, trial_keys in zip(trials, keys):
+        for stage_key in trial_keys.items():
+            trial_of.setdefault(stage_key, trial)
+    warnings: list[str] = []
+    for node in nodes:
+        trial, name = trial_of[_node_id(node)], node.stage.name
+        device = node.config.get("device")
+        if isinstance(device, str) and device.startswith("cuda") and node.stage.resources.get("num_gpus", 0) <= 0:
+            raise spec.error(("resources",), f"resources.{name}.num_gpus",
+                             f"at least 1 for device {device!r} (trial {trial.id})", "0 GPUs requested")
+        if node.stage.check:
+            try:
+                found = resolve(node.stage.check)(node.config)
+            except BadInput as err:
+                raise BadInput(f"{spec.path}: trial {trial.id}: {err}") from None
+            warnings += [f"{name}: {w}" for w in found if f"{name}: {w}" not in warnings]
+    return warnings
 
 
 def _plan(spec_path: str | Path, validate: Validate | None, pipeline: Pipeline,
           store: str | Path | None = None) -> _Plan:
-    """Expand and key the study; `store` overrides the spec's store directory."""
+    """Expand, check and key the study; `store` overrides the spec's store directory."""
     spec = load_spec(spec_path)
     trials = expand(spec, validate)
+    pipeline = _with_resources(spec, pipeline)
     try:
         keys, nodes = plan_nodes([trial.config for trial in trials], pipeline)
     except KeyError as err:
         raise BadInput(f"{spec.path}: expected every config key the pipeline reads, found {err.args[0]}") from None
-    return _Plan(spec, trials, keys, nodes, Store(store or spec.store_root))
+    warnings = _check_nodes(spec, trials, keys, nodes)
+    return _Plan(spec, trials, keys, nodes, Store(store or spec.store_root), warnings)
 
 
 def _node_id(node: Node) -> NodeId:
@@ -90,17 +137,40 @@ def _input_ids(node: Node) -> list[NodeId]:
     return list(node.input_keys.items())
 
 
-def _record_found(store: Store, nodes: list[Node]) -> tuple[list[Node], int]:
-    """The nodes still to run; artifacts a killed run published but never indexed get indexed now."""
+def artifact_state(store: Store, node_id: NodeId, code: dict[str, Any]) -> tuple[str, str]:
+    """("missing" | "damaged" | "stale" | "done", why) of the artifact at a stage key."""
+    if not store.has_artifact(*node_id):
+        return "missing", ""
+    if problem := store.verify(*node_id):
+        return "damaged", problem
+    made_by = store.read_meta(*node_id).get("code", {})
+    if made_by.get("source") != code["source"]:
+        return "stale", f"made by {describe(made_by)}; this code is {describe(code)}"
+    return "done", ""
+
+
+def _record_found(store: Store, nodes: list[Node], result: StudyResult, rerun_stale: bool) -> list[Node]:
+    """The nodes still to run. Damaged artifacts are set aside (and re-run); stale ones re-run when asked;
+    intact artifacts the index lacks (a kill between publishing and indexing, a lost index) get indexed."""
     rows = store.stage_rows()
     todo: list[Node] = []
     for node in nodes:
-        stage, key = _node_id(node)
-        if not store.has_artifact(stage, key):
+        node_id = _node_id(node)
+        state, why = artifact_state(store, node_id, code_version())
+        if state == "damaged":
+            store.set_aside(*node_id, "damaged")
+            result.damaged[node_id] = why
+            result.notes.append(f"damaged artifact {why}; set aside, running it again")
+        elif state == "stale":
+            result.stale.append(node_id)
+        if state in ("missing", "damaged") or (state == "stale" and rerun_stale):
             todo.append(node)
-        elif rows.get((stage, key), {}).get("status") != "done":
-            store.mark_done(stage, key, store.read_summary(stage, key), None, completed=True)
-    return todo, len(nodes) - len(todo)
+        elif rows.get(node_id, {}).get("status") != "done":
+            meta = store.read_meta(*node_id)
+            store.record_done(*node_id, meta.get("metrics", {}), meta.get("wall_s"))
+    if store.healed:
+        result.notes.append(store.healed)
+    return todo
 
 
 class _Reporter:
@@ -170,7 +240,9 @@ def _submit_ready(pending: dict[NodeId, Node], running: dict[Future, Node], exec
         if any(input_id in unfinished for input_id in _input_ids(node)):
             continue
         inputs = {stage: str(store.artifact_dir(stage, key)) for stage, key in _input_ids(node)}
-        call = StageCall(node.stage.name, node.key, node.stage.fn, node.config, inputs, str(store.root))
+        meta = {"code": code_version(), "version": node.stage.version, "inputs": node.input_keys}
+        call = StageCall(node.stage.name, node.key, node.stage.fn, node.config, inputs, str(store.root),
+                         threads=node.stage.threads, meta=meta, replace=store.has_artifact(*node_id))
         store.mark_running(*node_id)
         reporter.started(node)
         del pending[node_id]
@@ -197,26 +269,38 @@ def _execute(todo: list[Node], store: Store, executor: Executor, reporter: _Repo
                 _block_dependents(_node_id(node), pending, store, result, reporter)
 
 
+def _local_gpu_check(plan: _Plan, executor: str, max_workers: int | None) -> None:
+    """The local executor cannot share GPUs between stages: a GPU request needs max_workers 1 (or ray)."""
+    gpu_stages = sorted({n.stage.name for n in plan.nodes if n.stage.resources.get("num_gpus", 0) > 0})
+    if executor == "local" and gpu_stages and max_workers != 1:
+        raise plan.spec.error(("resources", gpu_stages[0]), f"resources.{gpu_stages[0]}.num_gpus",
+                              "executor ray, or max_workers 1 (the local executor does not share out GPUs)",
+                              f"executor local with max_workers {max_workers or 'unset'}")
+
+
 def run_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline, executor: str | None = None,
               address: str | None = None, max_workers: int | None = None, progress: bool = True,
-              store: str | Path | None = None) -> StudyResult:
-    """Run every stage key of the study that has no artifact yet; a finished study runs nothing.
+              store: str | Path | None = None, rerun_stale: bool = False) -> StudyResult:
+    """Run every stage key of the study that has no intact artifact yet; a finished study runs nothing.
 
     `executor` ('local' | 'ray') and `max_workers` override the spec's; `address` joins a Ray
-    cluster; `store` overrides the spec's store directory. Failures do not raise: they are in
-    the result (and the store's index).
+    cluster; `store` overrides the spec's store directory; `rerun_stale` re-runs artifacts made by
+    another code version. Failures do not raise: they are in the result (and the store's index).
     """
     plan = _plan(spec_path, validate, pipeline, store)
+    executor, max_workers = executor or plan.spec.executor, max_workers or plan.spec.max_workers
+    _local_gpu_check(plan, executor, max_workers)
     store, result = plan.store, StudyResult(plan.spec.name, plan.store.root, plan.trials)
+    result.notes += plan.warnings
     with store.run_lock():
         store.remove_stale_tmp()
         store.reset_running()
         store.record_trials(plan.spec.name, [(t.id, t.config, k) for t, k in zip(plan.trials, plan.keys)])
-        todo, result.skipped = _record_found(store, plan.nodes)
+        todo = _record_found(store, plan.nodes, result, rerun_stale)
+        result.skipped = len(plan.nodes) - len(todo)
         if not todo:
             return result
-        pool = make_executor(executor or plan.spec.executor, address=address,
-                             max_workers=max_workers or plan.spec.max_workers)
+        pool = make_executor(executor, address=address, max_workers=max_workers)
         try:
             with _Reporter(len(todo), progress).shown() as reporter:
                 _execute(todo, store, pool, reporter, result)
@@ -227,7 +311,7 @@ def run_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pip
 
 def _skip_reason(trial: Trial, pipeline: Pipeline, stage_name: str) -> str:
     stage = next(s for s in pipeline if s.name == stage_name)
-    if stage.enabled is not None and not get_dotted(trial.config, stage.enabled):
+    if not is_enabled(stage, trial.config):
         return f"disabled ({stage.enabled} is false)"
     return "an input stage is skipped"
 
@@ -236,19 +320,22 @@ def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: 
                  store: str | Path | None = None) -> StudyStatus:
     """One row per trial and pipeline stage, and the number of rows per status."""
     plan = _plan(spec_path, validate, pipeline, store)
-    rows_by_id = plan.store.stage_rows() if (plan.store.root / "index.sqlite").exists() else {}
-    live = plan.store.run_active()
+    rows_by_id = plan.store.stage_rows() if plan.store.index_path.exists() else {}
+    live, code, states = plan.store.run_active(), code_version(), {}
     rows: list[StatusRow] = []
     for trial, keys in zip(plan.trials, plan.keys):
-        for stage in pipeline:
+        for stage in (s for s in pipeline if s.enabled is not False):
             if stage.name not in keys:
                 rows.append(StatusRow(trial.id, stage.name, "", "skipped", _skip_reason(trial, pipeline, stage.name)))
                 continue
             key = keys[stage.name]
             row = rows_by_id.get((stage.name, key), {})
             status, reason = row.get("status", "pending"), row.get("error") or ""
-            if plan.store.has_artifact(stage.name, key):
-                status, reason = "done", ""
+            if (stage.name, key) not in states:
+                states[stage.name, key] = artifact_state(plan.store, (stage.name, key), code)
+            state, why = states[stage.name, key]
+            if state != "missing":
+                status, reason = state, why
             elif status == "running" and not live:
                 status, reason = "pending", "interrupted run"
             elif status == "done":
@@ -281,7 +368,7 @@ def collect_metrics(spec_path: str | Path, *, validate: Validate | None, pipelin
     values (with its `step`) over the trial's metrics and a `curve` key naming the stage.
     """
     plan = _plan(spec_path, validate, pipeline, store)
-    metrics = plan.store.metrics() if (plan.store.root / "index.sqlite").exists() else {}
+    metrics = {node_id: plan.store.artifact_metrics(*node_id) for node_id in map(_node_id, plan.nodes)}
     axes = list(dict.fromkeys(k for trial in plan.trials for k in trial.overrides))
     table: list[dict[str, Any]] = []
     for trial, keys in zip(plan.trials, plan.keys):

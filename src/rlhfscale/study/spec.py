@@ -67,6 +67,11 @@ class StudySpec(BaseModel):
     max_workers: int | None = Field(
         default=None, ge=1, description="Stages run at once; default: the CPU cores (local), unlimited (ray)."
     )
+    resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Stage name -> resource request of each of its calls, e.g. {'rl': {'num_cpus': 2, 'num_gpus': 1}}; "
+        "num_cpus is also the stage's thread count (default 1 CPU, no GPU).",
+    )
 
     _source: SpecSource = PrivateAttr(default_factory=lambda: SpecSource(Path("study.yaml"), {}))
 
@@ -261,6 +266,8 @@ def _validated(spec: StudySpec, point: _Point, seed_index: int, validate: Valida
         return config
     try:
         return validate(config)
+    except BadInput as err:
+        raise BadInput(f"{spec.path}: trial {trial_id(point.overrides, seed)}: {err}") from None
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(part) for part in first["loc"])

@@ -1,16 +1,23 @@
 """The artifact store: `root/<stage>/<key>/` folders plus an SQLite index of trials, stages and metrics.
 
-An artifact is written into `root/<stage>/.tmp-<key>-<uuid>/` and made visible by one atomic
-`os.rename` of the complete folder, so a visible artifact is always complete. The index
-(`root/index.sqlite`, WAL mode) is written in short transactions, retried while another
-process holds the write lock. One study run at a time holds `root/.lock` (an flock, released
-by the kernel even when the run is killed); while it is held, tmp folders and "running" rows
-belong to that run, and when it is free they are leftovers of a dead one.
+A stage runs in `root/<stage>/.partial-<key>/` (where a long stage keeps its `checkpoint/`, so a
+killed attempt resumes), and its artifact is made visible by one atomic `os.rename` of the complete
+folder, so a visible artifact is always complete. Before the rename the folder gets `meta.json`:
+the stage's returned metrics, the settings it read, its input keys, the code version that made it
+and a manifest (size and sha256 of every file), checked whenever the artifact is reused.
+
+The artifacts are the truth. The index (`root/index.sqlite`, WAL mode) is a cache of them plus
+the run bookkeeping (running / failed / blocked, attempts): deleted or damaged, it is rebuilt
+from the artifacts' `meta.json`. It is written in short transactions, retried while another
+process holds the write lock. One study run at a time holds `root/.lock` (an flock, released by
+the kernel even when the run is killed); while it is held, tmp folders and "running" rows belong
+to that run, and when it is free they are leftovers of a dead one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +31,8 @@ from typing import Any
 
 from rlhfscale.errors import BadInput
 
+META = "meta.json"
+CHECKPOINT = "checkpoint"
 LOCK_RETRIES = 20  # attempts of one transaction while the database is locked
 LOCK_TIMEOUT_S = 5.0  # SQLite's own busy wait per attempt
 
@@ -44,6 +53,47 @@ CREATE TABLE IF NOT EXISTS metrics (
 """
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Relative path -> {"size", "sha256"} of every file under `folder` but `meta.json`."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != META)
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_digest(p)} for p in files}
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Write `meta` plus the folder's manifest as `meta.json`, flushed to disk (the artifact's last file)."""
+    text = json.dumps({**meta, "files": manifest(folder)}, indent=1, sort_keys=True)
+    with open(folder / META, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def check_artifact(folder: Path) -> str | None:
+    """None when `folder` holds a readable meta.json whose manifest matches its files; else what is wrong."""
+    try:
+        meta = json.loads((folder / META).read_text())
+        files = meta["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{META}: expected a readable metadata file with a manifest, found it missing or damaged"
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name}: expected a file of {want['size']} bytes, found none"
+        if path.stat().st_size != want["size"]:
+            return f"{name}: expected {want['size']} bytes, found {path.stat().st_size}"
+        if file_digest(path) != want["sha256"]:
+            return f"{name}: expected sha256 {want['sha256'][:12]}..., found {file_digest(path)[:12]}..."
+    return None
+
+
 def publish(tmp: Path, final: Path) -> bool:
     """Atomically rename a complete tmp folder to its final name; False (tmp removed) if it exists."""
     try:
@@ -62,6 +112,7 @@ class Store:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._schema_ready = False
+        self.healed: str | None = None  # set once a damaged index was rebuilt: the one line to show
 
     # -- artifacts ---------------------------------------------------------------------------
 
@@ -70,6 +121,33 @@ class Store:
 
     def has_artifact(self, stage: str, key: str) -> bool:
         return self.artifact_dir(stage, key).is_dir()
+
+    def read_meta(self, stage: str, key: str) -> dict[str, Any]:
+        """An artifact's meta.json ({} when unreadable: `verify` says why)."""
+        try:
+            return json.loads((self.artifact_dir(stage, key) / META).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def verify(self, stage: str, key: str) -> str | None:
+        """None when the artifact is intact, else one line saying what is wrong with it."""
+        problem = check_artifact(self.artifact_dir(stage, key))
+        return None if problem is None else f"{self.artifact_dir(stage, key)}/{problem}"
+
+    def set_aside(self, stage: str, key: str, why: str) -> Path:
+        """Move an artifact out of the way (to `.<why>-<key>-<uuid>`, kept for inspection); returns where."""
+        aside = self.root / stage / f".{why}-{key}-{uuid.uuid4().hex[:8]}"
+        os.rename(self.artifact_dir(stage, key), aside)
+        return aside
+
+    def partial_dir(self, stage: str, key: str) -> Path:
+        """Where a stage at `key` runs: kept across a kill for its `checkpoint/`, emptied of anything else."""
+        partial = self.root / stage / f".partial-{key}"
+        partial.mkdir(parents=True, exist_ok=True)
+        for child in partial.iterdir():
+            if child.name != CHECKPOINT:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return partial
 
     def error_log(self, stage: str, key: str) -> Path:
         """Where the full traceback of a failed stage goes."""
@@ -81,22 +159,33 @@ class Store:
         return tmp
 
     def remove_stale_tmp(self) -> int:
-        """Delete tmp folders left by a dead run (call only while holding the run lock)."""
-        stale = list(self.root.glob("*/.tmp-*"))
+        """Delete tmp folders and replaced artifacts left by a dead run (call only while holding the run lock)."""
+        stale = list(self.root.glob("*/.tmp-*")) + list(self.root.glob("*/.replaced-*"))
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
 
-    def read_summary(self, stage: str, key: str) -> dict[str, float]:
-        path = self.artifact_dir(stage, key) / "summary.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+    def artifact_metrics(self, stage: str, key: str) -> dict[str, float]:
+        """The metrics the stage returned, from its artifact's meta.json."""
+        return dict(self.read_meta(stage, key).get("metrics", {}))
 
     def read_curve(self, stage: str, key: str) -> list[dict[str, Any]]:
-        """The eval points of an artifact's `curve.jsonl` (empty when there is none)."""
+        """The eval points of an artifact's `curve.jsonl` (empty when there is none); a damaged line is bad input."""
         path = self.artifact_dir(stage, key) / "curve.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        points = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                point = json.loads(line)
+            except ValueError:
+                point = None
+            if not isinstance(point, dict):
+                raise BadInput(f"{path} line {number}: expected a JSON object, found {line[:40]!r}")
+            points.append(point)
+        return points
 
     # -- run lock ----------------------------------------------------------------------------
 
@@ -128,25 +217,55 @@ class Store:
 
     # -- index -------------------------------------------------------------------------------
 
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.sqlite"
+
     def _begin(self, write: bool) -> sqlite3.Connection:
-        """An open connection inside a begun transaction, retried while the database is locked."""
+        """An open connection inside a begun transaction, retried while the database is locked.
+        A damaged index is set aside and rebuilt from the artifacts (`healed` says so)."""
         self.root.mkdir(parents=True, exist_ok=True)
         attempt = 0
         while True:
             attempt += 1
-            conn = sqlite3.connect(self.root / "index.sqlite", timeout=LOCK_TIMEOUT_S, isolation_level=None)
+            conn = sqlite3.connect(self.index_path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
             try:
                 if not self._schema_ready:
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.executescript(SCHEMA)
+                    conn.execute("SELECT count(*) FROM stages").fetchone()
                     self._schema_ready = True
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 return conn
-            except sqlite3.OperationalError as err:
+            except sqlite3.DatabaseError as err:
                 conn.close()
-                if not ("locked" in str(err) or "busy" in str(err)) or attempt >= LOCK_RETRIES:
+                busy = "locked" in str(err) or "busy" in str(err)
+                if busy and attempt < LOCK_RETRIES:
+                    time.sleep(0.05 * attempt)
+                    continue
+                if busy or "disk is full" in str(err) or self.healed:
                     raise
-                time.sleep(0.05 * attempt)
+                self._heal(str(err))
+
+    def _heal(self, error: str) -> None:
+        """Set a damaged index aside and build a new one from the artifacts' meta.json."""
+        stamp = uuid.uuid4().hex[:8]
+        for suffix in ("", "-wal", "-shm"):
+            damaged = Path(f"{self.index_path}{suffix}")
+            if damaged.exists():
+                os.rename(damaged, f"{self.index_path}.damaged-{stamp}{suffix}")
+        self.healed = f"{self.index_path}: damaged ({error}); set aside and rebuilt from the artifacts"
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for artifact in sorted(p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                meta = self.read_meta(stage_dir.name, artifact.name)
+                if meta:
+                    self.record_done(stage_dir.name, artifact.name, meta.get("metrics", {}), meta.get("wall_s"))
+
+    def record_done(self, stage: str, key: str, metrics: dict[str, float], wall_s: float | None) -> None:
+        """Index a finished artifact found in the store (a row if it has none; no completion counted)."""
+        with self._db(write=True) as db:
+            db.execute("INSERT OR IGNORE INTO stages (stage, key) VALUES (?, ?)", (stage, key))
+        self.mark_done(stage, key, metrics, wall_s, completed=False)
 
     @contextmanager
     def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -210,7 +329,7 @@ class Store:
             db.execute("UPDATE stages SET status = 'pending' WHERE status = 'running'")
 
     def metrics(self) -> dict[tuple[str, str], dict[str, float]]:
-        """(stage, key) -> metrics, as the stages returned them."""
+        """(stage, key) -> metrics in the index (a cache of the artifacts' meta.json)."""
         found: dict[tuple[str, str], dict[str, float]] = {}
         with self._db() as db:
             for stage, key, name, value in db.execute("SELECT stage, key, name, value FROM metrics"):

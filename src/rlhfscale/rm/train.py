@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from ..models.llama import hidden_states
 from ..models.train import adamw, final_ratio, left_pad, mixed_precision, warmup_cosine
-from .losses import multitask_loss, next_token_loss, prm_loss
+from ..rewards.losses import multitask_loss, next_token_loss, prm_loss
 
 Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
 Labelled = tuple[list[int], float, int]  # token sequence, correctness label in [0, 1], prompt length
@@ -30,7 +30,7 @@ Stepped = tuple[list[int], list[int], list[float]]  # token sequence, step-end i
 
 @dataclass
 class RMData:
-    """Encoded training data (see `rewards.data`); an ORM uses pairs and outcomes, a PRM steps."""
+    """Encoded training data (see `rm.data`); an ORM uses pairs and outcomes, a PRM steps."""
 
     pairs: list[Pair] = field(default_factory=list)
     outcomes: list[Labelled] = field(default_factory=list)

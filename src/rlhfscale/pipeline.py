@@ -1,0 +1,45 @@
+"""The rlhfscale pipeline, declared once: each stage, what it reads, what feeds it.
+
+    sft ───────────────┬─────────────────────────────┬─▶ rl (rule, ORM or PRM reward) ─▶ eval
+    rm_base (SFT at rm.size) ─┐                      │      ▲
+    sft ─▶ sample ─▶ label ───┴─▶ rm ─▶ bon          └──────┘ (rm, when the trial trains one)
+
+The study engine runs this graph over a grid (`rm.enabled` switches the reward-model branch on
+for a trial, `rl.enabled` the policy optimization); the CLI commands, `rlhfscale demo` and the
+benchmarks run the same graph with some inputs pinned (`study.local.run_targets`). A stage is
+called with exactly the settings in `reads` (`contract.view`), which are also what its key
+holds; `check` refuses settings that would do nothing in the stage. An optional input joins when
+the trial runs it (or a command pins it): `sample` needs no policy for corrupted chat responses,
+`label` writes Monte-Carlo step labels only with one. Bump a stage's `version` to
+invalidate its artifacts on purpose. Torch-free: the stage code lives in `rlhfscale.stages`.
+"""
+
+from __future__ import annotations
+
+from rlhfscale.registry import Registry
+from rlhfscale.study.keys import Pipeline, StageDef
+
+ENTRY = "rlhfscale.stages.entry"
+CHECKS = "rlhfscale.checks"
+START = ["seed", "device", "task"]  # what every stage that builds or runs a model reads
+BUDGET = "sampling.max_new_tokens"  # the generation budget of any evaluation
+
+GRAPH: Pipeline = [
+    StageDef(name="sft", fn=f"{ENTRY}:sft", reads=START + ["policy", "sft", "eval.n_prompts", BUDGET]),
+    StageDef(name="rm_base", fn=f"{ENTRY}:rm_base", enabled="rm.enabled",
+             reads=START + ["rm.size", "rm.init_path", "policy.max_len", "sft", "eval.n_prompts", BUDGET]),
+    StageDef(name="sample", fn=f"{ENTRY}:sample", optional_inputs=["sft"], enabled="rm.enabled",
+             reads=START + ["sampling", "data.prompts", "data.responses_per_prompt", "data.source",
+                            "data.heldout_prompts"]),
+    StageDef(name="label", fn=f"{ENTRY}:label", inputs=["sample"], optional_inputs=["sft"], enabled="rm.enabled",
+             reads=START + ["sampling", "data.rater_temperature", "data.mc_rollouts"]),
+    StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base"], enabled="rm.enabled",
+             reads=["seed", "device", "policy.max_len", "rm"], check=f"{CHECKS}:rm"),
+    StageDef(name="bon", fn=f"{ENTRY}:bon", inputs=["sft", "rm"], enabled="rm.enabled",
+             reads=START + ["sampling", "rm.aggregation", "bon"]),
+    StageDef(name="rl", fn=f"{ENTRY}:rl", inputs=["sft"], optional_inputs=["rm"], enabled="rl.enabled",
+             reads=START + ["sampling", "rl", "eval.n_prompts", "eval.k"], check=f"{CHECKS}:rl"),
+    StageDef(name="eval", fn=f"{ENTRY}:eval", inputs=["rl"], enabled=False,
+             reads=START + ["sampling", "eval"], check=f"{CHECKS}:evaluation"),
+]
+STAGES: Registry[StageDef] = Registry.of("stage", {stage.name: stage for stage in GRAPH})
