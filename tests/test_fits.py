@@ -100,3 +100,30 @@ def test_mean_ci_matches_the_bootstrap_with_many_values():
     sample = np.random.default_rng(3).normal(1.0, 0.5, 200)
     assert fits.mean_ci(sample, seed=4) == pytest.approx(fits.bootstrap_ci(sample, seed=4), rel=0.02)
     assert fits.mean_ci([2.5]) == (2.5, 2.5, 2.5)
+
+
+def test_band_is_the_least_squares_confidence_band_and_respects_bounds():
+    x = np.geomspace(1, 100, 8)
+    y = 0.3 + 0.04 * np.log(x) + np.random.default_rng(0).normal(0, 0.02, x.size)
+    fit = fits.fit_log_linear(x, y)
+    design = np.column_stack([np.ones(x.size), np.log(x)])
+    residual = y - design @ np.array([fit.params["a"], fit.params["b"]])
+    leverage = np.einsum("ij,jk,ik->i", design, np.linalg.inv(design.T @ design), design)
+    half = stats.t.ppf(0.975, x.size - 2) * np.sqrt(residual @ residual / (x.size - 2) * leverage)
+    low, high = fit.band(x)
+    assert low == pytest.approx(fit.predict(x) - half, rel=1e-4)
+    assert high == pytest.approx(fit.predict(x) + half, rel=1e-4)
+    three = fits.fit_log_linear([1.0, 2.0, 4.0], [0.90, 0.97, 0.99])  # one df: a t of 12.7
+    low, high = three.band(np.array([1.0, 4.0]), bounds=(0.0, 1.0))
+    assert np.all(low >= 0) and np.all(high <= 1) and high.max() == 1.0
+
+
+def test_band_of_a_nonlinear_form_covers_the_truth_at_about_the_nominal_rate():
+    rng = np.random.default_rng(5)
+    d = np.linspace(0.1, 5, 25)
+    hits = 0
+    for _ in range(100):
+        fit = fits.fit_rl_gold(d, fits.rl_gold(d, 0.8, 0.4) + rng.normal(0, 0.05, d.size))
+        low, high = fit.band(np.array([2.5]))
+        hits += low[0] < fits.rl_gold(2.5, 0.8, 0.4) < high[0]
+    assert 0.88 <= hits / 100 <= 1.0

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from rlhfscale.analysis.claims import CLAIMS, VERDICTS
+from rlhfscale.analysis.claims import SESOI as CLAIMS_SESOI
+from rlhfscale.analysis.plots import summarize
 from rlhfscale.analysis.report import write_report
 from rlhfscale.analysis.table import final_points, to_table
 
@@ -55,7 +57,12 @@ def test_claims_json_has_all_ids_valid_verdicts_and_plots(report):
     by_id = {e["id"]: e for e in entries}
     for e in entries:
         assert e["verdict"] in VERDICTS
-        assert {"title", "detail", "effect", "ci_low", "ci_high", "n_seeds"} <= e.keys()
+        assert {"title", "detail", "effect", "ci_low", "ci_high", "n_seeds", "smallest_effect_of_interest",
+                "min_detectable", "range_low", "range_high"} <= e.keys()
+        assert e["smallest_effect_of_interest"] == CLAIMS_SESOI[e["id"]] or e["id"] == "shaping_stability"
+        if e["verdict"] != "not tested":
+            assert e["range_low"] <= e["ci_low"] <= e["effect"] <= e["ci_high"] <= e["range_high"]
+            assert e["min_detectable"] > 0
         assert (e["plot"] is None) == (e["verdict"] == "not tested")
         if e["plot"]:
             assert (out / e["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,6 +85,7 @@ def test_html_lists_every_claim_links_plots_and_embeds_images(report):
     assert len(images) == len(pngs)
     assert base64.b64decode(images[-1]) == (out / "overoptimization.png").read_bytes()
     assert "name: tiny &lt;study&gt;" in page and "9.8.7" in page and "<title>Tiny study</title>" in page
+    assert "<th>smallest effect of interest</th><th>smallest detectable (80% power)</th>" in page
 
 
 def test_metrics_csv_is_the_tidy_table(report):
@@ -125,3 +133,30 @@ def test_final_points_carry_metrics_logged_once_per_run():
     ])
     final = final_points(table)
     assert final[["step", "rm/pair_acc", "eval/pass@1"]].values.tolist() == [[10, 0.7, 0.4]]
+
+
+def test_error_bars_stay_in_the_metric_range():
+    """Two seeds of an accuracy near 1 (over 20 prompts) and of one that ties at 0: bars inside [0, 1], with width."""
+    rows = [{"trial": t, "seed": s, "rl.n_samples": n, "eval/pass@1": v}
+            for t, n, values in (("a", 2, (1.0, 0.95)), ("b", 4, (0.0, 0.0))) for s, v in enumerate(values)]
+    s = summarize(to_table(rows), "rl.n_samples", "eval/pass@1")
+    assert (s["low"] >= 0).all() and (s["high"] <= 1).all()
+    assert (s["high"] - s["low"] > 0).all()  # the tie at 0 still has the binomial width
+    assert s["high"].iloc[0] == 1.0 and s["low"].iloc[1] == 0.0
+
+
+def test_fitted_trends_carry_a_band_inside_the_metric_range():
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from rlhfscale.analysis.plots import trend
+
+    rows = [{"trial": f"v{v}", "seed": s, "data.volume": v, "rm/pair_acc": a + 0.01 * s}
+            for s in range(2) for v, a in ((100, 0.90), (400, 0.96), (1600, 0.99))]
+    fig, ax = plt.subplots()
+    trend(ax, to_table(rows), "data.volume", "rm/pair_acc")
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert bands, "no confidence band drawn around the fitted trend"
+    ys = np.concatenate([path.vertices[:, 1] for band in bands for path in band.get_paths()])
+    assert ys.min() >= 0 and ys.max() <= 1 and ys.max() == pytest.approx(1.0)  # clipped at the ceiling
+    plt.close(fig)

@@ -1,54 +1,76 @@
 """Claim checks: each finding of Hou et al. 2024 tested on the user's grid.
 
-Every check reads the tidy table (``table.to_table``) and returns a ``Claim``.
-An effect is computed in *cells*: the rows that share a seed and every other
-setting the check holds fixed, so comparisons are paired by seed. Cell effects
-are averaged per seed and bootstrapped over seeds (``fits.mean_ci``: the
-percentile bootstrap, widened to Student's t where that is wider, since a
-handful of seeds is the usual case). With one seed the interval comes from
-bootstrapping over cells (trials), or, for slope effects of a single cell, over
-its points; otherwise the verdict is "inconclusive" with the effect still
-reported. Verdicts compare the interval with a null (and, where a claim
-is about size or shape, with a threshold); they never lean toward the paper.
+Every check reads the tidy table (``table.to_table``) and returns a ``Claim``. Its effect is a
+contrast computed in *cells* (the rows that share a seed and every other setting the check holds
+fixed), so comparisons are paired by seed; ``effects.estimate`` averages cells, then seeds, and
+``stats`` gives the interval: a binomial-aware noise model pooled over the whole grid, binomial
+noise a soft floor for accuracies, clipped to the effect's range (see that module).
+
+Each claim has a smallest effect of interest (``SESOI``, in its effect's units). A directional
+claim is "not supported" when its 95 % interval lies below the SESOI (negligible or reversed),
+"supported" when it lies above 0, else "inconclusive"; a "similar" / "modest" claim is supported
+when the interval lies within +-SESOI and not supported when it lies wholly outside. Every tested
+claim reports ``min_detectable``: the effect the grid finds 4 times in 5 at its standard error.
+Verdicts never lean toward the paper.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from rlhfscale.analysis.fits import bootstrap_ci, fit_log_linear, mean_ci
+from rlhfscale.analysis.effects import (
+    Both, ByLevel, concavity, difference, early, early_minus_late, estimate, first_minus_last,
+    last_minus_first, others_minus, slope,
+)
+from rlhfscale.analysis.fits import fit_log_linear
+from rlhfscale.analysis.stats import ALPHA, Estimate, directional, equivalent
 from rlhfscale.analysis.table import (
-    AXES, BON_RM, DATA_PROMPTS, DATA_RPP, DATA_VOLUME, DIVERGED, FLOPS_RL, FLOPS_SFT, GAIN,
-    GAIN_REL, PASS, PASS_BEFORE, PASS_OOD, POLICY_PARAMS, POLICY_SIZE, REWARD_STD, RL_ALGORITHM,
-    RL_LR, RL_N_SAMPLES, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS, RM_SIZE, SEED, STEP, TASK,
-    TRIAL, final_points, has, levels,
+    AXES, BON_RM, DATA_PROMPTS, DATA_RPP, DATA_VOLUME, DIVERGED, FLOPS_RL, FLOPS_SFT, GAIN, GAIN_REL,
+    PASS, PASS_BEFORE, PASS_OOD, POLICY_PARAMS, POLICY_SIZE, REWARD_STD, RL_ALGORITHM, RL_LR,
+    RL_N_SAMPLES, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS, RM_SIZE, STEP, TASK, TRIAL, final_points,
+    has, levels,
 )
 
+_SHARED: list[tuple[weakref.ref, pd.DataFrame]] = []  # check_all's table and its final points
 VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
-N_BOOT = 2000
-N_POINT_BOOT = 400
-NEGLIGIBLE_SLOPE = 0.005  # accuracy per doubling below which "grows" is not supported
-MODEST_GAIN = 0.05  # a policy gain below this (absolute accuracy) is "modest"
-EQUIVALENCE_MARGIN = 0.05  # final-accuracy difference within which PPO ~ GRPO
+SESOI = {  # smallest effect of interest, in each effect's units
+    "rm_data_volume": 0.01,  # RM accuracy per doubling of labelled volume
+    "prompt_diversity": 0.02,  # RM accuracy, most prompts minus fewest at equal volume
+    "prm_vs_orm": 0.01,  # PRM minus ORM accuracy slope per doubling of volume
+    "samples_plateau": 0.01,  # gain per doubling of n, early rise and early-minus-late drop
+    "rm_size_modest": 0.05,  # pass@1 gain of the largest RM over the smallest: "modest" within +-0.05
+    "policy_size": 0.02,  # smallest minus largest policy's pass@1 gain (the paper: 4.4 vs 1.9 points)
+    "ppo_vs_grpo": 0.05,  # PPO minus GRPO final pass@1: "similar" within +-0.05
+    "shaping_stability": 0.02,  # the headline indicator's (STABILITY lists each indicator's own)
+    "diminishing_returns": 0.01,  # pass@1 slope per doubling of RL compute, early minus late
+}
+EQUIVALENCE = ("rm_size_modest", "ppo_vs_grpo")  # claims of a small difference, tested by TOST
 RM_CONTEXT = (RM_KIND, RM_SIZE, RM_PARAMS, TASK)
 ORDER = "_order"
 LOG_STD = "_log_reward_std"
-STABILITY = (  # (column, sign that makes "shaping helps" positive, label)
-    (PASS, 1.0, f"final {PASS}, shaped minus none"),
-    (DIVERGED, -1.0, "divergence rate, none minus shaped"),
-    (LOG_STD, -1.0, f"log {REWARD_STD}, none minus shaped"),
+SHORTFALL = "_bon_minus_rl_gain"
+STABILITY = (  # (column, sign that makes "shaping helps" positive, smallest effect of interest, label)
+    (PASS, 1.0, 0.02, f"final {PASS}, shaped minus none"),
+    (DIVERGED, -1.0, 0.10, "divergence rate, none minus shaped"),
+    (LOG_STD, -1.0, float(np.log(1.25)), f"log {REWARD_STD}, none minus shaped"),
 )
-
-CellFn = Callable[[pd.DataFrame], float]
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One finding checked on the grid; ``plot`` names its PNG once drawn."""
+    """One finding checked on the grid; ``plot`` names its PNG once drawn.
+
+    ``ci_low`` / ``ci_high`` bound the interval the verdict reads (95 %, or Bonferroni-widened where
+    the detail says so), always inside ``range_low`` / ``range_high``, the values the effect can take
+    given the metric's range; ``min_detectable`` is the smallest effect (for a similarity claim,
+    margin) the grid would establish 80 % of the time; ``se`` and ``df`` are the interval's t
+    ingredients and ``basis`` what they rest on.
+    """
 
     id: str
     title: str
@@ -58,58 +80,14 @@ class Claim:
     ci_high: float
     n_seeds: int
     detail: str
+    smallest_effect_of_interest: float = np.nan
+    min_detectable: float = np.nan
+    se: float = np.nan
+    df: float = np.nan
+    basis: str = ""
+    range_low: float = np.nan
+    range_high: float = np.nan
     plot: str | None = None
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """An effect with its bootstrap interval and what the interval resampled."""
-
-    value: float
-    low: float
-    high: float
-    n_seeds: int
-    basis: str
-
-    def __str__(self) -> str:
-        interval = "" if np.isnan(self.low) else f" [{self.low:+.4g}, {self.high:+.4g}]"
-        return f"{self.value:+.4g}{interval} ({self.basis})"
-
-
-def estimate(table: pd.DataFrame, keys: list[str], cell_fn: CellFn, *, points: bool = False) -> Estimate:
-    """Effect of ``cell_fn`` over cells (seed x ``keys``), bootstrapped as the module says."""
-    cells = [cell for _, cell in table.groupby([SEED, *keys], dropna=False)]
-    values = np.array([cell_fn(cell) for cell in cells], dtype=float)
-    usable = np.isfinite(values)
-    if not usable.any():
-        return Estimate(np.nan, np.nan, np.nan, 0, "no cell holds the levels to compare")
-    seeds = np.array([cell[SEED].iloc[0] for cell in cells])[usable]
-    per_seed = pd.Series(values[usable]).groupby(seeds).mean().to_numpy()
-    if per_seed.size >= 2:
-        return Estimate(*mean_ci(per_seed, n_boot=N_BOOT), per_seed.size, f"over {per_seed.size} seeds")
-    if usable.sum() >= 2:
-        return Estimate(*mean_ci(values[usable], n_boot=N_BOOT), 1, f"over {usable.sum()} trials, one seed")
-    cell = cells[int(np.flatnonzero(usable)[0])]
-    if points and len(cell) >= 4:
-        stat = lambda idx: cell_fn(cell.iloc[idx.astype(int)])  # noqa: E731
-        boot = bootstrap_ci(np.arange(len(cell)), stat=stat, n_boot=N_POINT_BOOT)
-        return Estimate(*boot, 1, f"over {len(cell)} points of one seed and cell")
-    return Estimate(float(values[usable][0]), np.nan, np.nan, 1, "one seed and cell: no interval")
-
-
-def verdict(supported: bool, refuted: bool) -> str:
-    """The verdict from two interval tests (a NaN bound makes both tests False)."""
-    return "supported" if supported else "not supported" if refuted else "inconclusive"
-
-
-def directional(est: Estimate, negligible: float = 0.0) -> str:
-    """Supported when the interval is above 0; not supported when it lies at or below ``negligible``."""
-    return verdict(est.low > 0, est.high <= negligible)
-
-
-def equivalent(est: Estimate, margin: float) -> str:
-    """Supported when the interval lies within +-margin; not supported when wholly outside it."""
-    return verdict(-margin <= est.low and est.high <= margin, est.low > margin or est.high < -margin)
 
 
 def untested_reason(
@@ -141,42 +119,22 @@ def held_fixed(table: pd.DataFrame, varied: tuple[str, ...]) -> list[str]:
     return [a for a in AXES if a not in varied and has(table, a)]
 
 
-def level_means(cell: pd.DataFrame, factor: str, metric: str) -> pd.Series:
-    """Mean of ``metric`` per level of ``factor`` (levels sorted, missing values skipped)."""
-    codes, uniques = pd.factorize(cell[factor], sort=True)
-    y = cell[metric].to_numpy(dtype=float)
-    keep = (codes >= 0) & np.isfinite(y)
-    sums = np.bincount(codes[keep], weights=y[keep], minlength=len(uniques))
-    counts = np.bincount(codes[keep], minlength=len(uniques))
-    return pd.Series(sums[counts > 0] / counts[counts > 0], index=uniques[counts > 0])
-
-
-def slope_per_doubling(cell: pd.DataFrame, factor: str, metric: str) -> float:
-    """Least-squares slope of the level means against log2 of the factor."""
-    means = level_means(cell, factor, metric)
-    if len(means) < 2:
-        return np.nan
-    return float(np.polyfit(np.log2(means.index.to_numpy(float)), means.to_numpy(), 1)[0])
-
-
-def largest_minus_smallest(cell: pd.DataFrame, factor: str, metric: str) -> float:
-    means = level_means(cell, factor, metric)
-    return float(means.iloc[-1] - means.iloc[0]) if len(means) >= 2 else np.nan
-
-
-def level_difference(cell: pd.DataFrame, factor: str, metric: str, a: str, b: str) -> float:
-    means = level_means(cell, factor, metric)
-    return float(means[a] - means[b]) if a in means and b in means else np.nan
-
-
-def _claim(claim_id: str, est: Estimate, outcome: str, detail: str) -> Claim:
+def _claim(claim_id: str, est: Estimate, outcome: str, detail: str, *, alpha: float = ALPHA,
+           sesoi: float | None = None) -> Claim:
     if est.n_seeds == 0:
         return not_tested(claim_id, f"{est.basis}; {detail}")
-    return Claim(claim_id, TITLES[claim_id], outcome, est.value, est.low, est.high, est.n_seeds, detail)
+    sesoi = SESOI[claim_id] if sesoi is None else sesoi
+    low, high = est.interval(alpha)
+    mde = est.min_detectable(equivalence=claim_id in EQUIVALENCE, alpha=alpha)
+    detail += (f"; smallest effect of interest {sesoi:.3g}, smallest the grid detects (80% power) {mde:.3g}"
+               if np.isfinite(mde) else f"; smallest effect of interest {sesoi:.3g}")
+    return Claim(claim_id, TITLES[claim_id], outcome, est.value, low, high, est.n_seeds, detail,
+                 sesoi, mde, est.se, est.df, est.basis, est.lower, est.upper)
 
 
 def not_tested(claim_id: str, reason: str) -> Claim:
-    return Claim(claim_id, TITLES[claim_id], "not tested", np.nan, np.nan, np.nan, 0, reason)
+    return Claim(claim_id, TITLES[claim_id], "not tested", np.nan, np.nan, np.nan, 0, reason,
+                 SESOI[claim_id])
 
 
 def _rm_keys(table: pd.DataFrame, *extra: str) -> list[str]:
@@ -188,50 +146,38 @@ def rm_data_volume(table: pd.DataFrame) -> Claim:
     metric = pick(table, RM_PAIR_ACC, BON_RM)
     if reason := untested_reason(table, [DATA_VOLUME], [metric]):
         return not_tested("rm_data_volume", reason)
-    final = final_points(table)
-    est = estimate(final, _rm_keys(final), lambda c: slope_per_doubling(c, DATA_VOLUME, metric), points=True)
+    final = _final_points(table)
+    est = estimate(final, _rm_keys(final), ByLevel(DATA_VOLUME, slope), metric, points=True)
     detail = f"slope of {metric} per doubling of labelled volume (prompts x responses): {est}"
-    return _claim("rm_data_volume", est, directional(est, NEGLIGIBLE_SLOPE), detail)
+    return _claim("rm_data_volume", est, directional(est, SESOI["rm_data_volume"]), detail)
 
 
 def prompt_diversity(table: pd.DataFrame) -> Claim:
     metric = pick(table, RM_PAIR_ACC, BON_RM)
     if reason := untested_reason(table, [DATA_PROMPTS, DATA_RPP], [metric]):
         return not_tested("prompt_diversity", reason)
-    final = final_points(table)
-    est = estimate(final, _rm_keys(final, DATA_VOLUME), lambda c: largest_minus_smallest(c, DATA_PROMPTS, metric))
+    final = _final_points(table)
+    est = estimate(final, _rm_keys(final, DATA_VOLUME), ByLevel(DATA_PROMPTS, last_minus_first), metric)
     detail = (f"{metric} with the most prompts minus with the fewest (more responses each), "
               f"at equal labelled volume: {est}")
-    return _claim("prompt_diversity", est, directional(est), detail)
+    return _claim("prompt_diversity", est, directional(est, SESOI["prompt_diversity"]), detail)
 
 
 def prm_vs_orm(table: pd.DataFrame) -> Claim:
     metric = pick(table, BON_RM, RM_PAIR_ACC)
     if reason := untested_reason(table, [DATA_VOLUME, RM_KIND], [metric], {RM_KIND: {"prm", "orm"}}):
         return not_tested("prm_vs_orm", reason)
-    final = final_points(table)
-
-    def slope_gap(cell: pd.DataFrame) -> float:
-        prm, orm = (slope_per_doubling(cell[cell[RM_KIND] == k], DATA_VOLUME, metric) for k in ("prm", "orm"))
-        return prm - orm
-
-    est = estimate(final, [k for k in _rm_keys(final) if k != RM_KIND], slope_gap)
+    final = _final_points(table)
+    slope_gap = Both(ByLevel(DATA_VOLUME, slope, where=(RM_KIND, "prm")),
+                     ByLevel(DATA_VOLUME, slope, -1.0, where=(RM_KIND, "orm")))
+    est = estimate(final, [k for k in _rm_keys(final) if k != RM_KIND], slope_gap, metric)
     detail = f"PRM minus ORM slope of {metric} per doubling of labelled volume: {est}"
     fixed = held_fixed(final, (RM_KIND,))
     for label, column in (("targeted pass@1", PASS), ("other-task pass@1", PASS_OOD)):
         if has(final, column):
-            side = estimate(final, fixed, lambda c, m=column: level_difference(c, RM_KIND, m, "prm", "orm"))
+            side = estimate(final, fixed, ByLevel(RM_KIND, difference("prm", "orm")), column)
             detail += f"; PRM minus ORM {label}: {side}"
-    return _claim("prm_vs_orm", est, directional(est), detail)
-
-
-def _early_late(cell: pd.DataFrame, metric: str) -> tuple[float, float]:
-    """Gain per doubling of n from the smallest to the middle n, and from the middle to the largest."""
-    means = level_means(cell, RL_N_SAMPLES, metric)
-    if len(means) < 3:
-        return np.nan, np.nan
-    n, g, mid = np.log2(means.index.to_numpy(float)), means.to_numpy(), len(means) // 2
-    return (g[mid] - g[0]) / (n[mid] - n[0]), (g[-1] - g[mid]) / (n[-1] - n[mid])
+    return _claim("prm_vs_orm", est, directional(est, SESOI["prm_vs_orm"]), detail)
 
 
 def samples_plateau(table: pd.DataFrame) -> Claim:
@@ -240,20 +186,24 @@ def samples_plateau(table: pd.DataFrame) -> Claim:
         return not_tested("samples_plateau", reason)
     if levels(table, RL_N_SAMPLES) < 3:
         return not_tested("samples_plateau", f"a plateau needs three values of '{RL_N_SAMPLES}'")
-    final = final_points(table)
+    final = _final_points(table)
     fixed = held_fixed(final, (RL_N_SAMPLES, RL_LR))
-    early = estimate(final, fixed, lambda c: _early_late(c, metric)[0])
-    drop = estimate(final, fixed, lambda c: np.subtract(*_early_late(c, metric)))
-    plateau = verdict(early.low > 0 and drop.low > 0, early.high <= 0 or drop.high <= 0)
+    rise = estimate(final, fixed, ByLevel(RL_N_SAMPLES, early), metric)
+    drop = estimate(final, fixed, ByLevel(RL_N_SAMPLES, early_minus_late), metric)
+    sesoi = SESOI["samples_plateau"]
+    verdicts = {directional(rise, sesoi), directional(drop, sesoi)}
+    plateau = ("not supported" if "not supported" in verdicts else
+               "supported" if verdicts == {"supported"} else "inconclusive")
     lr = f"pooled over {RL_LR} {sorted(final[RL_LR].dropna().unique())}" if has(final, RL_LR) else "no lr axis"
-    detail = (f"{metric} per doubling of n, smallest to middle n: {early}; "
-              f"how much less it rises from middle to largest n (effect): {drop}; {lr}")
+    detail = (f"{metric} per doubling of n, smallest to middle n: {rise}; "
+              f"how much less it rises from middle to largest n (effect): {drop}; both must exceed 0, "
+              f"either below the smallest effect of interest is not supported; {lr}")
     return _claim("samples_plateau", drop, plateau, detail)
 
 
 def _with_size_order(table: pd.DataFrame, size: str, params: str) -> pd.DataFrame:
     """The final points with a numeric ``_order`` column ranking model sizes."""
-    final = final_points(table)
+    final = _final_points(table)
     order = final[params] if has(final, params) else pd.to_numeric(final[size], errors="coerce")
     return final.assign(**{ORDER: order})
 
@@ -273,15 +223,29 @@ def rm_size_modest(table: pd.DataFrame) -> Claim:
         return not_tested("rm_size_modest", reason)
     final = _with_size_order(table, RM_SIZE, RM_PARAMS)
     fixed = held_fixed(final, (RM_SIZE, RM_PARAMS))
-    rl = estimate(final, fixed, lambda c: largest_minus_smallest(c, ORDER, metric))
-    modest = verdict(rl.low > 0 and rl.high < MODEST_GAIN, rl.high <= 0 or rl.low >= MODEST_GAIN)
-    detail = f"RL: largest minus smallest RM, policy {metric}: {rl} (modest: within (0, {MODEST_GAIN}))"
+    rl = estimate(final, fixed, ByLevel(ORDER, last_minus_first), metric)
+    margin = SESOI["rm_size_modest"]
+    detail = f"RL: largest minus smallest RM, policy {metric}: {rl} (modest: within +-{margin:g})"
     if has(final, BON_RM):
-        bon = estimate(final, fixed, lambda c: largest_minus_smallest(c, ORDER, BON_RM))
-        shortfall = estimate(final, fixed, lambda c: largest_minus_smallest(c, ORDER, BON_RM)
-                             - largest_minus_smallest(c, ORDER, metric))
+        bon = estimate(final, fixed, ByLevel(ORDER, last_minus_first), BON_RM)
+        final = final.assign(**{SHORTFALL: final[BON_RM] - final[metric]})
+        shortfall = estimate(final, fixed, ByLevel(ORDER, last_minus_first), SHORTFALL,
+                             bounds=(-1.0, 2.0 if metric == GAIN else 1.0))
         detail += f"; Best-of-16: largest minus smallest RM, {BON_RM}: {bon}; BoN gain minus RL gain: {shortfall}"
-    return _claim("rm_size_modest", rl, modest, detail)
+    return _claim("rm_size_modest", rl, equivalent(rl, margin), detail)
+
+
+def _across_starts(final: pd.DataFrame, fixed: list[str], gap: Estimate) -> Estimate:
+    """The gain gap with the noise of pass@1 and of the starting accuracy, each from its own model:
+    policy sizes start from different SFT runs, whose accuracies do not cancel as they do in a seed."""
+    if not (has(final, PASS) and has(final, PASS_BEFORE)):
+        return gap
+    after = estimate(final, fixed, ByLevel(ORDER, first_minus_last), PASS)
+    start = estimate(final, fixed, ByLevel(ORDER, first_minus_last), PASS_BEFORE)
+    if not (np.isfinite(after.se) and np.isfinite(start.se)):
+        return gap
+    return replace(after.with_noise_of(start), value=gap.value, lower=gap.lower, upper=gap.upper,
+                   basis=f"{after.basis}; plus the starting accuracy's noise")
 
 
 def policy_size(table: pd.DataFrame) -> Claim:
@@ -289,38 +253,31 @@ def policy_size(table: pd.DataFrame) -> Claim:
         return not_tested("policy_size", reason)
     final = _with_size_order(table, POLICY_SIZE, POLICY_PARAMS)
     fixed = held_fixed(final, (POLICY_SIZE, POLICY_PARAMS, RL_LR))  # lr is often tuned per size
-    gap = estimate(final, fixed, lambda c: -largest_minus_smallest(c, ORDER, GAIN))
+    gap = _across_starts(final, fixed, estimate(final, fixed, ByLevel(ORDER, first_minus_last), GAIN))
     detail = f"smallest minus largest policy, absolute {GAIN}: {gap}"
     if has(final, GAIN_REL):
-        rel = estimate(final, fixed, lambda c: -largest_minus_smallest(c, ORDER, GAIN_REL))
+        rel = estimate(final, fixed, ByLevel(ORDER, first_minus_last), GAIN_REL)
         detail += f"; relative to the starting accuracy ({GAIN_REL}): {rel}"
     if has(final, PASS_BEFORE):
-        start = estimate(final, fixed, lambda c: largest_minus_smallest(c, ORDER, PASS_BEFORE))
+        start = estimate(final, fixed, ByLevel(ORDER, last_minus_first), PASS_BEFORE)
         detail += f"; largest minus smallest starting accuracy: {start}"
-    return _claim("policy_size", gap, directional(gap), detail)
+    return _claim("policy_size", gap, directional(gap, SESOI["policy_size"]), detail)
 
 
 def ppo_vs_grpo(table: pd.DataFrame) -> Claim:
     if reason := untested_reason(table, [RL_ALGORITHM], [PASS], {RL_ALGORITHM: {"ppo", "grpo"}}):
         return not_tested("ppo_vs_grpo", reason)
-    final = final_points(table)
-    est = estimate(final, held_fixed(final, (RL_ALGORITHM, RL_LR)),
-                   lambda c: level_difference(c, RL_ALGORITHM, PASS, "ppo", "grpo"))
-    detail = f"PPO minus GRPO final {PASS}: {est}; similar = interval within +-{EQUIVALENCE_MARGIN}"
-    return _claim("ppo_vs_grpo", est, equivalent(est, EQUIVALENCE_MARGIN), detail)
-
-
-def _shaped_minus_none(cell: pd.DataFrame, metric: str) -> float:
-    """Mean over the shaping variants in the cell of (variant - none)."""
-    means = level_means(cell, RL_SHAPING, metric)
-    if "none" not in means or len(means) < 2:
-        return np.nan
-    return float(means.drop("none").mean() - means["none"])
+    final = _final_points(table)
+    est = estimate(final, held_fixed(final, (RL_ALGORITHM, RL_LR)), ByLevel(RL_ALGORITHM, difference("ppo", "grpo")),
+                   PASS)
+    margin = SESOI["ppo_vs_grpo"]
+    detail = f"PPO minus GRPO final {PASS}: {est}; similar = interval within +-{margin:g}"
+    return _claim("ppo_vs_grpo", est, equivalent(est, margin), detail)
 
 
 def _stability_table(table: pd.DataFrame) -> pd.DataFrame:
     """Final points with log reward std; divergence dropped when no run diverged (it tells nothing apart)."""
-    final = final_points(table)
+    final = _final_points(table)
     if has(final, REWARD_STD):
         final = final.assign(**{LOG_STD: np.log(final[REWARD_STD].where(final[REWARD_STD] > 0))})
     if has(final, DIVERGED) and not final[DIVERGED].any():
@@ -329,30 +286,27 @@ def _stability_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def shaping_stability(table: pd.DataFrame) -> Claim:
+    """Supported when an indicator improves (Bonferroni over indicators) and none worsens; not supported
+    when every indicator's improvement is below its smallest effect of interest, or one worsens and none improves."""
     final = _stability_table(table)
-    indicators = [(m, sign, label) for m, sign, label in STABILITY if has(final, m)]
+    indicators = [row for row in STABILITY if has(final, row[0])]
     if reason := untested_reason(table, [RL_SHAPING], [] if indicators else [PASS], {RL_SHAPING: {"none"}}):
         return not_tested("shaping_stability", reason)
     fixed = held_fixed(final, (RL_SHAPING,))
-    ests = [(label, estimate(final, fixed, lambda c, m=m, s=sign: s * _shaped_minus_none(c, m)))
-            for m, sign, label in indicators]
-    better = [(label, e) for label, e in ests if e.low > 0]
-    worse = [(label, e) for label, e in ests if e.high < 0]
-    label, headline = (better or worse or ests)[0]
+    ests = [(label, sesoi, estimate(final, fixed, ByLevel(RL_SHAPING, others_minus("none"), sign), m))
+            for m, sign, sesoi, label in indicators]
+    alpha = ALPHA / len(ests)
+    negligible = [directional(e, sesoi) == "not supported" for _, sesoi, e in ests]
+    better = [i for i, (_, _, e) in enumerate(ests) if e.interval(alpha)[0] > 0 and not negligible[i]]
+    worse = [i for i, (_, _, e) in enumerate(ests) if e.interval(alpha)[1] < 0]
+    outcome = ("supported" if better and not worse else
+               "not supported" if all(negligible) or (worse and not better) else "inconclusive")
+    label, sesoi, headline = ests[(better or worse or [0])[0]]
     variants = sorted(set(final[RL_SHAPING].dropna()) - {"none"})
-    detail = (f"shaping {variants} vs none, positive = shaping helps; effect: {label}; "
-              + "; ".join(f"{name}: {e}" for name, e in ests))
-    return _claim("shaping_stability", headline, verdict(bool(better) and not worse, bool(worse) and not better), detail)
-
-
-def _concavity(curve: pd.DataFrame, metric: str) -> float:
-    """Slope per doubling of RL compute at the curve's start minus at its end (quadratic in log2 FLOPs)."""
-    points = level_means(curve[curve[FLOPS_RL] > 0], FLOPS_RL, metric)
-    if len(points) < 3:
-        return np.nan
-    log_flops = np.log2(points.index.to_numpy(float))
-    curvature = np.polyfit(log_flops, points.to_numpy(), 2)[0]
-    return float(-2 * curvature * (log_flops.max() - log_flops.min()))
+    detail = (f"shaping {variants} vs none, positive = shaping helps; effect: {label} (interval at "
+              f"{100 * (1 - alpha):.4g}%, Bonferroni over {len(ests)} indicators); "
+              + "; ".join(f"{name}: {e} (smallest effect of interest {s:.3g})" for name, s, e in ests))
+    return _claim("shaping_stability", headline, outcome, detail, alpha=alpha, sesoi=sesoi)
 
 
 def _per_doubling(flops: pd.Series, accuracy: pd.Series) -> str:
@@ -372,13 +326,15 @@ def diminishing_returns(table: pd.DataFrame) -> Claim:
         return not_tested("diminishing_returns", reason)
     if levels(table, STEP) < 3:
         return not_tested("diminishing_returns", "RL curves need at least three eval points")
-    est = estimate(table, [TRIAL], lambda c: _concavity(c, metric), points=True)
-    detail = (f"{metric} slope per doubling of {FLOPS_RL}, early minus late along each RL curve: {est}; "
+    points = table[(table[FLOPS_RL] > 0) & (table[STEP] > 0)]  # each curve after its start (no RL compute yet)
+    est = estimate(points, [TRIAL], ByLevel(FLOPS_RL, concavity), metric, curves=True, points=True)
+    detail = (f"{metric} slope per doubling of {FLOPS_RL}, early minus late along each RL curve "
+              f"(RL compute at step 0 taken as 0): {est}; "
               f"RL {metric} overall: {_per_doubling(table[FLOPS_RL], table[metric])}")
     if has(table, FLOPS_SFT) and has(table, PASS_BEFORE):
-        final = final_points(table)
+        final = _final_points(table)
         detail += f"; SFT {PASS_BEFORE} vs {FLOPS_SFT}: {_per_doubling(final[FLOPS_SFT], final[PASS_BEFORE])}"
-    return _claim("diminishing_returns", est, directional(est), detail)
+    return _claim("diminishing_returns", est, directional(est, SESOI["diminishing_returns"]), detail)
 
 
 TITLES = {
@@ -413,5 +369,16 @@ def check(claim_id: str, table: pd.DataFrame) -> Claim:
 
 
 def check_all(table: pd.DataFrame) -> list[Claim]:
-    """Every claim check, in registry order."""
-    return [check_one(table) for check_one in CLAIMS.values()]
+    """Every claim check, in registry order (the table's final points computed once for all)."""
+    _SHARED[:] = [(weakref.ref(table), final_points(table))]
+    try:
+        return [check_one(table) for check_one in CLAIMS.values()]
+    finally:
+        _SHARED.clear()
+
+
+def _final_points(table: pd.DataFrame) -> pd.DataFrame:
+    """``final_points(table)``, shared by the checks of one ``check_all`` call (never modified in place)."""
+    if _SHARED and _SHARED[0][0]() is table:
+        return _SHARED[0][1]
+    return final_points(table)

@@ -2,7 +2,10 @@
 
 Every fit is ordinary (unweighted) least squares by ``scipy.optimize.curve_fit``;
 standard errors come from its covariance (scaled by the residual variance) and
-confidence intervals use Student's t with n - p degrees of freedom. Forms:
+confidence intervals use Student's t with n - p degrees of freedom. ``Fit.band``
+gives the pointwise confidence band of the fitted curve by the delta method
+(the curve's gradient in the parameters through their covariance, the same t),
+clipped to a range when one is given. Forms:
 
     power_law    y = a * x**b
     saturating   y = c - a * x**(-b)          (accuracies approaching a ceiling c)
@@ -14,7 +17,7 @@ confidence intervals use Student's t with n - p degrees of freedom. Forms:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, stats
@@ -73,10 +76,24 @@ class Fit:
     r2: float
     rmse: float
     n: int
+    cov: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
         """The fitted curve at ``x``."""
         return FORMS[self.form](np.asarray(x, dtype=float), *self.params.values())
+
+    def band(self, x, *, alpha: float = 0.05, bounds: tuple[float, float] = (-np.inf, np.inf)):
+        """Pointwise (1 - alpha) confidence band (low, high) of the curve at ``x``, clipped to ``bounds``."""
+        x = np.asarray(x, dtype=float)
+        values = np.array(list(self.params.values()))
+        if self.cov is None or not np.all(np.isfinite(self.cov)):
+            return np.full(x.shape, np.nan), np.full(x.shape, np.nan)
+        form, steps = FORMS[self.form], 1e-6 * np.maximum(1.0, np.abs(values)) * np.eye(values.size)
+        grad = np.array([(form(x, *(values + step)) - form(x, *(values - step))) / (2 * step.sum()) for step in steps])
+        spread = np.sqrt(np.einsum("ix,ij,jx->x", grad, self.cov, grad))
+        half = stats.t.ppf(1 - alpha / 2, self.n - values.size) * spread
+        centre = self.predict(x)
+        return np.clip(centre - half, *bounds), np.clip(centre + half, *bounds)
 
 
 def fit_power_law(x, y, *, alpha: float = 0.05) -> Fit:
@@ -201,4 +218,5 @@ def _least_squares(form, x, y, p0, *, bounds=(-np.inf, np.inf), alpha: float) ->
         r2=float(1 - np.sum(residual**2) / total) if total > 0 else np.nan,
         rmse=float(np.sqrt(np.mean(residual**2))),
         n=int(x.size),
+        cov=np.asarray(cov, dtype=float),
     )

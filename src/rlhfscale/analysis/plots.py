@@ -1,9 +1,12 @@
 """One PNG per tested claim, plus reward over-optimization, drawn with matplotlib (Agg).
 
-Every point is a mean over seeds with its confidence interval as the error bar
-(see ``fits.mean_ci``); a factor that is a scale goes on a log x-axis with a
-dashed log-linear trend; where FLOPs columns exist a panel puts the same
-metric against compute.
+Every point is a mean over seeds with its 95 % interval as the error bar
+(``stats.mean_interval``: binomial-aware for accuracies, never outside the
+metric's range); a factor that is a scale goes on a log x-axis with a dashed
+log-linear trend and its shaded 95 % band (``fits.Fit.band``, clipped to the
+range); where FLOPs columns exist a panel puts the same metric against compute.
+RL curves are drawn per configuration (seeds pooled), RL compute at step 0
+being 0 (``table.to_table``).
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ from matplotlib.figure import Figure  # noqa: E402
 from scipy.optimize import OptimizeWarning  # noqa: E402
 
 from rlhfscale.analysis.claims import Claim, pick  # noqa: E402
-from rlhfscale.analysis.fits import fit_log_linear, fit_rl_gold, mean_ci  # noqa: E402
+from rlhfscale.analysis.fits import fit_log_linear, fit_rl_gold  # noqa: E402
+from rlhfscale.analysis.stats import mean_interval, metric_bounds, metric_items  # noqa: E402
 from rlhfscale.analysis.table import (  # noqa: E402
     BON_RM, DATA_PROMPTS, DATA_VOLUME, FLOPS_RL, FLOPS_RM, FLOPS_SFT, FLOPS_TOTAL, GAIN, GAIN_REL,
     GOLD_REWARD, KL, PASS, PASS_BEFORE, POLICY_PARAMS, POLICY_SIZE, PROXY_REWARD, REWARD_STD,
     RL_ALGORITHM, RL_N_SAMPLES, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS, RM_SIZE, SEED, STEP,
-    TRIAL, final_points, has,
+    TRIAL, config_of, final_points, has,
 )
 
-N_BOOT = 500
 MAX_LEGEND = 8
 OVEROPTIMIZATION = "overoptimization"
 
@@ -41,25 +44,32 @@ def summarize(table: pd.DataFrame, level: str, y: str, at: str | None = None) ->
 
     Columns: level, x (the level itself when ``at`` is None), mean, low, high.
     """
-    rows = []
+    rows, items = [], metric_items(table, y)
     for value, sub in table.dropna(subset=[y]).groupby(level):
-        mean, low, high = mean_ci(sub.groupby(SEED)[y].mean(), n_boot=N_BOOT)
+        mean, low, high = mean_interval(sub.groupby(SEED)[y].mean().to_numpy(), y, items)
         rows.append({"level": value, "x": sub[at].mean() if at else value, "mean": mean, "low": low, "high": high})
     return pd.DataFrame(rows, columns=["level", "x", "mean", "low", "high"])
 
 
+def _yerr(s: pd.DataFrame) -> np.ndarray:
+    """Error-bar lengths below and above each mean (none where there is no interval)."""
+    return np.nan_to_num(np.vstack([s["mean"] - s["low"], s["high"] - s["mean"]]))
+
+
 def _errorbar(ax: Axes, s: pd.DataFrame, label: str):
-    yerr = np.vstack([s["mean"] - s["low"], s["high"] - s["mean"]])
+    yerr = _yerr(s)
     return ax.errorbar(s["x"], s["mean"], yerr=yerr, marker="o", capsize=3, label=label)
 
 
-def _fit_line(ax: Axes, s: pd.DataFrame, color: str) -> None:
-    """Dashed y = a + b log x through the level means, labelled with its slope per doubling."""
+def _fit_line(ax: Axes, s: pd.DataFrame, color: str, metric: str) -> None:
+    """Dashed y = a + b log x through the level means with its 95 % band, labelled with its slope per doubling."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptimizeWarning)
+        warnings.simplefilter("ignore", (OptimizeWarning, RuntimeWarning))
         fit = fit_log_linear(s["x"], s["mean"])
-    xs = np.geomspace(s["x"].min(), s["x"].max(), 50)
+        xs = np.geomspace(s["x"].min(), s["x"].max(), 50)
+        low, high = fit.band(xs, bounds=metric_bounds(metric))
     ax.plot(xs, fit.predict(xs), "--", color=color, lw=1, label=f"fit {np.log(2) * fit.params['b']:+.3g}/doubling")
+    ax.fill_between(xs, low, high, color=color, alpha=0.12, lw=0)
 
 
 def trend(ax: Axes, table: pd.DataFrame, level: str, y: str, *, series: str | None = None,
@@ -75,7 +85,7 @@ def trend(ax: Axes, table: pd.DataFrame, level: str, y: str, *, series: str | No
         xs.extend(s["x"])
         bars = _errorbar(ax, s, str(name))
         if fit and len(s) >= 3:
-            _fit_line(ax, s, bars[0].get_color())
+            _fit_line(ax, s, bars[0].get_color(), y)
     _log_x(ax, xs)
     ax.set_xlabel(at or level)
     ax.set_ylabel(y)
@@ -94,8 +104,7 @@ def _log_x(ax: Axes, xs: list[float]) -> None:
 def bars(ax: Axes, table: pd.DataFrame, factor: str, y: str) -> None:
     """Mean of ``y`` per level of a categorical factor, CI error bars."""
     s = summarize(table, factor, y)
-    yerr = np.vstack([s["mean"] - s["low"], s["high"] - s["mean"]])
-    ax.bar(range(len(s)), s["mean"], yerr=yerr, capsize=4, color="tab:blue", alpha=0.8)
+    ax.bar(range(len(s)), s["mean"], yerr=_yerr(s), capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(s)), [str(v) for v in s["level"]])
     ax.set_xlabel(factor)
     ax.set_ylabel(y)
@@ -193,16 +202,18 @@ def plot_shaping_stability(table: pd.DataFrame) -> Figure:
 
 
 def plot_diminishing_returns(table: pd.DataFrame) -> Figure:
-    """Each RL curve's gain against RL compute; SFT accuracy against SFT compute when recorded."""
+    """Each configuration's RL curve (seeds pooled) against RL compute; SFT accuracy against SFT compute."""
     metric = pick(table, GAIN, PASS)
     sft = has(table, FLOPS_SFT) and has(table, PASS_BEFORE)
     fig, axes = _figure(1 + sft)
-    for trial, sub in table.groupby(TRIAL):
+    curves = table[table[FLOPS_RL] > 0]
+    configs = config_of(curves[TRIAL])
+    for config, sub in curves.groupby(configs):
         s = summarize(sub, STEP, metric, at=FLOPS_RL)
-        _errorbar(axes[0], s[s["x"] > 0], str(trial))
+        _errorbar(axes[0], s, str(config) or "base")
     _log_x(axes[0], [])
     axes[0].set(xlabel=FLOPS_RL, ylabel=metric)
-    if table[TRIAL].nunique() <= MAX_LEGEND:
+    if configs.nunique() <= MAX_LEGEND:
         axes[0].legend(fontsize="small")
     if sft:
         trend(axes[1], final_points(table), FLOPS_SFT, PASS_BEFORE)
@@ -220,10 +231,13 @@ def plot_overoptimization(table: pd.DataFrame) -> Figure | None:
     if has(points, PROXY_REWARD):
         ax.scatter(d, points[PROXY_REWARD], s=14, marker="x", label=f"proxy ({PROXY_REWARD})")
     if np.unique(d).size >= 3:
-        fit = fit_rl_gold(d, points[GOLD_REWARD])
+        gold = points[GOLD_REWARD]
+        fit = fit_rl_gold(d, gold)
         grid = np.linspace(0, d.max(), 100)
         a, b = fit.params["alpha"], fit.params["beta"]
         ax.plot(grid, fit.predict(grid), "k--", lw=1, label=f"gold fit d(α − β log d): α={a:.3g}, β={b:.3g}")
+        bounds = (0.0, 1.0) if gold.between(0, 1).all() else (-np.inf, np.inf)  # a verifier's or rater's [0, 1]
+        ax.fill_between(grid, *fit.band(grid, bounds=bounds), color="k", alpha=0.1, lw=0, label="95% band")
     ax.set(xlabel="d = sqrt(KL(policy || init))", ylabel="reward", title="Reward over-optimization")
     ax.legend(fontsize="small")
     return fig

@@ -78,7 +78,13 @@ def render(table: pd.DataFrame, results: list[Claim], pngs: Mapping[str, Path], 
         f"<p>{summary}</p>",
         "<h2>Claims</h2>",
         "<p>Each finding of Hou et al. 2024 (arXiv 2412.06000) checked on this grid: effect with its 95% "
-        "confidence interval over seeds; see each claim's detail for what the effect measures.</p>",
+        "confidence interval (paired by seed; a noise model pooled over the grid and aware that accuracies are "
+        "proportions over a finite number of evaluation prompts; never outside the effect's range). Each claim has "
+        "a smallest effect of interest: a direction is <em>not supported</em> when the interval lies below it, "
+        "<em>supported</em> when it lies above 0; a similarity is supported when the interval lies within "
+        "&plusmn; it. <em>Smallest detectable</em> is the effect this grid would find 4 times in 5 at its "
+        "standard error: beside an inconclusive verdict, how large an effect it could have seen. See each "
+        "claim's detail for what the effect measures.</p>",
         _claims_table(results),
         "<h2>Plots</h2>",
         _plots(results, pngs),
@@ -93,8 +99,8 @@ def render(table: pd.DataFrame, results: list[Claim], pngs: Mapping[str, Path], 
     ])
 
 
-def _number(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:+.4g}"
+def _number(value: float, sign: bool = True) -> str:
+    return "–" if math.isnan(value) else f"{value:+.4g}" if sign else f"{value:.3g}"
 
 
 def _claims_table(results: list[Claim]) -> str:
@@ -104,10 +110,13 @@ def _claims_table(results: list[Claim]) -> str:
         ci = f"[{_number(c.ci_low)}, {_number(c.ci_high)}]"
         rows.append(
             f'<tr class="{c.verdict.replace(" ", "-")}"><td>{number}</td><td>{name}</td><td>{html.escape(c.title)}</td>'
-            f"<td>{c.verdict}</td><td>{_number(c.effect)}</td><td>{ci}</td><td>{c.n_seeds}</td>"
-            f"<td>{html.escape(c.detail)}</td></tr>"
+            f"<td>{c.verdict}</td><td>{_number(c.effect)}</td><td>{ci}</td>"
+            f"<td>{_number(c.smallest_effect_of_interest, False)}</td><td>{_number(c.min_detectable, False)}</td>"
+            f"<td>{c.n_seeds}</td><td>{html.escape(c.detail)}</td></tr>"
         )
-    head = "<tr><th>#</th><th>id</th><th>claim</th><th>verdict</th><th>effect</th><th>95% CI</th><th>seeds</th><th>detail</th></tr>"
+    head = ("<tr><th>#</th><th>id</th><th>claim</th><th>verdict</th><th>effect</th><th>95% CI</th>"
+            "<th>smallest effect of interest</th><th>smallest detectable (80% power)</th><th>seeds</th>"
+            "<th>detail</th></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 

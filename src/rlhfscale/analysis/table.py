@@ -6,10 +6,16 @@ names are the dotted config keys (axes) and the flat metric keys of
 does not produce a metric, simply leaves that column absent or NaN.
 
 Identifiers
-    ``trial``  the trial's name or key.
+    ``trial``  the trial's name or key. A study's ids end in ``,seed=<n>`` (or are
+               ``seed=<n>`` for the base trial); ``config_of`` strips that, so the
+               rows of one configuration under different seeds can be told apart
+               from different configurations.
     ``seed``   the trial's seed (default 0); trials with equal seeds are paired.
     ``step``   the RL step of an eval point; the final point of a curve has the
-               largest step; rows without RL have step 0 (the default).
+               largest step; rows without RL have step 0 (the default). RL
+               compute at a curve's step 0 is zero whatever the row says
+               (``to_table`` sets it so: the pipeline's step-0 point can carry the
+               run's final ``flops/rl``).
 
 Axes
     ``data.prompts``               distinct RM-training prompts
@@ -23,6 +29,10 @@ Axes
     ``rl.shaping``                 ``none`` | ``normalize`` | ``asymmetric``
     ``rl.lr``                      RL learning rate
     ``task.name``                  the task the RM and RL target
+
+Evaluation sizes (optional; the claim checks infer them from the values' 1/N steps when absent)
+    ``eval.n_prompts``             held-out prompts behind ``eval/pass@1`` and its kin
+    ``bon.prompts``                held-out prompts behind ``bon/*@16``
 
 Metrics
     ``rm/pair_acc``          held-out RM pair accuracy
@@ -74,6 +84,8 @@ AXES = (
     DATA_PROMPTS, DATA_RPP, DATA_VOLUME, RM_KIND, RM_SIZE, RM_PARAMS,
     POLICY_SIZE, POLICY_PARAMS, RL_N_SAMPLES, RL_ALGORITHM, RL_SHAPING, RL_LR, TASK,
 )
+EVAL_N = "eval.n_prompts"
+BON_N = "bon.prompts"
 CATEGORICAL_AXES = (RM_KIND, RM_SIZE, POLICY_SIZE, RL_ALGORITHM, RL_SHAPING, TASK)
 
 RM_PAIR_ACC = "rm/pair_acc"
@@ -100,7 +112,8 @@ METRICS = (
     FLOPS_TOTAL, FLOPS_SFT, FLOPS_RM, FLOPS_RL,
 )
 
-KNOWN = IDENTIFIERS + AXES + METRICS
+KNOWN = IDENTIFIERS + AXES + (EVAL_N, BON_N) + METRICS
+SEED_SUFFIX = r"(^|,)seed=[^,]*$"
 
 
 def to_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
@@ -119,7 +132,7 @@ def to_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     for column in KNOWN:
         if column in table and column not in CATEGORICAL_AXES + IDENTIFIERS:
             table[column] = _numeric(table[column], column)
-    table = _derive(table)
+    table = _zero_rl_flops_at_start(_derive(table))
     known = [c for c in KNOWN if c in table]
     table = table[known + [c for c in table.columns if c not in known]]
     return table.sort_values([TRIAL, SEED, STEP], kind="stable").reset_index(drop=True)
@@ -144,6 +157,19 @@ def _derive(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _zero_rl_flops_at_start(table: pd.DataFrame) -> pd.DataFrame:
+    """RL compute 0 at the step-0 point of every curve that goes on (``flops/total`` loses what that removes)."""
+    if FLOPS_RL not in table or table[STEP].nunique() < 2:
+        return table
+    longest = table.groupby([TRIAL, SEED])[STEP].transform("max")
+    start = (table[STEP] == 0) & (longest > 0)
+    removed = table[FLOPS_RL].where(start, 0.0).fillna(0.0)
+    table = table.assign(**{FLOPS_RL: table[FLOPS_RL].mask(start, 0.0)})
+    if FLOPS_TOTAL in table:
+        table = table.assign(**{FLOPS_TOTAL: table[FLOPS_TOTAL] - removed})
+    return table
+
+
 def _fill(table: pd.DataFrame, column: str, values: pd.Series) -> pd.DataFrame:
     filled = table[column].fillna(values) if column in table else values
     return table.assign(**{column: filled.astype(float)})
@@ -158,7 +184,12 @@ def to_csv(table: pd.DataFrame, path: str | Path) -> Path:
 
 def has(table: pd.DataFrame, column: str) -> bool:
     """Whether the table has ``column`` with at least one value."""
-    return column in table and bool(table[column].notna().any())
+    return column in table and bool(table[column].count() > 0)
+
+
+def config_of(trials: pd.Series) -> pd.Series:
+    """Each trial's configuration: its id without the seed (``'rl.n_samples=8,seed=1'`` -> ``'rl.n_samples=8'``)."""
+    return trials.astype(str).str.replace(SEED_SUFFIX, "", regex=True)
 
 
 def levels(table: pd.DataFrame, column: str) -> int:

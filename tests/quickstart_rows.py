@@ -1,0 +1,182 @@
+"""Rows shaped as `rlhfscale study run configs/quickstart.yaml` hands them to the report, with simulated metrics.
+
+The shape mirrors the pipeline (read, not imported, so this helper does not move with it):
+``study.runner.collect_metrics`` gives one row per trial and seed -- the id ``'<overrides>,seed=<s>'``,
+the seed, every dotted key any trial overrides at the trial's resolved value, the stages' metrics
+in pipeline order -- and, for curves, one row per RL eval point over that row, with ``curve: 'rl'``;
+``study.commands.analysis_rows`` keeps the curve rows of RL trials and the final rows of the
+others and adds ``flops/total``; ``stages.entry`` names the metrics. The step-0 point of a curve
+logs no ``flops/rl`` of its own, so it carries the run's final ``flops/rl``, as the pipeline's do.
+
+Metrics are drawn from a ``Truth``: accuracies are Binomial(N, p) / N (pair accuracy a float32, as
+torch returns it), p = a configuration's true value + a shared SFT start per seed and policy size
++ Gaussian training noise per run (and per eval point along a curve).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+DEFAULTS = {"rl.shaping": "none", "rl.reward": {"rule": 1.0}}  # resolved values of keys the base leaves out
+PARAMS = {"nano": 1.1e5, "micro": 5.2e5}
+STEPS = (0, 8, 16, 24)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The simulated world: every claim's true effect (0: none) and the noise."""
+
+    volume_slope: float = 0.0  # ORM and PRM pair accuracy per doubling of labelled volume
+    diversity: float = 0.0  # pair accuracy: most prompts minus fewest at equal volume
+    prm_extra_slope: float = 0.0  # PRM minus ORM Best-of-16 slope per doubling
+    n_gain: dict = field(default_factory=lambda: {2: 0.10, 4: 0.10, 8: 0.10})  # gain by rl.n_samples
+    rm_size_gain: float = 0.0  # micro RM minus nano RM, policy gain
+    policy_gap: float = 0.0  # nano policy's gain minus micro's
+    ppo_minus_grpo: float = 0.0
+    shaping_gain: float = 0.0  # pass@1, shaped minus none
+    shaping_log_std: float = 0.0  # log reward std, none minus shaped
+    concavity: float = 0.0  # curve slope per doubling of RL compute at its start minus at its end
+    eval_prompts: int = 100
+    heldout_pairs: int = 96
+    bon_prompts: int = 32
+    seed_sd: float = 0.02  # SFT start, shared by a seed's trials of one policy size
+    train_sd: float = 0.02  # per run
+    point_sd: float = 0.01  # per eval point along a curve
+
+
+@functools.cache
+def _spec() -> dict:
+    return yaml.safe_load(QUICKSTART.read_text())
+
+
+def quickstart_trials() -> tuple[dict, list[int], list[dict]]:
+    """(base, seeds, per-trial overrides) of configs/quickstart.yaml."""
+    spec = copy.deepcopy(_spec())
+    return spec["base"], spec["seeds"], [dict(t) for t in spec["trials"]]
+
+
+def _resolved(base: dict, overrides: dict, key: str):
+    if key in overrides:
+        return overrides[key]
+    node = base
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return DEFAULTS.get(key)
+        node = node[part]
+    return node
+
+
+def trial_id(overrides: dict, seed: int) -> str:
+    text = [f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(',', ':'))}"
+            for k, v in overrides.items()]
+    return ",".join(text + [f"seed={seed}"])
+
+
+def _binomial(rng, p: float, n: int) -> float:
+    return rng.binomial(n, float(np.clip(p, 0.0, 1.0))) / n
+
+
+class _Sim:
+    """One draw of every trial's metrics under a Truth."""
+
+    def __init__(self, truth: Truth, rng: np.random.Generator) -> None:
+        self.t, self.rng = truth, rng
+        self.starts: dict[tuple[int, str], tuple[float, float]] = {}
+
+    def start(self, seed: int, size: str) -> tuple[float, float]:
+        """(true, measured) SFT accuracy of a seed and policy size: one SFT run, shared by its trials."""
+        if (seed, size) not in self.starts:
+            true = {"micro": 0.30, "nano": 0.20}[size] + self.rng.normal(0, self.t.seed_sd)
+            self.starts[seed, size] = (true, _binomial(self.rng, true, self.t.eval_prompts))
+        return self.starts[seed, size]
+
+    def rm_metrics(self, get) -> dict:
+        t, kind = self.t, get("rm.kind")
+        prompts, rpp = get("data.prompts"), get("data.responses_per_prompt")
+        doublings = np.log2(prompts * rpp / 256)
+        diversity = t.diversity * (np.log2(prompts / 32) / 2 - 0.5)  # +-d/2 at 128 x 4 and 32 x 16
+        acc = 0.65 + t.volume_slope * doublings + diversity + self.rng.normal(0, t.train_sd)
+        bon = 0.35 + (t.volume_slope + t.prm_extra_slope * (kind == "prm")) * doublings
+        size = 0.0 if get("rm.size") == "nano" else 0.05
+        n_pairs = t.heldout_pairs
+        pair = float(np.float32(self.rng.binomial(n_pairs, np.clip(acc + size, 0, 1)) / n_pairs))
+        return {"rm.params": PARAMS[get("rm.size")], "rm_base/pass@1": 0.3, "sample/responses": prompts * rpp,
+                "rm/loss": 0.6, "rm/pair_acc": pair, "rm/pairs": prompts * rpp, "flops/rm": 1e12 * prompts * rpp,
+                "bon/oracle@16": 0.6, "bon/rm@16": _binomial(self.rng, bon + size + self.rng.normal(0, t.train_sd),
+                                                              t.bon_prompts), "flops/bon": 1e12}
+
+    def gain(self, get) -> float:
+        t = self.t
+        gain = t.n_gain[get("rl.n_samples")]
+        gain += t.ppo_minus_grpo * (get("rl.algorithm") == "ppo")
+        gain += t.shaping_gain * (get("rl.shaping") != "none")
+        gain += t.policy_gap * (get("policy.size") == "nano")
+        if "orm" in get("rl.reward"):
+            gain += t.rm_size_gain * (get("rm.size") == "micro")
+        return gain
+
+    def curve(self, start: float, gain: float, n: int) -> list[dict]:
+        """Eval points at STEPS: the gain rises linearly in log2 RL compute, bent by the concavity."""
+        t, flops_per_step = self.t, 2e11 * n
+        x = np.log2(np.array(STEPS[1:], float) / STEPS[-1])  # doublings before the end: -1.58, -0.58, 0
+        span = x.max() - x.min()
+        bend = -t.concavity / (2 * span) * (x - x.min()) * (x - x.max())  # 0 at both ends; early minus late slope = c
+        frac = 1 + x / span
+        drift = self.rng.normal(0, t.train_sd)
+        points = [{"step": 0}]
+        for step, f, b in zip(STEPS[1:], frac, bend):
+            p = start + (gain + drift) * f + b + self.rng.normal(0, t.point_sd)
+            points.append({"step": step, "eval/pass@1": _binomial(self.rng, p, t.eval_prompts),
+                           "flops/rl": step * flops_per_step, "rl/kl": 0.01 * step})
+        return points
+
+    def rl_metrics(self, seed: int, get) -> tuple[dict, list[dict]]:
+        t = self.t
+        true_start, before = self.start(seed, get("policy.size"))
+        points = self.curve(true_start, self.gain(get), get("rl.n_samples"))
+        points[0]["eval/pass@1"] = before
+        log_std = np.log(0.2) - t.shaping_log_std * (get("rl.shaping") != "none") + self.rng.normal(0, 0.1)
+        after = points[-1]["eval/pass@1"]
+        summary = {"eval/pass@1_before": before, "eval/pass@1_after": after, "rl/reward_std": float(np.exp(log_std)),
+                   "rl/kl": points[-1]["rl/kl"], "flops/rl": points[-1]["flops/rl"], "eval/pass@1": after}
+        return summary, points
+
+
+def quickstart_rows(truth: Truth = Truth(), seeds: int | list[int] | None = None, draw: int = 0,
+                    trials: list[dict] | None = None) -> list[dict]:
+    """Rows of one simulated quickstart study (its seeds, or ``seeds`` seeds; ``trials`` override the grid)."""
+    base, spec_seeds, spec_trials = quickstart_trials()
+    trials = spec_trials if trials is None else trials
+    seeds = spec_seeds if seeds is None else list(range(seeds)) if isinstance(seeds, int) else seeds
+    axes = list(dict.fromkeys(k for o in trials for k in o))
+    sim = _Sim(truth, np.random.default_rng(draw))
+    rows = []
+    for overrides in trials:
+        for seed in seeds:
+            get = lambda key, o=overrides: _resolved(base, o, key)  # noqa: E731
+            size = get("policy.size")
+            row = {"trial": trial_id(overrides, seed), "seed": seed, **{k: get(k) for k in axes}}
+            row |= {"sft/loss": 0.5, "eval/pass@1": sim.start(seed, size)[1], "policy/params": PARAMS[size],
+                    "flops/sft": 1e13 * PARAMS[size] / 1e5, "policy.params": PARAMS[size]}
+            if get("rm.enabled"):
+                row |= sim.rm_metrics(get) | {"eval/pass@1_sft": row["eval/pass@1"]}
+            if not get("rl.enabled"):
+                rows.append(_with_total(row))
+                continue
+            summary, points = sim.rl_metrics(seed, get)
+            row |= summary
+            rows.extend(_with_total({**row, "curve": "rl", **point}) for point in points)
+    return rows
+
+
+def _with_total(row: dict) -> dict:
+    parts = [row[k] for k in ("flops/sft", "flops/sample", "flops/label", "flops/rm", "flops/rl") if k in row]
+    return {**row, "flops/total": sum(parts)}
