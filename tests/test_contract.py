@@ -9,7 +9,7 @@ import typing
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from rlhfscale.config import RunConfig
+from rlhfscale.config import TASK_SETTINGS, RunConfig
 from rlhfscale.contract import leaf_settings, view
 from rlhfscale.pipeline import GRAPH, STAGES
 from rlhfscale.study.keys import get_dotted, plan_nodes, project, trial_keys
@@ -51,19 +51,30 @@ def candidates(value, dotted: str):
     if isinstance(value, float):
         return [value * 0.5, value + 0.1, 0.5, 1.0]
     if isinstance(value, str):
-        return ["micro", "tiny", "*", "+", "cuda", "rloo", "x"]
+        return ["micro", "tiny", "*", "+", "cuda", "rloo", "chat", "x"]
     if isinstance(value, dict):
-        return [{**value, "orm": 0.5}]
+        return [{**value, "orm": 0.5}, {"ood": {"name": "chat"}}]
     return [1, 0.5, True, "x", "token", "/tmp/x", 1e-2]
 
 
+def base_for(dotted: str) -> dict:
+    """BASE, on a task that reads `dotted` when it is a task setting (file paths set where the task needs them)."""
+    readers = TASK_SETTINGS.get(dotted.removeprefix("task."), ("arithmetic",))
+    if "arithmetic" in readers:
+        return BASE
+    task = {"name": readers[0], "train_path": "train.jsonl", "test_path": "test.jsonl"} if readers[0] in (
+        "math", "code") else {"name": readers[0]}
+    return RunConfig.model_validate({**BASE, "task": task}).model_dump(mode="json")
+
+
 def changed(dotted: str) -> dict:
-    """BASE with `dotted` set to another valid value."""
-    current = get_dotted(BASE, dotted)
+    """`base_for(dotted)` with `dotted` set to another valid value."""
+    base = base_for(dotted)
+    current = get_dotted(base, dotted)
     for value in candidates(current, dotted):
         if value == current:
             continue
-        config = set_dotted(BASE, dotted, value)
+        config = set_dotted(base, dotted, value)
         try:
             return RunConfig.model_validate(config).model_dump(mode="json")
         except ValidationError:
@@ -87,7 +98,7 @@ def covered(setting: str, reads: set[str]) -> bool:
 
 @pytest.mark.parametrize("setting", [s for s in leaf_settings() if s not in SWITCHES])
 def test_a_setting_changes_exactly_the_keys_of_the_stages_that_read_it(setting):
-    base_keys = trial_keys(BASE, GRAPH)
+    base_keys = trial_keys(base_for(setting), GRAPH)
     new_keys = trial_keys(changed(setting), GRAPH)
     assert set(base_keys) == set(new_keys)
     for stage, key in base_keys.items():

@@ -9,15 +9,17 @@ module.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .algorithms import ALGORITHMS
 from .errors import BadInput
 from .models.presets import LADDER
+from .tasks import TASKS
 
 
 class Section(BaseModel):
@@ -25,14 +27,20 @@ class Section(BaseModel):
 
 
 class TaskConfig(Section):
-    """The task the policy is trained and evaluated on."""
+    """The task the policy is trained and evaluated on (a name in `tasks.TASKS`)."""
 
-    name: Literal["arithmetic", "chat"] = "arithmetic"
-    n_ops: int = Field(2, ge=1, le=8, description="operations per arithmetic problem")
-    first_digits: int = Field(2, ge=1, le=4, description="digits of the first operand")
-    digits: int = Field(1, ge=1, le=4, description="digits of every later operand")
-    operators: str = Field("+-", description="operator set, a subset of '+-*'")
-    n_templates: int = Field(4, ge=1, le=8, description="surface phrasings of a question")
+    name: str = Field("arithmetic", description=f"one of {', '.join(TASKS)}: arithmetic with steps, the synthetic "
+                      "chat world, math or code from files, or their miniature versions")
+    n_ops: int = Field(2, ge=1, le=8, description="operations per problem (arithmetic, math-mini)")
+    first_digits: int = Field(2, ge=1, le=4, description="arithmetic: digits of the first operand")
+    digits: int = Field(1, ge=1, le=4, description="arithmetic: digits of every later operand")
+    operators: str = Field("+-", description="arithmetic: operator set, a subset of '+-*'")
+    n_templates: int = Field(4, ge=1, le=8, description="surface phrasings of a question (arithmetic, chat)")
+    train_path: str | None = Field(None, description="math, code: training problems (jsonl or a datasets folder)")
+    test_path: str | None = Field(None, description="math, code: held-out problems (jsonl or a datasets folder)")
+    step_split: Literal["line", "paragraph"] = Field(
+        "line", description="math, math-mini: a step is a line, or a blank-line separated block")
+    all_pass: bool = Field(False, description="code: reward 1 only when every test passes (else the fraction)")
     seed: int = Field(0, description="seed of the problem generator (not of training)")
 
     @field_validator("operators")
@@ -41,6 +49,33 @@ class TaskConfig(Section):
         if not v or set(v) - set("+-*"):
             raise ValueError(f"expected a non-empty subset of '+-*', found {v!r}")
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"expected one of {', '.join(TASKS)}, found {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _settings_the_task_reads(self) -> "TaskConfig":
+        """Paths where the task reads files; no setting another task reads but this one ignores."""
+        if self.name in ("math", "code") and not (self.train_path and self.test_path):
+            raise ValueError(f"task.train_path: expected the problem files of task {self.name} (task.train_path and "
+                             "task.test_path), found none")
+        for setting, readers in TASK_SETTINGS.items():
+            value, default = getattr(self, setting), type(self).model_fields[setting].default
+            if value != default and self.name not in readers:
+                raise ValueError(f"task.{setting}={value}: does nothing with task {self.name} (only "
+                                 f"{', '.join(readers)} read it)")
+        return self
+
+
+TASK_SETTINGS = {  # setting -> the tasks that read it
+    "n_ops": ("arithmetic", "math-mini"), "first_digits": ("arithmetic",), "digits": ("arithmetic",),
+    "operators": ("arithmetic",), "n_templates": ("arithmetic", "chat"), "train_path": ("math", "code"),
+    "test_path": ("math", "code"), "step_split": ("math", "math-mini"), "all_pass": ("code",),
+}
 
 
 class PolicyConfig(Section):
@@ -172,10 +207,21 @@ class RLConfig(Section):
 
 
 class EvalConfig(Section):
-    """Held-out evaluation."""
+    """Held-out evaluation: on the trained task, and on other tasks for generalization (domain shift)."""
 
     n_prompts: int = Field(200, ge=1)
     k: int = Field(8, ge=1, description="samples per prompt for pass@k and maj@k")
+    tasks: dict[str, TaskConfig] = Field(
+        default_factory=dict, description="other tasks the policy is also evaluated on, by label: greedy pass@1 "
+        "before and after RL as eval/pass@1_<label>_before / _after, e.g. {ood: {name: arithmetic, n_ops: 3}}")
+
+    @field_validator("tasks")
+    @classmethod
+    def _labels(cls, v: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        bad = [label for label in v if not re.fullmatch(r"[a-z][a-z0-9_]*", label)]
+        if bad:
+            raise ValueError(f"expected labels of lowercase letters, digits and _, found {bad[0]!r}")
+        return v
 
 
 class DataConfig(Section):
@@ -293,6 +339,8 @@ def describe_error(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (found {found!r})"
     msg = err["msg"].removeprefix("Value error, ")
+    if re.match(r"[a-z_]+\.[a-z_]+[:=]", msg):  # a cross-field check names its setting itself
+        return msg
     if msg.startswith("expected"):
         return f"{key}: {msg}"
     return f"{key}: expected {msg[0].lower() + msg[1:]}, found {found!r}"

@@ -38,7 +38,7 @@ GRAPH: Pipeline = [
     StageDef(name="bon", fn=f"{ENTRY}:bon", inputs=["sft", "rm"], enabled="rm.enabled",
              reads=START + ["sampling", "rm.aggregation", "bon"]),
     StageDef(name="rl", fn=f"{ENTRY}:rl", inputs=["sft"], optional_inputs=["rm"], enabled="rl.enabled",
-             reads=START + ["sampling", "rl", "eval.n_prompts", "eval.k"], check=f"{CHECKS}:rl"),
+             reads=START + ["sampling", "rl", "eval.n_prompts", "eval.k", "eval.tasks"], check=f"{CHECKS}:rl"),
     StageDef(name="eval", fn=f"{ENTRY}:eval", inputs=["rl"], enabled=False,
              reads=START + ["sampling", "eval"], check=f"{CHECKS}:evaluation"),
 ]

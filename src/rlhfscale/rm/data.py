@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import BadInput
 from ..models.reward import step_end_mask
 from ..models.train import encode_pairs
+from ..tasks import score_all
 from ..tasks.base import Example, Task
 from ..tasks.chat import make_preference_pairs
 from ..tasks.jsonl import PreferencePair, StepExample, _field, _kind, _records, _string
@@ -126,7 +127,7 @@ def preference_pairs(task: Task, sampled: list[Sampled], temperature: float,
     """Pairs of responses to the same prompt whose gold scores differ, each rated once by simulated
     raters (`tasks.chat.make_preference_pairs`; temperature 0: the gold preference). On a task with
     a verifier these are the (correct, incorrect) pairs."""
-    gold = [[task.score(s.example, r) for r in s.responses] for s in sampled]
+    gold = [score_all(task, [s.example] * len(s.responses), s.responses) for s in sampled]
     pairs = make_preference_pairs([s.example.prompt for s in sampled], [s.responses for s in sampled], gold,
                                   temperature=temperature, generator=generator)
     score = {(s.example.prompt, r): g for s, row in zip(sampled, gold) for r, g in zip(s.responses, row)}

@@ -28,6 +28,7 @@ from ..errors import BadInput
 from ..models.ladder import count_non_embedding
 from ..models.reward import RewardModel, load_reward_model
 from ..rollout.sampler import Rollout
+from ..tasks import score_all
 from ..tasks.base import Example, Task
 
 # score(examples, responses, rollout) -> [B] (outcome) or [B, R] (dense)
@@ -55,7 +56,7 @@ def rule_source(task: Task) -> Source:
     """The task's verifier on the decoded responses."""
 
     def score(examples, responses, rollout):
-        return torch.tensor([task.score(e, r) for e, r in zip(examples, responses)], device=rollout.logprobs.device)
+        return torch.tensor(score_all(task, examples, responses), device=rollout.logprobs.device)
 
     return Source(score)
 
@@ -100,10 +101,10 @@ class Reward:
         mask = rollout.response_mask
         scores = torch.zeros(mask.shape[0], device=mask.device)
         dense = torch.zeros(mask.shape, device=mask.device)
-        gold = torch.tensor([self.task.score(e, r) for e, r in zip(examples, responses)], device=mask.device)
+        gold = torch.tensor(score_all(self.task, examples, responses), device=mask.device)
         parts = {}
         for name, (weight, source) in self.sources.items():
-            value = source.score(examples, responses, rollout)
+            value = gold if name == "rule" else source.score(examples, responses, rollout)
             if source.dense:
                 dense = dense + weight * value
                 parts[f"rl/reward_{name}"] = value.sum(-1).mean().item()

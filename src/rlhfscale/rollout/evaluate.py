@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..rewards.metrics import majority_vote, pass_at_k
+from ..tasks import score_all
 from ..tasks.base import Example, Task
 from .sampler import sample
 
@@ -38,10 +39,11 @@ def evaluate(
     for k > 1, ``eval/pass@k`` from k samples (k = 1 leaves ``eval/pass@1`` the greedy figure)."""
     prompts = [e.prompt for e in examples]
     greedy = generate(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    out = {"eval/pass@1": sum(task.score(e, r[0]) for e, r in zip(examples, greedy)) / len(examples)}
+    out = {"eval/pass@1": sum(score_all(task, examples, [r[0] for r in greedy])) / len(examples)}
     if k > 0:
         samples = generate(model, tok, prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-        correct = [sum(task.score(e, r) >= 1.0 for r in rs) for e, rs in zip(examples, samples)]
+        scores = score_all(task, [e for e in examples for _ in range(k)], [r for rs in samples for r in rs])
+        correct = [sum(s >= 1.0 for s in scores[i * k:(i + 1) * k]) for i in range(len(examples))]
         votes = [majority_vote([task.extract_answer(r) for r in rs]) for rs in samples]
         if k > 1:
             out[f"eval/pass@{k}"] = sum(pass_at_k(k, c, k) for c in correct) / len(examples)

@@ -34,6 +34,7 @@ from ..rewards.aggregate import AGGREGATIONS, aggregate_steps
 from ..rm.data import count_tokens
 from ..rewards.metrics import best_of_n, majority_of_n, pool_pair_accuracy, step_metrics
 from ..rollout.evaluate import evaluate, generate
+from ..tasks import score_all
 from .common import input_policy, max_new_tokens, policy_folder, setup
 from .rundir import RunDir
 
@@ -83,7 +84,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     sc = cfg.sampling
     pool = generate(policy, tok, [e.prompt for e in examples], n=M, temperature=sc.temperature, top_p=sc.top_p,
                     top_k=sc.top_k, max_new_tokens=budget, seed=cfg.seed)  # [P][M]
-    values = torch.tensor([[task.score(e, r) for r in rs] for e, rs in zip(examples, pool)], dtype=torch.float64)
+    flat = score_all(task, [e for e in examples for _ in range(M)], [r for rs in pool for r in rs])
+    values = torch.tensor(flat, dtype=torch.float64).view(len(examples), M)
     ns = sorted({min(2**i, M) for i in range(M.bit_length() + 1)})
     prompts = [e.prompt for e in examples for _ in range(M)]
     responses = [r for rs in pool for r in rs]

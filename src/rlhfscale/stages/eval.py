@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from ..contract import view
 from ..pipeline import STAGES
 from ..rollout.evaluate import evaluate
+from ..tasks import make_task
 from .common import input_policy, max_new_tokens, setup
 from .rundir import RunDir
 
@@ -22,6 +23,10 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     test = task.examples("test", cfg.eval.n_prompts)
     metrics = evaluate(policy, tok, task, test, max_new_tokens=max_new_tokens(cfg, task), k=cfg.eval.k,
                        temperature=cfg.sampling.temperature, seed=cfg.seed)
+    for label, task_config in cfg.eval.tasks.items():
+        other = make_task(task_config)
+        metrics[f"eval/pass@1_{label}"] = evaluate(policy, tok, other, other.examples("test", cfg.eval.n_prompts),
+                                                   max_new_tokens=max_new_tokens(cfg, other))["eval/pass@1"]
     out.log(0, **metrics)
     summary = {**metrics, "wall_s": out.wall_s}
     out.write_summary(summary)

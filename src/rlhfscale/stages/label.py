@@ -26,7 +26,7 @@ from ..rm.data import Sampled, count_tokens, load_sampled, preference_pairs, wri
 from ..pipeline import STAGES
 from ..rewards.mc_labels import monte_carlo_step_labels
 from ..rollout.evaluate import generate
-from ..tasks import Task
+from ..tasks import Task, score_all
 from .common import input_policy, max_new_tokens, setup
 from .rundir import RunDir
 
@@ -82,8 +82,9 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     gen = torch.Generator().manual_seed(cfg.seed)
     pairs = preference_pairs(task, train, cfg.data.rater_temperature, gen)
     write_jsonl(out.path / "pairs.jsonl", (p._asdict() for p in pairs))
-    outcomes = [{"prompt": s.example.prompt, "response": r, "label": task.score(s.example, r)}
-                for s in train for r in s.responses]
+    responses = [(s.example, r) for s in train for r in s.responses]
+    labels = score_all(task, [e for e, _ in responses], [r for _, r in responses])
+    outcomes = [{"prompt": e.prompt, "response": r, "label": y} for (e, r), y in zip(responses, labels)]
     write_jsonl(out.path / "outcomes.jsonl", outcomes)
     flat, gold = gold_steps(task, train)
     write_jsonl(out.path / "steps_gold.jsonl", step_rows(flat, gold))

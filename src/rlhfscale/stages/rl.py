@@ -23,6 +23,7 @@ from ..pipeline import STAGES
 from ..rl.trainer import NonFiniteError, train
 from ..rm.sources import build_reward, rm_path
 from ..rollout.evaluate import evaluate
+from ..tasks import make_task
 from .common import checkpointer, input_policy, max_new_tokens, setup
 from .rundir import Progress, RunDir
 
@@ -47,8 +48,16 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     test = task.examples("test", cfg.eval.n_prompts)
     prompts = task.examples("train", cfg.rl.n_train_prompts)
 
-    def held_out(k: int = 0) -> dict[str, float]:
-        return evaluate(policy, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed)
+    shifted = {label: make_task(other) for label, other in cfg.eval.tasks.items()}
+
+    def held_out(k: int = 0, shifts: bool = False) -> dict[str, float]:
+        """Held-out metrics on the task; with `shifts`, greedy pass@1 on each of eval.tasks as eval/pass@1_<label>."""
+        out = evaluate(policy, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed)
+        for label, other in shifted.items() if shifts else ():
+            budget_other = max_new_tokens(cfg, other)
+            out[f"eval/pass@1_{label}"] = evaluate(policy, tok, other, other.examples("test", cfg.eval.n_prompts),
+                                                    max_new_tokens=budget_other)["eval/pass@1"]
+        return out
 
     ckpt = checkpointer(cfg, out_dir, cfg.rl.checkpoint_every)
     resume = ckpt.load()
@@ -57,7 +66,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
         before = resume["extra"]["before"]
         out.log(resume["step"], resumed_from=resume["step"])
     else:
-        before = held_out(cfg.eval.k)
+        before = held_out(cfg.eval.k, shifts=True)
         out.log(0, **before, **{"flops/rl": 0.0})
     last: dict = out.rows[-1]
     bar = Progress(cfg.rl.steps, f"rl:{cfg.rl.algorithm}")
@@ -80,7 +89,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     finally:
         bar.close()
     save_policy(policy, tok, out.path / "policy")
-    after = held_out(cfg.eval.k)
+    after = held_out(cfg.eval.k, shifts=True)
     out.log(cfg.rl.steps, **after, **{"flops/rl": last.get("flops/rl", 0.0)})
     summary = {
         **{f"{k}_before": v for k, v in before.items()},

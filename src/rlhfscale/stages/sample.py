@@ -20,7 +20,7 @@ from ..models.ladder import count_non_embedding
 from ..rm.data import count_tokens, sampled_row, write_jsonl
 from ..rollout.evaluate import generate
 from ..pipeline import STAGES
-from ..tasks import Example, Task
+from ..tasks import Example, Task, score_all
 from ..tasks.chat import corrupt
 from .common import input_policy, max_new_tokens, setup
 from .rundir import RunDir
@@ -58,7 +58,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
                                  "sample/responses": len(splits["train"]) * cfg.data.responses_per_prompt}
     for split, examples in splits.items():
         write_jsonl(out.path / f"{split}.jsonl", map(sampled_row, examples, responses[split]))
-        scores = [task.score(e, r) for e, rs in zip(examples, responses[split]) for r in rs]
+        scores = score_all(task, [e for e, rs in zip(examples, responses[split]) for _ in rs],
+                           [r for rs in responses[split] for r in rs])
         if scores:
             summary[f"sample/{split}_score"] = sum(scores) / len(scores)
     summary |= {"flops/sample": flops, "wall_s": out.wall_s}

@@ -1,21 +1,74 @@
-"""Tasks by name: prompts + gold solutions + verifier + step splitter."""
+"""Tasks by name (one `Registry`): prompts + gold solutions + verifier + step splitter.
+
+Each entry builds its task from a `TaskConfig` and imports its module only then, so this package
+stays light (the config validates `task.name` against it without torch). `score_all` scores many
+responses at once where a task can batch its verifier (code runs in one sandboxed process).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..registry import Registry
 from .base import Example, Task
 
-__all__ = ["Example", "Task", "make_task"]
+__all__ = ["Example", "Task", "TASKS", "make_task", "score_all"]
+
+TASKS: Registry[Callable[[Any], Task]] = Registry("task")
 
 
-def make_task(cfg) -> Task:
+@TASKS.register("arithmetic")
+def _arithmetic(cfg: Any) -> Task:
+    from .arithmetic import ArithmeticTask
+
+    return ArithmeticTask(n_ops=cfg.n_ops, first_digits=cfg.first_digits, digits=cfg.digits,
+                          operators=cfg.operators, n_templates=cfg.n_templates, seed=cfg.seed)
+
+
+@TASKS.register("chat")
+def _chat(cfg: Any) -> Task:
+    from .chat import ChatTask
+
+    return ChatTask(seed=cfg.seed, n_templates=cfg.n_templates)
+
+
+@TASKS.register("math")
+def _math(cfg: Any) -> Task:
+    from .math import MathTask
+
+    return MathTask(cfg.train_path, cfg.test_path, step_split=cfg.step_split)
+
+
+@TASKS.register("math-mini")
+def _math_mini(cfg: Any) -> Task:
+    from .math_gen import miniature_task
+
+    return miniature_task(n_ops=cfg.n_ops, seed=cfg.seed, step_split=cfg.step_split)
+
+
+@TASKS.register("code")
+def _code(cfg: Any) -> Task:
+    from .code import CodeTask
+
+    return CodeTask(cfg.train_path, cfg.test_path, all_pass=cfg.all_pass)
+
+
+@TASKS.register("code-mini")
+def _code_mini(cfg: Any) -> Task:
+    from .code_mini import MiniCodeTask
+
+    return MiniCodeTask(seed=cfg.seed)
+
+
+def make_task(cfg: Any) -> Task:
     """Build the task a `TaskConfig` names."""
-    if cfg.name == "arithmetic":
-        from .arithmetic import ArithmeticTask
+    return TASKS.get(cfg.name)(cfg)
 
-        return ArithmeticTask(n_ops=cfg.n_ops, first_digits=cfg.first_digits, digits=cfg.digits,
-                              operators=cfg.operators, n_templates=cfg.n_templates, seed=cfg.seed)
-    if cfg.name == "chat":
-        from .chat import ChatTask
 
-        return ChatTask(seed=cfg.seed, n_templates=cfg.n_templates)
-    raise KeyError(f"unknown task {cfg.name!r}; valid tasks: arithmetic, chat")
+def score_all(task: Task, examples: Sequence[Example], responses: Sequence[str]) -> list[float]:
+    """`task.score` of each (example, response) pair, batched when the task has `score_batch`."""
+    batch = getattr(task, "score_batch", None)
+    if batch is not None:
+        return list(batch(examples, responses))
+    return [task.score(e, r) for e, r in zip(examples, responses, strict=True)]

@@ -60,7 +60,7 @@ def load_math(source: rec.Source, step_split: str = "line", split: str | None = 
     out = []
     for where, row in rec.records(source, split):
         if "question" in row:
-            out.append(_gsm8k_example(where, row, step_split))
+            out.append(gsm8k_example(where, row, step_split))
         elif "problem" in row:
             out.append(_math_example(where, row, step_split))
         else:
@@ -80,7 +80,7 @@ def _join(steps: list[str], step_split: str) -> str:
     return ("\n" if step_split == "line" else "\n\n").join(steps)
 
 
-def _gsm8k_example(where: str, row: Mapping[str, Any], step_split: str) -> Example:
+def gsm8k_example(where: str, row: Mapping[str, Any], step_split: str) -> Example:
     question, answer = rec.text(where, row, "question"), rec.text(where, row, "answer")
     lines = [line for line in answer.strip().split("\n")]
     final = FINAL_RE.match(lines[-1])
@@ -128,6 +128,16 @@ class MathTask:
         self._test = load_math(test, step_split, split="test")
         held_out = {e.prompt for e in self._test}
         self._train = [e for e in load_math(train, step_split, split="train") if e.prompt not in held_out]
+
+    @classmethod
+    def from_examples(cls, train: list[Example], test: list[Example], step_split: str = "line", name: str = "math",
+                      timeout_s: float = 3.0) -> "MathTask":
+        """A task over examples already built (`gsm8k_example` rows), split as given."""
+        task = cls.__new__(cls)
+        task.name, task.step_split, task.timeout_s = name, step_split, timeout_s
+        held_out = {e.prompt for e in test}
+        task._test, task._train = list(test), [e for e in train if e.prompt not in held_out]
+        return task
 
     def examples(self, split: str, n: int) -> list[Example]:
         if split not in ("train", "test"):

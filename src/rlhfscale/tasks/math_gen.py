@@ -21,7 +21,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from .math import MathTask
+from .math import MathTask, gsm8k_example
 
 NAMES = [("Tom", "He"), ("Ann", "She"), ("Sam", "He"), ("Mia", "She"), ("Ben", "He"), ("Eva", "She"),
          ("Max", "He"), ("Zoe", "She")]
@@ -127,3 +127,13 @@ def miniature_math_task(folder: str | Path, n_train: int = 2000, n_test: int = 2
     """A `MathTask` over freshly written miniature files (the same loader path as real GSM8K)."""
     train, test = write_miniature_gsm8k(folder, n_train, n_test, seed, n_ops, max_value)
     return MathTask(train, test, name="math-mini")
+
+
+def miniature_task(n_train: int = 4000, n_test: int = 400, seed: int = 0, n_ops: int = 2, max_value: int = 99,
+                   step_split: str = "line") -> MathTask:
+    """A `MathTask` over miniature problems generated in memory (the rows the GSM8K loader reads from files)."""
+    train = [gsm8k_example(f"miniature train row {i}", row, step_split)
+             for i, row in enumerate(miniature_gsm8k("train", n_train, seed, n_ops, max_value))]
+    test = [gsm8k_example(f"miniature test row {i}", row, step_split)
+            for i, row in enumerate(miniature_gsm8k("test", n_test, seed, n_ops, max_value))]
+    return MathTask.from_examples(train, test, step_split=step_split, name="math-mini")
