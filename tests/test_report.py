@@ -96,6 +96,13 @@ def test_metrics_csv_is_the_tidy_table(report):
     assert csv["data.volume"].tolist() == (csv["data.prompts"] * 4).tolist()
 
 
+def test_notes_head_the_page(tmp_path):
+    index = write_report(study_rows(), tmp_path, spec_text=SPEC, version="1", title="t",
+                         notes=["this study mixes artifacts of 2 code versions"])
+    page = index.read_text()
+    assert page.index("Note: this study mixes artifacts of 2 code versions") < page.index("<table")
+
+
 def test_accepts_a_table_and_a_grid_with_nothing_to_test(tmp_path):
     table = to_table([{"trial": "only", "seed": 0, "eval/pass@1": 0.5}])
     index = write_report(table, tmp_path, spec_text="", version="0", title="Empty")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from toy_stages import PIPELINE, validate
 
+from rlhfscale.analysis.report import write_report
 from rlhfscale.errors import BadInput
 from rlhfscale.study import runner
 from rlhfscale.study.runner import collect_metrics, run_study, study_status
@@ -53,6 +54,10 @@ def test_a_deleted_index_is_rebuilt_from_the_artifacts(tmp_path, reference):
     (path.parent / "store" / "index.sqlite").unlink()
     again = run(path)
     assert again.ok and again.ran == [] and table(path) == reference == table(spec(tmp_path / "reference"))
+    reports = [write_report(table(p), p.parent / "report", spec_text="", version="0", title="t").parent
+               for p in (path, tmp_path / "reference" / "study.yaml")]
+    for name in ("claims.json", "metrics.csv"):
+        assert (reports[0] / name).read_bytes() == (reports[1] / name).read_bytes()
     assert Store(path.parent / "store").metrics() == {k: v for k, v in Store(tmp_path / "reference" / "store")
                                                       .metrics().items()}
 
@@ -148,6 +153,8 @@ def test_stale_artifacts_are_reported_and_rerun_exactly(tmp_path, monkeypatch):
     status = study_status(path, validate=validate, pipeline=PIPELINE)
     stale = {(r.stage, r.key) for r in status.rows if r.status == "stale"}
     assert stale == old and all("made by 0 @ c0ffee src old" in r.reason for r in status.rows if r.status == "stale")
+    assert runner.code_versions(path, validate=validate, pipeline=PIPELINE) == {
+        "0 @ c0ffee src old": len(old), "0 @ c0ffee src new": 6}
     rerun = run(path, rerun_stale=True)
     assert rerun.ok and set(rerun.ran) == old
     assert study_status(path, validate=validate, pipeline=PIPELINE).counts == {"done": 30}

@@ -11,7 +11,7 @@ import base64
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -31,6 +31,7 @@ th { background: #f3f3f3; }
 img { max-width: 100%; border: 1px solid #ddd; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 .metrics { font-size: 0.75em; }
+.note { background: #fff3cd; padding: 0.5em; }
 """
 
 
@@ -41,8 +42,10 @@ def write_report(
     spec_text: str,
     version: str,
     title: str,
+    notes: Sequence[str] = (),
 ) -> Path:
-    """Check every claim, draw the plots and write the report into ``out_dir``; returns index.html."""
+    """Check every claim, draw the plots and write the report into ``out_dir``; returns index.html.
+    `notes` (e.g. that the study mixes artifacts of several code versions) head the page."""
     rows = rows_or_table.to_dict("records") if isinstance(rows_or_table, pd.DataFrame) else rows_or_table
     table = to_table(rows)
     out = Path(out_dir)
@@ -53,7 +56,7 @@ def write_report(
     entries = [{key: _json_value(value) for key, value in asdict(c).items()} for c in results]
     (out / "claims.json").write_text(json.dumps(entries, indent=2) + "\n")
     to_csv(table, out / "metrics.csv")
-    page = render(table, results, pngs, spec_text=spec_text, version=version, title=title)
+    page = render(table, results, pngs, spec_text=spec_text, version=version, title=title, notes=notes)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -66,7 +69,7 @@ def _json_value(value: object) -> object:
 
 
 def render(table: pd.DataFrame, results: list[Claim], pngs: Mapping[str, Path], *,
-           spec_text: str, version: str, title: str) -> str:
+           spec_text: str, version: str, title: str, notes: Sequence[str] = ()) -> str:
     """The whole HTML page."""
     esc = html.escape
     summary = (f"{table[TRIAL].nunique()} trials, {table[SEED].nunique()} seed(s), {len(table)} rows; "
@@ -76,6 +79,7 @@ def render(table: pd.DataFrame, results: list[Claim], pngs: Mapping[str, Path], 
         f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{STYLE}</style></head><body>',
         f"<h1>{esc(title)}</h1>",
         f"<p>{summary}</p>",
+        *(f'<p class="note">Note: {esc(note)}</p>' for note in notes),
         "<h2>Claims</h2>",
         "<p>Each finding of Hou et al. 2024 (arXiv 2412.06000) checked on this grid: effect with its 95% "
         "confidence interval (paired by seed; a noise model pooled over the grid and aware that accuracies are "

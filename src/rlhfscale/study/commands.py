@@ -10,7 +10,7 @@ from rich.table import Table
 
 from rlhfscale import __version__
 from rlhfscale.pipeline import GRAPH as PIPELINE
-from rlhfscale.study.runner import collect_metrics, run_study, study_status
+from rlhfscale.study.runner import code_versions, collect_metrics, run_study, study_status
 
 FLOPS_PARTS = ("flops/sft", "flops/sample", "flops/label", "flops/rm", "flops/rl")
 
@@ -73,5 +73,9 @@ def report(spec: Path, out: Path) -> Path:
     from rlhfscale.analysis.report import write_report
 
     rows = analysis_rows(spec, out)
+    versions = code_versions(spec, validate=validate, pipeline=PIPELINE, store=out / "store")
+    notes = [f"this study mixes artifacts of {len(versions)} code versions ("
+             + "; ".join(f"{n} by {v}" for v, n in versions.items())
+             + "); `rlhfscale study run --rerun-stale` re-runs those another version made"] if len(versions) > 1 else []
     return write_report(rows, out / "report", spec_text=Path(spec).read_text(), version=__version__,
-                        title=f"rlhfscale study: {Path(spec).stem}")
+                        title=f"rlhfscale study: {Path(spec).stem}", notes=notes)

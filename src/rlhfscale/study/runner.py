@@ -347,6 +347,18 @@ def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: 
     return StudyStatus(rows, counts)
 
 
+def code_versions(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
+                  store: str | Path | None = None) -> dict[str, int]:
+    """How many of the study's artifacts each code version made (`version.describe` -> count)."""
+    plan = _plan(spec_path, validate, pipeline, store)
+    counts: dict[str, int] = {}
+    for node_id in map(_node_id, plan.nodes):
+        if plan.store.has_artifact(*node_id):
+            made_by = describe(plan.store.read_meta(*node_id).get("code", {}))
+            counts[made_by] = counts.get(made_by, 0) + 1
+    return counts
+
+
 def axis_value(trial: Trial, dotted: str) -> Any:
     """The trial's value on an axis: its override, else its resolved config's value (None where it has none)."""
     if dotted in trial.overrides:
