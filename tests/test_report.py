@@ -96,6 +96,17 @@ def test_metrics_csv_is_the_tidy_table(report):
     assert csv["data.volume"].tolist() == (csv["data.prompts"] * 4).tolist()
 
 
+def test_the_page_opens_with_what_was_learned(report):
+    out, index = report
+    page = index.read_text()
+    entries = json.loads((out / "claims.json").read_text())
+    learned = page[page.index("What this grid says"):page.index("<h2>Claims</h2>")]
+    for entry in entries:
+        if entry["verdict"] == "inconclusive":
+            assert entry["id"] in learned
+    assert ("Supported here:" in learned) == any(e["verdict"] == "supported" for e in entries)
+
+
 def test_notes_head_the_page(tmp_path):
     index = write_report(study_rows(), tmp_path, spec_text=SPEC, version="1", title="t",
                          notes=["this study mixes artifacts of 2 code versions"])

@@ -127,9 +127,9 @@ def test_a_nan_reward_stops_the_run_and_keeps_the_last_good_policy(sft_run, tmp_
     calls = {"n": 0}
     real_score = ArithmeticTask.score
 
-    def score(self, example, response):  # the verifier turns NaN from the second step on
+    def score(self, example, response):  # the verifier (one call per response) turns NaN from the second step on
         calls["n"] += 1
-        return float("nan") if calls["n"] > 2 * 16 * 8 else real_score(self, example, response)
+        return float("nan") if calls["n"] > 16 * 8 else real_score(self, example, response)
 
     cfg = config(steps=5)
     with monkeypatch.context() as m:
@@ -143,6 +143,24 @@ def test_a_nan_reward_stops_the_run_and_keeps_the_last_good_policy(sft_run, tmp_
     moved = sum((a - b).abs().sum().item() for a, b in zip(kept.parameters(), start.parameters()))
     assert moved > 0  # step 1's update is in the kept weights
     assert metrics(tmp_path)[-1]["error"].startswith("step 2: reward")
+
+
+def test_in_a_study_a_diverged_run_is_a_data_point(sft_run, tmp_path, monkeypatch):
+    """The study's rl stage records divergence (step and all) and evaluates the last good weights."""
+    calls = {"n": 0}
+    real_score = ArithmeticTask.score
+
+    def score(self, example, response):  # NaN from the third step on (held-out evals stubbed out)
+        calls["n"] += 1
+        return float("nan") if calls["n"] > 2 * 16 * 8 else real_score(self, example, response)
+
+    with monkeypatch.context() as m:
+        m.setattr(rl, "evaluate", lambda *a, **k: {"eval/pass@1": 0.25})
+        m.setattr(ArithmeticTask, "score", score)
+        summary = rl.run(config(steps=5), {"sft": str(sft_run)}, tmp_path, record_divergence=True)
+    assert summary["rl/diverged"] == 1.0 and summary["rl/diverged_step"] == 3.0
+    assert summary["eval/pass@1_after"] == 0.25 and (tmp_path / "policy" / "model.safetensors").is_file()
+    assert [r["step"] for r in metrics(tmp_path) if "rl/reward" in r] == [1, 2]
 
 
 def test_cli_stops_on_a_nan_reward_with_one_line_and_exit_code_1(sft_run, tmp_path):

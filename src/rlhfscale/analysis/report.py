@@ -80,6 +80,8 @@ def render(table: pd.DataFrame, results: list[Claim], pngs: Mapping[str, Path], 
         f"<h1>{esc(title)}</h1>",
         f"<p>{summary}</p>",
         *(f'<p class="note">Note: {esc(note)}</p>' for note in notes),
+        "<h2>What this grid says</h2>",
+        _learned(results),
         "<h2>Claims</h2>",
         "<p>Each finding of Hou et al. 2024 (arXiv 2412.06000) checked on this grid: effect with its 95% "
         "confidence interval (paired by seed; a noise model pooled over the grid and aware that accuracies are "
@@ -101,6 +103,24 @@ def render(table: pd.DataFrame, results: list[Claim], pngs: Mapping[str, Path], 
         f"<footer><p>rlhfscale {esc(version)}</p></footer>",
         "</body></html>",
     ])
+
+
+def _learned(results: list[Claim]) -> str:
+    """The verdicts in a few sentences: what held, what did not, and how large an effect the rest could show."""
+    by = {v: [c for c in results if c.verdict == v] for v in ("supported", "not supported", "inconclusive", "not tested")}
+    sentences = []
+    if by["supported"]:
+        sentences.append("Supported here: " + "; ".join(f"{html.escape(c.title)} (effect {_number(c.effect)})"
+                                                         for c in by["supported"]) + ".")
+    if by["not supported"]:
+        sentences.append("Not supported here: " + "; ".join(f"{html.escape(c.title)} (effect {_number(c.effect)})"
+                                                             for c in by["not supported"]) + ".")
+    if by["inconclusive"]:
+        sentences.append("Inconclusive, with the smallest effect this grid could have detected: " + "; ".join(
+            f"{c.id} ({_number(c.min_detectable, False)})" for c in by["inconclusive"]) + ".")
+    if by["not tested"]:
+        sentences.append("Not tested by this grid: " + ", ".join(c.id for c in by["not tested"]) + ".")
+    return f"<p>{' '.join(sentences)}</p>"
 
 
 def _number(value: float, sign: bool = True) -> str:

@@ -9,15 +9,20 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel
+from transformers.utils import logging as hf_logging
 
 from ..models.checkpoint import Checkpointer
 from ..models.io import load_policy, new_policy
 from ..study.keys import canonical_json
 from ..tasks import Task, make_task
+from .rundir import in_study
 
 
 def start(cfg: Any) -> None:
-    """Set torch threads (``RLHFSCALE_THREADS``, which the study sets per stage, else all cores) and seeds."""
+    """Set torch threads (``RLHFSCALE_THREADS``, which the study sets per stage, else all cores) and seeds; in a
+    study, silence transformers' own progress bars (the runner prints one line per stage)."""
+    if in_study():
+        hf_logging.disable_progress_bar()
     threads = int(os.environ.get("RLHFSCALE_THREADS", "0")) or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..contract import view
 from ..pipeline import STAGES
+from .rundir import in_study
 from . import bon as bon_stage
 from . import eval as eval_stage
 from . import label as label_stage
@@ -66,9 +67,13 @@ def bon(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[st
 
 
 def rl(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:
-    summary = rl_stage.run(config, inputs, out_dir)
+    """RL, with each ``eval/pass@1*_after`` figure also under its plain name (``eval/pass@1``,
+    ``eval/pass@1_<label>`` of eval.tasks); in a study a diverged run is a data point (``rl/diverged``)."""
+    summary = rl_stage.run(config, inputs, out_dir, record_divergence=in_study())
     write_curve(Path(out_dir))
-    return {**summary, "eval/pass@1": summary["eval/pass@1_after"]}
+    finals = {k.removesuffix("_after"): v for k, v in summary.items() if k.startswith("eval/pass@1") and
+              k.endswith("_after")}
+    return {**summary, **finals}
 
 
 def eval(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:  # noqa: A001

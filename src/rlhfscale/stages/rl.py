@@ -6,7 +6,9 @@ sources read when ``rl.orm_path`` / ``rl.prm_path`` are unset). The full trainin
 every ``rl.checkpoint_every`` steps under ``<out>/checkpoint``; a run started in a folder holding a
 checkpoint of the same settings resumes from it and ends as the uninterrupted run. A NaN or inf
 in a reward or loss stops the run: ``policy/`` then holds the last good weights and the error
-(naming the step and the quantity) is re-raised.
+(naming the step and the quantity) is re-raised, or, with ``record_divergence`` (a study, where a
+diverged run is a data point), the run ends there: its summary has ``rl/diverged`` 1 and
+``rl/diverged_step``, evaluated on the last good weights.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def make_critic(cfg: BaseModel, policy, rm_run: str | None):
     return critic_from_policy(policy)
 
 
-def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str, float]:
+def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_divergence: bool = False) -> dict[str, float]:
     cfg = view(STAGES["rl"], cfg)
     task = setup(cfg)
     policy, tok = input_policy(cfg, inputs["sft"])
@@ -78,23 +80,28 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
         last = out.log(step, **info)
         bar.advance(f"reward {info['rl/reward']:.3f} gold {info['rl/gold_reward']:.3f}")
 
+    diverged: dict[str, float] = {"rl/diverged": 0.0}
     try:
         train(policy, tok, prompts, reward, cfg, max_new_tokens=budget, critic=critic, reward_params=reward.params,
               on_step=on_step, checkpoint=ckpt, resume=resume, extra_state=lambda: {"rows": out.rows, "before": before})
-    except NonFiniteError as e:
-        save_policy(policy, tok, out.path / "policy")  # the update that would have used the bad value never ran
+    except NonFiniteError as e:  # the update that would have used the bad value never ran: the weights are good
         out.log(last.get("step", 0) + 1, error=str(e))
-        out.close()
-        raise
+        if not record_divergence:
+            save_policy(policy, tok, out.path / "policy")
+            out.close()
+            raise
+        diverged = {"rl/diverged": 1.0, "rl/diverged_step": float(last.get("step", 0) + 1)}
     finally:
         bar.close()
     save_policy(policy, tok, out.path / "policy")
     after = held_out(cfg.eval.k, shifts=True)
-    out.log(cfg.rl.steps, **after, **{"flops/rl": last.get("flops/rl", 0.0)})
+    out.log(int(last.get("step", 0)) if diverged["rl/diverged"] else cfg.rl.steps, **after,
+            **{"flops/rl": last.get("flops/rl", 0.0)})
     summary = {
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
         **{k: v for k, v in last.items() if k.startswith(("rl/", "flops/"))},
+        **diverged,
         "wall_s": out.wall_s,
     }
     out.write_summary(summary)

@@ -20,6 +20,14 @@ from pydantic import BaseModel
 from ..config import dump_config
 
 
+STUDY_ENV = "RLHFSCALE_STUDY"  # set by the study engine around each stage call
+
+
+def in_study() -> bool:
+    """Whether this stage runs inside a study (whose runner prints one line per stage)."""
+    return os.environ.get(STUDY_ENV) == "1"
+
+
 def show_progress() -> bool:
     """Rich progress bars only in a terminal and never under CI."""
     return sys.stdout.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
@@ -82,7 +90,7 @@ class Progress:
     def __init__(self, total: int, description: str):
         self.total, self.description, self.done = max(total, 1), description, 0
         self._bar = None
-        if show_progress():
+        if show_progress() and not in_study():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -94,7 +102,7 @@ class Progress:
         self.done += 1
         if self._bar is not None:
             self._bar.update(self._task, advance=1, info=info)
-        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
+        elif not in_study() and (self.done == self.total or self.done % max(1, self.total // 10) == 0):
             print(f"{self.description} {self.done}/{self.total} {info}".rstrip(), flush=True)
 
     def close(self) -> None:

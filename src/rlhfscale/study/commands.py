@@ -33,7 +33,7 @@ def run(spec: Path, out: Path, *, executor: str | None, address: str | None, max
                        max_workers=max_workers, store=out / "store", rerun_stale=rerun_stale)
     console = Console()
     for note in result.notes:
-        console.print(f"note: {note}", markup=False)
+        print(f"note: {note}", flush=True)  # one line each, whatever the terminal's width
     console.print(f"study {result.study}: {len(result.ran)} stages ran, {result.skipped} already done, "
                   f"{len(result.failed)} failed, {len(result.blocked)} blocked")
     if result.stale and not rerun_stale:

@@ -29,7 +29,9 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from rlhfscale.errors import BadInput
 from rlhfscale.study.store import CHECKPOINT, Store, publish, write_meta
 
 THREAD_ENV = ("RLHFSCALE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+STUDY_ENV = "RLHFSCALE_STUDY"
 RAY_OBJECT_STORE_BYTES = 128 * 1024**2  # a local Ray instance's object store (stage results are small)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_ERROR_CHARS = 300
@@ -107,6 +110,21 @@ def set_thread_env(threads: int) -> None:
     os.environ.update({name: str(threads) for name in THREAD_ENV})
 
 
+@contextmanager
+def in_study() -> Iterator[None]:
+    """Tell the stage code it runs in a study (env `STUDY_ENV`): it then keeps its progress to itself (the runner
+    prints one line per stage) and records a diverged RL run as a data point instead of failing."""
+    previous = os.environ.get(STUDY_ENV)
+    os.environ[STUDY_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(STUDY_ENV, None)
+        else:
+            os.environ[STUDY_ENV] = previous
+
+
 def finish_artifact(folder: Path, metrics: dict[str, float], meta: dict[str, Any], wall_s: float) -> None:
     """Complete a stage's folder: drop its checkpoint, write summary.json (if the stage wrote none) and meta.json."""
     shutil.rmtree(folder / CHECKPOINT, ignore_errors=True)
@@ -128,7 +146,8 @@ def run_stage(call: StageCall) -> StageOutcome:
     partial = None
     try:
         partial = store.partial_dir(call.stage, call.key)
-        metrics = flat_metrics(call.stage, resolve(call.fn)(call.config, call.inputs, str(partial)))
+        with in_study():
+            metrics = flat_metrics(call.stage, resolve(call.fn)(call.config, call.inputs, str(partial)))
         finish_artifact(partial, metrics, {**call.meta, "stage": call.stage, "key": call.key,
                                            "config": call.config, "threads": call.threads},
                         time.perf_counter() - start)
