@@ -197,9 +197,15 @@ def study_run(spec: Path = SPEC, out: Optional[Path] = STUDY_OUT,
               address: Optional[str] = typer.Option(None, help="Ray cluster address to join"),
               max_workers: Optional[int] = typer.Option(None, help="stages run at once"),
               rerun_stale: bool = typer.Option(False, "--rerun-stale",
-                                               help="re-run the artifacts another code version made")) -> None:
+                                               help="re-run the artifacts another code version made"),
+              dry_run: bool = typer.Option(False, "--dry-run", help="validate, check and key every trial and stage; "
+                                           "list the stage runs to do; run nothing")) -> None:
     """Run every stage of the study that is not done yet, then write the report."""
     from .study import commands
+
+    if dry_run:
+        commands.dry_run(spec, _out(out, spec.stem))
+        return
 
     try:
         ok = commands.run(spec, _out(out, spec.stem), executor=executor, address=address, max_workers=max_workers,

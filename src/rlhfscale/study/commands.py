@@ -10,7 +10,7 @@ from rich.table import Table
 
 from rlhfscale import __version__
 from rlhfscale.pipeline import GRAPH as PIPELINE
-from rlhfscale.study.runner import code_versions, collect_metrics, run_study, study_status
+from rlhfscale.study.runner import code_versions, collect_metrics, plan_study, run_study, study_status
 
 FLOPS_PARTS = ("flops/sft", "flops/sample", "flops/label", "flops/rm", "flops/rl")
 
@@ -43,6 +43,20 @@ def run(spec: Path, out: Path, *, executor: str | None, address: str | None, max
         console.print(f"  failed {stage} {key}: {error}")
     console.print(f"report: {report(spec, out)}")
     return result.ok
+
+
+def dry_run(spec: Path, out: Path) -> None:
+    """Print every stage run the study would need (and which are done), without running or writing anything."""
+    stages, warnings = plan_study(spec, validate=validate, pipeline=PIPELINE, store=out / "store")
+    for warning in warnings:
+        print(f"note: {warning}")
+    table = Table(title=f"{spec}: {sum(s.state != 'done' for s in stages)} of {len(stages)} stage runs to do")
+    for col in ("stage", "key", "state", "resources", "trials"):
+        table.add_column(col)
+    for s in stages:
+        resources = ", ".join(f"{k}={v:g}" for k, v in s.resources.items())
+        table.add_row(s.stage, s.key, s.state, resources, f"{len(s.trials)}: {s.trials[0]}" + (" ..." if len(s.trials) > 1 else ""))
+    Console(width=200).print(table)
 
 
 def status(spec: Path, out: Path) -> None:

@@ -309,6 +309,30 @@ def run_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pip
     return result
 
 
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: str
+    key: str
+    trials: list[str]  # the trials that share this stage run
+    resources: dict[str, float]
+    state: str  # missing | done | stale | damaged
+
+
+def plan_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
+               store: str | Path | None = None) -> tuple[list[PlannedStage], list[str]]:
+    """A dry run: every unique stage run of the study (validated, checked, keyed), with the state of its artifact,
+    and the checks' warnings. Nothing is run or written."""
+    plan = _plan(spec_path, validate, pipeline, store)
+    trials: dict[NodeId, list[str]] = {}
+    for trial, keys in zip(plan.trials, plan.keys):
+        for node_id in keys.items():
+            trials.setdefault(node_id, []).append(trial.id)
+    code = code_version()
+    stages = [PlannedStage(n.stage.name, n.key, trials[_node_id(n)], dict(n.stage.resources),
+                           artifact_state(plan.store, _node_id(n), code)[0]) for n in plan.nodes]
+    return stages, plan.warnings
+
+
 def _skip_reason(trial: Trial, pipeline: Pipeline, stage_name: str) -> str:
     stage = next(s for s in pipeline if s.name == stage_name)
     if not is_enabled(stage, trial.config):
