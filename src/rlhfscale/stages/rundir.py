@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..config import dump_config
+from . import tracking
+from .tracking import Tracker
 
 
 STUDY_ENV = "RLHFSCALE_STUDY"  # set by the study engine around each stage call
@@ -40,12 +42,18 @@ def _clean(v: Any) -> Any:
 
 
 class RunDir:
+    """A run directory; every logged number also goes to the trackers `stages.tracking` names (opened on the
+    first logged line, so a folder that only gets a summary gets no tracker files)."""
+
     def __init__(self, path: str | Path, config: BaseModel | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
         self.rows: list[dict[str, Any]] = []  # every logged line, for a checkpoint to carry
         self._metrics = (self.path / "metrics.jsonl").open("a")
+        self._config = config.model_dump(mode="json") if config is not None else {}
+        self._trackers: list[Tracker] | None = None
+        tracking.chosen()  # an unknown tracker name is bad input before any work
         if config is not None:
             dump_config(config, self.path / "config.yaml")
 
@@ -71,6 +79,12 @@ class RunDir:
         self.rows.append(row)
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        if self._trackers is None:
+            self._trackers = tracking.open_trackers(self.path, self._config)
+        numbers = {k: float(v) for k, v in row.items() if k not in ("step", "wall_s") and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
+        for tracker in self._trackers:
+            tracker.log(int(row["step"]), numbers)
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write `summary.json` atomically (flat keys such as ``eval/pass@1``)."""
@@ -82,6 +96,8 @@ class RunDir:
 
     def close(self) -> None:
         self._metrics.close()
+        for tracker in self._trackers or []:
+            tracker.close()
 
 
 class Progress:
