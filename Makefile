@@ -38,7 +38,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider tests/vllm
+	$(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider tests/vllm_backend
 
 bench: $(STAMP)
 	$(VENV)/bin/rlhfscale bench rollout
