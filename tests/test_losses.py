@@ -9,6 +9,7 @@ from rlhfscale.rl.losses import (
     FixedKLController,
     entropy_from_logits,
     kl_penalty,
+    logprob_gap,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -356,3 +357,36 @@ def test_adaptive_kl_controller_matches_trl_loop():
         value *= mult
         ctl.update(kl, 64)
         assert ctl.value == pytest.approx(value)
+
+
+# --- rollout engine vs trainer log-probs ------------------------------------------------------
+
+
+def test_logprob_gap_hand_example():
+    engine = torch.tensor([[-1.0, -2.0, -9.0]])
+    trainer = torch.tensor([[-1.0, -1.5, 4.0]])
+    gap = logprob_gap(engine, trainer, torch.tensor([[1, 1, 0]]))
+    assert gap["gap_mean"].item() == pytest.approx(0.25) and gap["gap_max"].item() == pytest.approx(0.5)
+    ratios = [1.0, math.exp(0.5)]
+    mean = sum(ratios) / 2
+    assert gap["ratio_std"].item() == pytest.approx(math.sqrt(sum((r - mean) ** 2 for r in ratios) / 2))
+
+
+def test_logprob_gap_masked_tokens_change_nothing_and_equal_logprobs_give_zero():
+    new, old, *_, mask = random_batch(seed=5)
+    gap = logprob_gap(old, new, mask)
+    garbage = torch.where(mask, old, torch.full_like(old, float("nan")))
+    for key, value in logprob_gap(garbage, new, mask).items():
+        torch.testing.assert_close(value, gap[key])
+    assert all(v.item() == 0 for v in logprob_gap(new, new, mask).values())
+
+
+def test_logprob_gap_matches_a_reference_loop():
+    new, old, *_, mask = random_batch(seed=6)
+    diffs = [(new[b, t] - old[b, t]).item() for b in range(new.shape[0]) for t in range(new.shape[1]) if mask[b, t]]
+    ratios = [math.exp(d) for d in diffs]
+    mean = sum(ratios) / len(ratios)
+    gap = logprob_gap(old, new, mask)
+    assert gap["gap_mean"].item() == pytest.approx(sum(abs(d) for d in diffs) / len(diffs))
+    assert gap["gap_max"].item() == pytest.approx(max(abs(d) for d in diffs))
+    assert gap["ratio_std"].item() == pytest.approx(math.sqrt(sum((r - mean) ** 2 for r in ratios) / len(ratios)))

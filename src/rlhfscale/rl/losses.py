@@ -197,6 +197,21 @@ def value_loss(
     return loss, {"vf_clipfrac": vf_clipfrac}
 
 
+def logprob_gap(rollout_logprobs: Tensor, trainer_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """How far a rollout engine's log-probs of the sampled tokens are from the trainer's own.
+
+    rollout_logprobs, trainer_logprobs: [B, T]; mask: [B, T]. Returns detached 0-dim tensors over valid
+    tokens: ``gap_mean`` and ``gap_max`` (mean and max of |log π_rollout - log π_trainer|) and
+    ``ratio_std`` (the spread of the importance ratio π_trainer / π_rollout; 0 when they agree).
+    """
+    valid = mask.bool()
+    diff = (trainer_logprobs - rollout_logprobs).masked_fill(~valid, 0.0).detach()
+    ratio = diff.exp()
+    mean_ratio = masked_mean(ratio, valid)
+    return {"gap_mean": masked_mean(diff.abs(), valid), "gap_max": diff.abs().max(),
+            "ratio_std": masked_mean((ratio - mean_ratio).square(), valid).sqrt()}
+
+
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits) per position: logsumexp(z) - Σ softmax(z) z. [B, T, V] -> [B, T]."""
     probs = torch.softmax(logits, dim=-1)
