@@ -119,3 +119,13 @@ def test_ctrl_c_on_a_study_says_it_can_be_resumed(monkeypatch, capsys, tmp_path)
     code, lines = main(monkeypatch, capsys, "study", "run", str(tmp_path / "study.yaml"))
     assert code == 130 and len(lines) == 1
     assert "interrupted" in lines[0] and "run `rlhfscale study run" in lines[0] and "again to resume" in lines[0]
+
+
+def test_the_vllm_backend_without_vllm_is_one_line(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    code, lines = main(monkeypatch, capsys, "rl", "sampling.backend=vllm", "--out", str(tmp_path / "run"))
+    assert code == 2 and len(lines) == 1 and "sampling.backend=vllm: expected the vllm package" in lines[0]
+    assert list(tmp_path.iterdir()) == []

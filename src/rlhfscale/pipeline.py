@@ -23,23 +23,24 @@ ENTRY = "rlhfscale.stages.entry"
 CHECKS = "rlhfscale.checks"
 START = ["seed", "device", "task"]  # what every stage that builds or runs a model reads
 BUDGET = "sampling.max_new_tokens"  # the generation budget of any evaluation
+SAMPLING = ["sampling.temperature", "sampling.top_p", "sampling.top_k", BUDGET]  # all but the RL rollout engine
 
 GRAPH: Pipeline = [
     StageDef(name="sft", fn=f"{ENTRY}:sft", reads=START + ["policy", "sft", "eval.n_prompts", BUDGET]),
     StageDef(name="rm_base", fn=f"{ENTRY}:rm_base", enabled="rm.enabled",
              reads=START + ["rm.size", "rm.init_path", "policy.max_len", "sft", "eval.n_prompts", BUDGET]),
     StageDef(name="sample", fn=f"{ENTRY}:sample", optional_inputs=["sft"], enabled="rm.enabled",
-             reads=START + ["sampling", "data.prompts", "data.responses_per_prompt", "data.source",
+             reads=START + [*SAMPLING, "data.prompts", "data.responses_per_prompt", "data.source",
                             "data.heldout_prompts"]),
     StageDef(name="label", fn=f"{ENTRY}:label", inputs=["sample"], optional_inputs=["sft"], enabled="rm.enabled",
-             reads=START + ["sampling", "data.rater_temperature", "data.mc_rollouts"]),
+             reads=START + [*SAMPLING, "data.rater_temperature", "data.mc_rollouts"]),
     StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base"], enabled="rm.enabled",
              reads=["seed", "device", "policy.max_len", "rm"], check=f"{CHECKS}:rm"),
     StageDef(name="bon", fn=f"{ENTRY}:bon", inputs=["sft", "rm"], enabled="rm.enabled",
-             reads=START + ["sampling", "rm.aggregation", "bon"]),
+             reads=START + [*SAMPLING, "rm.aggregation", "bon"]),
     StageDef(name="rl", fn=f"{ENTRY}:rl", inputs=["sft"], optional_inputs=["rm"], enabled="rl.enabled",
              reads=START + ["sampling", "rl", "eval.n_prompts", "eval.k", "eval.tasks"], check=f"{CHECKS}:rl"),
     StageDef(name="eval", fn=f"{ENTRY}:eval", inputs=["rl"], enabled=False,
-             reads=START + ["sampling", "eval"], check=f"{CHECKS}:evaluation"),
+             reads=START + [*SAMPLING, "eval"], check=f"{CHECKS}:evaluation"),
 ]
 STAGES: Registry[StageDef] = Registry.of("stage", {stage.name: stage for stage in GRAPH})
