@@ -10,9 +10,8 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from rlhfscale.errors import BadInput
 from rlhfscale.models.io import new_policy, save_policy
 from rlhfscale.models.llama import hidden_states
-from rlhfscale.models.reward import (
-    RewardModel, load_reward_model, pack, prm_token_scores, reward_model_from, step_end_mask,
-)
+from rlhfscale.models.reward import RewardModel, load_reward_model, pack, prm_token_scores, reward_model_from
+from rlhfscale.models.steps import line_end_mask
 from rlhfscale.models.train import left_pad
 from rlhfscale.rm.data import (
     Outcome, Sampled, encode_outcomes, encode_preferences, encode_steps, load_outcomes, preference_pairs,
@@ -88,32 +87,36 @@ def test_load_reward_model_rejects_a_causal_lm(nano, tmp_path):
         load_reward_model(tmp_path / "missing")
 
 
-def test_step_end_mask_hand_example():
-    NL, EOS, PAD = 9, 2, 0
+def test_line_end_mask_hand_example():
+    NL, EOS, PAD, SPACE = 9, 2, 0, 4
+    content = torch.tensor([False, False, False, False, False, True, True, True, True, False])  # 5-8: text
     ids = torch.tensor([
         [5, 6, NL, 7, NL, 8, EOS],  # two closed lines, then a last line closed by EOS
         [5, NL, NL, 6, NL, EOS, PAD],  # a blank line ends nothing; EOS after a newline ends nothing
         [NL, 5, 6, 7, PAD, PAD, PAD],  # truncated: the last token ends the line
         [EOS, PAD, PAD, PAD, PAD, PAD, PAD],  # empty response: no step
+        [SPACE, NL, 5, SPACE, NL, SPACE, EOS],  # blank lines (spaces only) end nothing; "5 " does
     ])
-    mask = torch.tensor([[1] * 7, [1] * 6 + [0], [1] * 4 + [0] * 3, [1] + [0] * 6])
+    mask = torch.tensor([[1] * 7, [1] * 6 + [0], [1] * 4 + [0] * 3, [1] + [0] * 6, [1] * 7])
     T, F = True, False
-    assert step_end_mask(ids, mask, NL).tolist() == [
+    assert line_end_mask(ids, mask, NL, content).tolist() == [
         [F, F, T, F, T, F, T],
         [F, T, F, F, T, F, F],
         [F, F, F, T, F, F, F],
         [F, F, F, F, F, F, F],
+        [F, F, F, F, T, F, F],
     ]
 
 
 def test_encode_steps_puts_one_step_end_per_label(nano):
     _, tok = nano
-    newline = tok.encode("\n", add_special_tokens=False)[0]
-    (seq, ends, labels), = encode_steps(tok, [StepExample("q\n", ["12+3=15", "answer: 15"], [1.0, 0.0])], newline, "x")
+    (seq, ends, labels), = encode_steps(tok, [StepExample("q\n", ["12+3=15", "answer: 15"], [1.0, 0.0])], "x")
     assert tok.decode(seq[ends[0]]) == "\n" and seq[ends[1]] == tok.eos_token_id and labels == [1.0, 0.0]
     assert tok.decode(seq[:ends[0]]) == "q\n12+3=15"
     with pytest.raises(BadInput, match="steps.jsonl record 1: expected 2 one-line, non-empty steps, found 3"):
-        encode_steps(tok, [StepExample("q\n", ["a\nb", "c"], [1.0, 1.0])], newline, "steps.jsonl")
+        encode_steps(tok, [StepExample("q\n", ["a\nb", "c"], [1.0, 1.0])], "steps.jsonl")
+    (seq, ends, _), = encode_steps(tok, [StepExample("q\n", ["a\nb", "c"], [1.0, 1.0])], "x", "paragraph")
+    assert tok.decode(seq[:ends[0] + 1]) == "q\na\nb\n\n" and seq[ends[1]] == tok.eos_token_id
 
 
 def test_load_outcomes_names_the_bad_line(tmp_path):
@@ -242,7 +245,6 @@ def test_lm_coef_teaches_the_backbone_the_right_responses_only(nano, kind):
     steps (here: every response's wrong tail is the same junk line) would learn the junk too."""
     policy, tok = nano
     task = ArithmeticTask()
-    newline = tok.encode("\n", add_special_tokens=False)[0]
     train = task.examples("train", 64)
     steps = [StepExample(e.prompt, e.solution.split("\n") + ["zzzz"], [1.0] * 3 + [0.0]) for e in train]
     pairs = [PreferencePair(e.prompt, e.solution, "zzzz") for e in train]
@@ -258,7 +260,7 @@ def test_lm_coef_teaches_the_backbone_the_right_responses_only(nano, kind):
     losses = {}
     for coef in (0.0, 1.0):
         model = reward_model_from(kind, policy, tok.pad_token_id)
-        data = RMData(steps=encode_steps(tok, steps, newline, "x")) if kind == "prm" else \
+        data = RMData(steps=encode_steps(tok, steps, "x")) if kind == "prm" else \
             RMData(pairs=encode_preferences(tok, pairs))
         train_reward_model(model, data, kind=kind, steps=60, batch_size=16, lr=3e-3, warmup=5, weight_decay=0.0,
                            weight=1.0, pad_id=tok.pad_token_id, seed=0, lm_coef=coef)

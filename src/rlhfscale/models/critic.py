@@ -1,58 +1,55 @@
-"""The PPO critic: a Llama backbone with a scalar head read at every token, values ``[B, T]``.
+"""The PPO critic: a causal LM's backbone with a scalar value head read at every token, values ``[B, T]``.
 
-Stored as a Hugging Face `LlamaForSequenceClassification` with one label, so a
-critic folder is a plain HF folder and a reward model's folder initializes one
-(its backbone and score head load as they are). The forward is our fast
-`hidden_states` (`shared_prefix` for RL batches), the same one the policy
-trains with; HF's own forward pools the last token and would throw the
-per-token values away.
+Stored as a Hugging Face `<Arch>ForSequenceClassification` with one label (any architecture
+`transformers` has that head for), so a critic folder is a plain HF folder and an outcome reward
+model's folder initializes one (its backbone and score head load as they are). The forward is
+`models.forward`'s, the one the policy trains with (the fast Llama path for the ladder, the
+model's own forward otherwise; the n responses to a prompt share its forward either way). HF's
+own sequence-classification forward pools the last token and would throw the per-token values
+away, so the head is applied here to every position.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
-from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from ..errors import BadInput
-from .llama import hidden_states
-from .shared_prefix import response_hidden_states
+from .forward import hidden_states, response_hidden_states
+from .reward import head_config
 
 
-def critic_from_policy(policy: LlamaForCausalLM) -> LlamaForSequenceClassification:
+def critic_from_policy(policy: PreTrainedModel) -> PreTrainedModel:
     """A critic with the policy's backbone weights (copied) and a zero head: every value starts at 0."""
-    config = copy.deepcopy(policy.config)
-    config.num_labels = 1
-    config.architectures = ["LlamaForSequenceClassification"]
-    critic = LlamaForSequenceClassification(config).to(policy.device)
-    critic.model.load_state_dict(policy.model.state_dict())
+    config = head_config(policy.config, policy.config.pad_token_id)
+    critic = AutoModelForSequenceClassification.from_config(config).to(policy.device)
+    critic.base_model.load_state_dict(policy.base_model.state_dict())
     torch.nn.init.zeros_(critic.score.weight)
     return critic
 
 
-def critic_from_rm(path: str | Path, device: str = "cpu") -> LlamaForSequenceClassification:
+def critic_from_rm(path: str | Path, device: str = "cpu") -> PreTrainedModel:
     """A critic initialized from a reward model's HF folder: its backbone and its scalar head."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise BadInput(f"{p}: expected a reward model folder with config.json for rl.critic_init=rm, found none")
-    return LlamaForSequenceClassification.from_pretrained(p, num_labels=1, dtype=torch.float32).to(device)
+    return AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, dtype=torch.float32).to(device)
 
 
-def token_values(critic: LlamaForSequenceClassification, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+def token_values(critic: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """The critic's value at every position of ids [B, T] (pads: attn == 0): ``[B, T]``, float32."""
-    return _values(critic, hidden_states(critic.model, ids, attn))
+    return _values(critic, hidden_states(critic, ids, attn))
 
 
-def response_values(critic: LlamaForSequenceClassification, ids: torch.Tensor, attn: torch.Tensor,
-                    prompt_len: int) -> torch.Tensor:
+def response_values(critic: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """V of the state before each response token of ids [B, P + R] (the prefix it is sampled from): ``[B, R]``,
-    float32; `token_values` at columns P-1 .. P+R-2, each distinct prompt run once (`shared_prefix`)."""
+    float32; `token_values` at columns P-1 .. P+R-2, each distinct prompt run once."""
     P = prompt_len
-    return _values(critic, response_hidden_states(critic.model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:]))
+    return _values(critic, response_hidden_states(critic, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:]))
 
 
-def _values(critic: LlamaForSequenceClassification, h: torch.Tensor) -> torch.Tensor:
+def _values(critic: PreTrainedModel, h: torch.Tensor) -> torch.Tensor:
     """The scalar head on hidden states h [..., D]: ``[...]``, float32."""
     return critic.score(h).squeeze(-1).float()

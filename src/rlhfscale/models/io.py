@@ -1,4 +1,5 @@
-"""Creating, saving and loading policies; every checkpoint folder is a plain HF folder.
+"""Creating, saving and loading policies; every checkpoint folder is a plain HF folder, and any causal LM
+`transformers` loads is a policy (its forward is chosen per model by `models.forward`).
 
 A folder written here loads with ``AutoModelForCausalLM.from_pretrained`` and
 ``AutoTokenizer.from_pretrained`` and nothing of ours.
@@ -6,6 +7,7 @@ A folder written here loads with ``AutoModelForCausalLM.from_pretrained`` and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -14,6 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from ..errors import BadInput
 from .ladder import build_model
 from .tokenizer import build_tokenizer
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def new_policy(size: str, seed: int, max_len: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -24,16 +28,27 @@ def new_policy(size: str, seed: int, max_len: int) -> tuple[PreTrainedModel, Pre
 
 
 def load_policy(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load an HF causal LM folder (ours or any Llama checkpoint) and its tokenizer."""
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise BadInput(f"{p}: expected a Hugging Face model folder with config.json, found none")
-    tok = AutoTokenizer.from_pretrained(p)
+    """Load any causal LM `transformers` loads (a local HF folder, or a hub id such as ``Qwen/Qwen2.5-0.5B``)
+    and its tokenizer, in float32, with a pad token (the EOS when it has none) and left padding."""
+    source = model_source(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device)
+    except (OSError, ValueError) as e:
+        first_line = (str(e).splitlines() or [type(e).__name__])[0]
+        raise BadInput(f"{source}: expected a causal LM that transformers loads, found: {first_line}") from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).to(device)
     return model, tok
+
+
+def model_source(path: str | Path) -> str:
+    """A local folder with config.json, or a hub id (``owner/name``, not an existing path) as it is."""
+    p = Path(path)
+    if (p / "config.json").is_file() or (not p.exists() and HUB_ID.fullmatch(str(path))):
+        return str(path)
+    raise BadInput(f"{p}: expected a Hugging Face model folder with config.json (or a hub id), found none")
 
 
 def save_policy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, path: str | Path) -> Path:

@@ -1,6 +1,9 @@
-"""A compact Llama forward that runs on the weights of a Hugging Face Llama.
+"""A compact Llama forward that runs on the weights of a Hugging Face Llama: the miniature world's fast path.
 
-The HF classes are the storage format. Every function here reads the
+It implements exactly the Llama that `models.forward.fast_path_reason` accepts (tests show its
+logits equal `LlamaForCausalLM`'s on the same weights); `models.forward` sends every other model,
+of any architecture, through the model's own forward, so nothing else should call these functions
+on a model that does not pass that check. The HF classes are the storage format. Every function here reads the
 parameters of a `LlamaModel` backbone in place (`model.model` of a
 `LlamaForCausalLM` or of a `LlamaForSequenceClassification`), so gradients
 flow into the HF model and `save_pretrained` saves what was trained. What we
@@ -48,18 +51,37 @@ STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 PREFILL_TOKENS = 2048
 
 
+def unsupported_features(config: LlamaConfig) -> list[str]:
+    """The settings of a model config this forward does not implement (empty: it runs the model exactly).
+
+    It implements a Llama: SiLU MLP and attention without biases, dropout or sliding window, a RoPE
+    whose frequencies do not depend on the length, one kind of attention in every layer."""
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    found = {
+        "model_type": config.model_type != "llama",
+        "rope_parameters.rope_type": rope_type not in STATIC_ROPE_TYPES,
+        "hidden_act": getattr(config, "hidden_act", None) != "silu",
+        "attention_bias": bool(getattr(config, "attention_bias", False)),
+        "mlp_bias": bool(getattr(config, "mlp_bias", False)),
+        "attention_dropout": bool(getattr(config, "attention_dropout", 0.0)),
+        "sliding_window": getattr(config, "sliding_window", None) is not None,
+        "pretraining_tp": getattr(config, "pretraining_tp", 1) not in (None, 1),
+        "layer_types": any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()),
+    }
+    return [name for name, bad in found.items() if bad]
+
+
 def check_config(config: LlamaConfig) -> None:
-    """Raise `BadInput` for Llama variants this forward does not implement."""
-    rope_type = config.rope_parameters.get("rope_type", "default")
-    if rope_type not in STATIC_ROPE_TYPES:
+    """Raise `BadInput` for a model this forward does not implement (`unsupported_features`)."""
+    found = unsupported_features(config)
+    if "rope_parameters.rope_type" in found:
         raise BadInput(
             f"model config: field 'rope_parameters.rope_type': expected one of "
-            f"{', '.join(STATIC_ROPE_TYPES)}, found {rope_type!r}"
+            f"{', '.join(STATIC_ROPE_TYPES)}, found {config.rope_parameters.get('rope_type')!r}"
         )
-    if config.hidden_act != "silu":
-        raise BadInput(f"model config: field 'hidden_act': expected 'silu', found {config.hidden_act!r}")
-    if config.attention_dropout:
-        raise BadInput(f"model config: field 'attention_dropout': expected 0, found {config.attention_dropout}")
+    if found:
+        raise BadInput(f"model config: the fast Llama forward does not implement {', '.join(found)} "
+                       f"(models.forward runs such a model through its own forward)")
 
 
 def rope_frequencies(config: LlamaConfig, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -196,7 +218,15 @@ def next_token_logprobs(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(targets) [B, T] of the LM head on hidden states h [B, T, D] under softmax(logits / temperature),
     in float32; with `with_entropy`, also each distribution's entropy [B, T]."""
-    logp = (model.lm_head(h).float() / temperature).log_softmax(-1)  # [B, T, V]
+    return select_logprobs(model.lm_head(h), targets, temperature, with_entropy)
+
+
+def select_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(targets) [B, T] under softmax(logits [B, T, V] / temperature), in float32; with `with_entropy`,
+    also each distribution's entropy [B, T]."""
+    logp = (logits.float() / temperature).log_softmax(-1)  # [B, T, V]
     chosen = logp.gather(-1, targets[..., None]).squeeze(-1)
     if not with_entropy:
         return chosen

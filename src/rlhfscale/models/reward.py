@@ -1,17 +1,22 @@
 """Reward models: an outcome RM (one score per response) and a process RM (one score per step).
 
-Both are Hugging Face Llama classes with a one-output linear head w on the backbone, so a saved
-folder loads with `AutoModelForSequenceClassification` / `AutoModelForTokenClassification`
-and nothing of ours:
+Both are Hugging Face classification heads on any causal LM's backbone (Llama, Qwen2, Qwen3,
+Mistral, Gemma 2, ...), one output each, so a saved folder loads with
+`AutoModelForSequenceClassification` / `AutoModelForTokenClassification` and nothing of ours,
+and an RM trained elsewhere in that format (TRL's or OpenRLHF's reward models: a sequence
+classifier with num_labels=1) loads as a reward source:
 
-- ORM: `LlamaForSequenceClassification`, num_labels=1; score = w·h at the last real token.
-- PRM: `LlamaForTokenClassification`, num_labels=1, no dropout; a logit w·h + b at every token,
-  read at the end of each step: the newline ending a step line and the response's last token.
+- ORM: `<Arch>ForSequenceClassification`, num_labels=1; score = w·h at the last real token (the
+  attention mask's, the EOS appended to each response; HF's own pooling reads the last token that
+  is not the pad id, the same token whenever the pad id is not the EOS id).
+- PRM: `<Arch>ForTokenClassification`, num_labels=1, no dropout; a logit w·h + b at every token,
+  read where each step ends (`models.steps`: found in the text, ``config.step_split`` "line" or
+  "paragraph", mapped to tokens for any tokenizer).
 
-h are the final-normed hidden states of our `models.llama.hidden_states` on `model.model` (equal
-to HF's forward, with far less per-call overhead). Sequences follow the rollout layout: prompt
-left-padded, response right-padded; ``ids, attn [B, T]`` with ``response_mask [B, R]`` over the
-last R columns. A PRM's response score aggregates σ(step logits) with
+h are the final-normed hidden states of `models.forward.hidden_states` (the fast Llama forward for
+the ladder's models, the model's own forward otherwise). Sequences follow the rollout layout:
+prompt left-padded, response right-padded; ``ids, attn [B, T]`` with ``response_mask [B, R]``
+over the last R columns. A PRM's response score aggregates σ(step logits) with
 `rewards.aggregate.aggregate_steps` (min, last, mean or prod).
 """
 
@@ -21,74 +26,70 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForSequenceClassification,
-    LlamaForTokenClassification,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from ..errors import BadInput
 from ..rewards.aggregate import aggregate_steps
-from .llama import hidden_states
+from . import steps
+from .forward import hidden_states
+from .text import encode_prompts, encode_responses
 from .train import left_pad
 
-HEADS = {"orm": LlamaForSequenceClassification, "prm": LlamaForTokenClassification}
+HEAD_SUFFIXES = {"orm": "ForSequenceClassification", "prm": "ForTokenClassification"}
 AUTO_HEADS = {"orm": AutoModelForSequenceClassification, "prm": AutoModelForTokenClassification}
 
 
-def build_reward_model(kind: str, config: LlamaConfig, pad_token_id: int, seed: int = 0) -> PreTrainedModel:
-    """A fresh ORM ("orm") or PRM ("prm") on a copy of `config`: one output, no dropout, pad id set."""
-    config = LlamaConfig.from_dict(config.to_dict())
+def head_config(config: PretrainedConfig, pad_token_id: int) -> PretrainedConfig:
+    """A copy of a model's config for a one-output head: num_labels 1, no classifier dropout, the pad id set."""
+    config = type(config).from_dict(config.to_dict())
     config.num_labels, config.classifier_dropout, config.pad_token_id = 1, 0.0, pad_token_id
+    return config
+
+
+def build_reward_model(kind: str, config: PretrainedConfig, pad_token_id: int, seed: int = 0) -> PreTrainedModel:
+    """A fresh ORM ("orm") or PRM ("prm") of the architecture of `config` (any causal LM's config)."""
     torch.manual_seed(seed)
-    return HEADS[kind](config)
+    return AUTO_HEADS[kind].from_config(head_config(config, pad_token_id))
 
 
 def reward_model_from(kind: str, policy: PreTrainedModel, pad_token_id: int, seed: int = 0) -> PreTrainedModel:
-    """An ORM or PRM whose backbone is a copy of a causal LM's (`policy.model`); the head is fresh."""
+    """An ORM or PRM whose backbone is a copy of a causal LM's (`policy.base_model`); the head is fresh."""
     model = build_reward_model(kind, policy.config, pad_token_id, seed)
-    model.model.load_state_dict(policy.model.state_dict())
+    model.base_model.load_state_dict(policy.base_model.state_dict())
     return model.to(policy.device)
+
+
+def head_kind(architecture: str) -> str | None:
+    """"orm" or "prm" for a sequence or token classification class name, else None."""
+    return next((kind for kind, suffix in HEAD_SUFFIXES.items() if architecture.endswith(suffix)), None)
 
 
 def orm_scores(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """ORM scores [B]: the head at the last real token of ids [B, T] (attn [B, T], 0 on pads)."""
-    h = hidden_states(model.model, ids, attn)  # [B, T, D]
+    h = hidden_states(model, ids, attn)  # [B, T, D]
     last = (torch.arange(ids.shape[1], device=ids.device) * attn).argmax(-1)  # [B]
     return model.score(h[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
 
 
 def prm_token_scores(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """PRM logits [B, T] at every token of ids [B, T]; the caller picks the step ends."""
-    return model.score(hidden_states(model.model, ids, attn)).squeeze(-1)
-
-
-def step_end_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, newline_id: int) -> torch.Tensor:
-    """Where each step of a response ends, [B, R] bool, from right-padded response_ids, mask [B, R].
-
-    A step is a non-empty line: it ends at its newline, or at the response's last token (the EOS,
-    or the last token of a truncated response) when no newline closes it. Blank lines end nothing.
-    """
-    real = response_mask.bool()
-    newline = response_ids == newline_id
-    after_content = F.pad(real & ~newline, (1, 0), value=False)[:, :-1]  # the previous token is text
-    last = real & ~F.pad(real, (0, 1), value=False)[:, 1:]
-    return real & (newline | last) & after_content
+    return model.score(hidden_states(model, ids, attn)).squeeze(-1)
 
 
 def pack(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], device: str | torch.device = "cpu"):
-    """Texts in the rollout layout: ids, attn [B, P + R] and response_mask [B, R]; responses get EOS."""
-    p_ids = tok(prompts, add_special_tokens=False).input_ids
-    r_ids = [torch.tensor(r + [tok.eos_token_id]) for r in tok(responses, add_special_tokens=False).input_ids]
-    prompt_ids, prompt_mask = left_pad(p_ids, tok.pad_token_id, device)
+    """Texts in the rollout layout: ids, attn [B, P + R] and response_mask [B, R]. Prompts go through the chat
+    template when the tokenizer has one (`models.text`); responses get EOS."""
+    r_ids = [torch.tensor(r) for r in encode_responses(tok, responses, eos=True)]
+    prompt_ids, prompt_mask = left_pad(encode_prompts(tok, prompts), tok.pad_token_id, device)
     response_ids = pad_sequence(r_ids, batch_first=True, padding_value=tok.pad_token_id).to(device)
     response_mask = pad_sequence([torch.ones_like(r) for r in r_ids], batch_first=True).to(device)
     return torch.cat((prompt_ids, response_ids), 1), torch.cat((prompt_mask, response_mask), 1), response_mask
@@ -96,28 +97,30 @@ def pack(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
 
 @dataclass
 class RewardModel:
-    """A trained ORM or PRM with its tokenizer; `kind` is "orm" or "prm" (from the head class)."""
+    """A trained ORM or PRM with its tokenizer; `kind` is "orm" or "prm" (from the head class).
+
+    step_split: how a PRM's steps are found in the text ("line" or "paragraph", `models.steps`); it is
+    written into the model's config, so a saved PRM folder splits the same way when loaded."""
 
     model: PreTrainedModel
     tok: PreTrainedTokenizerBase
     aggregation: str = "min"  # how a PRM's step scores become one score
+    step_split: str = "line"
+
+    def __post_init__(self) -> None:
+        steps.check_step_split(self.step_split)
+        if self.kind == "prm":
+            self.model.config.step_split = self.step_split
 
     @property
     def kind(self) -> str:
-        return "prm" if isinstance(self.model, LlamaForTokenClassification) else "orm"
-
-    @property
-    def newline_id(self) -> int:
-        ids = self.tok.encode("\n", add_special_tokens=False)
-        if len(ids) != 1:
-            raise BadInput(f"reward model tokenizer: expected '\\n' to be one token, found {len(ids)} tokens")
-        return ids[0]
+        return head_kind(type(self.model).__name__) or "orm"
 
     def step_scores(self, ids: torch.Tensor, attn: torch.Tensor, response_mask: torch.Tensor):
         """PRM logits [B, R] over the response columns and the step-end mask [B, R] (dense rewards)."""
         R = response_mask.shape[1]
         logits = prm_token_scores(self.model, ids, attn)[:, -R:]
-        return logits, step_end_mask(ids[:, -R:], response_mask, self.newline_id)
+        return logits, steps.step_end_mask(self.tok, ids[:, -R:], response_mask, self.step_split)
 
     def score(self, ids: torch.Tensor, attn: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
         """One score per response [B]: the ORM logit, or the PRM's aggregated step probabilities."""
@@ -146,16 +149,20 @@ class RewardModel:
 
 
 def load_reward_model(path: str | Path, device: str = "cpu", aggregation: str = "min") -> RewardModel:
-    """Load an ORM or PRM folder (the head class in config.json decides which) and its tokenizer."""
+    """Load an ORM or PRM folder (the head class in config.json decides which, any architecture) and its
+    tokenizer; a PRM's step split comes from ``step_split`` in its config ("line" when absent)."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise BadInput(f"{p}: expected a reward model folder with config.json, found none")
-    architectures = AutoConfig.from_pretrained(p).architectures or []
-    kinds = [k for k, head in HEADS.items() if head.__name__ in architectures]
+    config = AutoConfig.from_pretrained(p)
+    architectures = config.architectures or []
+    kinds = [kind for kind in map(head_kind, architectures) if kind]
     if not kinds:
-        raise BadInput(f"{p}/config.json: field 'architectures': expected one of "
-                       f"{', '.join(h.__name__ for h in HEADS.values())}, found {architectures}")
+        raise BadInput(f"{p}/config.json: field 'architectures': expected a *ForSequenceClassification (outcome RM) "
+                       f"or *ForTokenClassification (process RM) class, found {architectures}")
+    if config.num_labels != 1:
+        raise BadInput(f"{p}/config.json: field 'num_labels': expected 1 (a scalar reward), found {config.num_labels}")
     tok = AutoTokenizer.from_pretrained(p)
     tok.pad_token = tok.pad_token or tok.eos_token
     model = AUTO_HEADS[kinds[0]].from_pretrained(p, dtype=torch.float32).to(device).eval()
-    return RewardModel(model, tok, aggregation)
+    return RewardModel(model, tok, aggregation, getattr(config, "step_split", "line"))

@@ -13,7 +13,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .checkpoint import Checkpointer
-from .llama import token_logprobs
+from .forward import token_logprobs
+from .text import encode_prompts, encode_responses
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,10 +30,9 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: str | torch.dev
 
 
 def encode_pairs(tok: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-    """Tokenize (prompt, response) pairs; the response gets the EOS token appended."""
-    p_ids = tok(list(prompts), add_special_tokens=False).input_ids
-    r_ids = tok(list(responses), add_special_tokens=False).input_ids
-    return [(p, r + [tok.eos_token_id]) for p, r in zip(p_ids, r_ids)]
+    """Tokenize (prompt, response) pairs: the prompt through the chat template when the tokenizer has one
+    (`models.text`), the response as it is with the EOS token appended."""
+    return list(zip(encode_prompts(tok, list(prompts)), encode_responses(tok, list(responses), eos=True)))
 
 
 def response_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

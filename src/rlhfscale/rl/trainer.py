@@ -24,17 +24,27 @@ from torch import Tensor
 
 from ..algorithms import ALGORITHMS
 from ..config import RLConfig, SamplingConfig
-from ..models import shared_prefix
+from ..models import forward
 from ..models.critic import response_values
 from ..models.checkpoint import Checkpointer, rng_state, set_rng_state
 from ..models.ladder import count_non_embedding
+from ..models.text import encode_prompts
 from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
 from ..rm.sources import Rewards
 from ..rollout.sampler import Rollout, sample
 from ..tasks.base import Example
 from .advantages import ESTIMATORS
+from .losses import logprob_gap
 from .losses import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean, masked_var, policy_loss, value_loss
+
+class RolloutEngine(Protocol):
+    """Another rollout engine than the native sampler (`rollout.vllm_engine.VLLMEngine`)."""
+
+    def sample(self, prompts: list[list[int]], **kwargs: Any) -> Rollout: ...
+
+    def push(self, model) -> None: ...
+
 
 # reward_fn(examples, responses, rollout) -> proxy scores [B], dense rewards [B, R], gold scores [B]
 RewardFn = Callable[[Sequence[Example], list[str], Rollout], Rewards]
@@ -78,10 +88,10 @@ class Batch:
 
 def response_logprobs(model, ids, attn, prompt_len: int, temperature: float, with_entropy: bool = False):
     """Log-probs (and entropies) of the response tokens of ids [B, P + R]: ``[B, R]``. The n copies of a
-    prompt go through the model once (`models.shared_prefix`)."""
+    prompt go through the model once; `models.forward` picks the fast Llama path or the model's own forward."""
     P = prompt_len
-    return shared_prefix.response_logprobs(model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:], temperature,
-                                           with_entropy)
+    return forward.response_logprobs(model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:], temperature,
+                                     with_entropy)
 
 
 def token_rewards(scores: Tensor, dense: Tensor, mask: Tensor) -> Tensor:
@@ -185,7 +195,7 @@ def train(
     policy, tok, prompts: Sequence[Example], reward_fn: RewardFn, cfg: RLSettings, *,
     max_new_tokens: int, critic=None, reward_params: int = 0, on_step: Callable[[int, dict], None] | None = None,
     checkpoint: Checkpointer | None = None, resume: dict[str, Any] | None = None,
-    extra_state: Callable[[], dict[str, Any]] = dict,
+    extra_state: Callable[[], dict[str, Any]] = dict, engine: RolloutEngine | None = None,
 ) -> None:
     """Optimize `policy` (and, for PPO, `critic`) in place with the algorithm ``cfg.rl.algorithm`` names.
 
@@ -206,18 +216,31 @@ def train(
     if resume is not None:
         restore_state(resume, loop, policy, critic, opt, schedule)
     actor = make_actor(policy, rl.bf16)
+    if engine is not None and resume is not None:
+        engine.push(policy)  # the engine started from the input policy; the run continues from the checkpoint
     params = (count_non_embedding(policy), count_non_embedding(critic) if critic is not None else 0, reward_params)
-    prompt_ids = {e.prompt: tok(e.prompt, add_special_tokens=False).input_ids for e in prompts}
+    texts = list(dict.fromkeys(e.prompt for e in prompts))
+    prompt_ids = dict(zip(texts, encode_prompts(tok, texts)))  # through the chat template when there is one
 
     for step in range(loop.step + 1, rl.steps + 1):
         t0 = time.perf_counter()
         # 1. rollout: n responses for each of P prompts, the n of a prompt contiguous
         examples = [e for e in draw(loop.rng, prompts, rl.prompts_per_step) for _ in range(n)]
-        ro = sample(actor, [prompt_ids[e.prompt] for e in examples], max_new_tokens=max_new_tokens,
-                    temperature=temperature, top_p=sc.top_p, top_k=sc.top_k,
-                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=loop.gen)
+        rollout_ids = [prompt_ids[e.prompt] for e in examples]
+        if engine is None:
+            ro = sample(actor, rollout_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=sc.top_p,
+                        top_k=sc.top_k, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=loop.gen)
+        else:
+            ro = engine.sample(rollout_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=sc.top_p,
+                               top_k=sc.top_k, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, device=device)
         ids, attn, Lp, mask = ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1], ro.response_mask.float()
         t_gen = time.perf_counter() - t0
+        gap = {}
+        if engine is not None:  # the behaviour policy's log-probs are the trainer's; the engine's are compared to them
+            with torch.no_grad(), amp():
+                own = response_logprobs(actor, ids, attn, Lp, temperature).float()
+            gap = {f"rl/logprob_{k}": v.item() for k, v in logprob_gap(ro.logprobs, own, mask).items()}
+            ro.logprobs = own * mask
 
         # 2. reward: proxy scores from the sources, shaped, on the last token; dense step rewards where they are
         r = reward_fn(examples, tok.batch_decode(ro.response_ids, skip_special_tokens=True), ro)
@@ -242,6 +265,8 @@ def train(
         stats = update(policy, critic, opt, batch, 0.0 if kl_in_reward(rl) else loop.kl_ctl.value, cfg, step, amp)
         schedule.step()
         sync_actor(actor, policy)
+        if engine is not None:
+            engine.push(policy)
         kl_seq = kl.sum(-1).mean().item()
         loop.kl_ctl.update(kl_seq, len(examples))
 
@@ -255,7 +280,7 @@ def train(
             "rl/kl": kl_seq, "rl/kl_coef": loop.kl_ctl.value, **stats,
             "rl/response_len": n_tokens / len(examples), "rl/samples_per_s": len(examples) / elapsed,
             "rl/tokens_per_s": n_tokens / elapsed, "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": seq_tokens,
-            "flops/rl": loop.flops,
+            "flops/rl": loop.flops, **gap,
         }
         if values is not None:
             info["rl/explained_var"] = explained_variance(values, returns, mask)

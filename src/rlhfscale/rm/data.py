@@ -6,9 +6,10 @@ File formats (one JSON object per line; bad lines raise `BadInput` naming the fi
 - outcomes: ``{"prompt", "response", "label"}``, a response and its correctness label in [0, 1];
 - preference pairs and step labels: the formats of `tasks.jsonl`.
 
-In tokens a sequence is prompt + response + EOS (`models.train.encode_pairs`); a step-labelled
-response is its steps joined by newlines, so its step ends (`models.reward.step_end_mask`) are
-the newlines and the EOS, one per label.
+In tokens a sequence is prompt + response + EOS (`models.train.encode_pairs`: the prompt through the
+chat template when the tokenizer has one); a step-labelled response is its steps joined by a newline
+(``step_split="line"``) or a blank line (``"paragraph"``), and its step ends are found in that text and
+mapped to tokens (`models.steps`, any tokenizer), one per label.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import BadInput
-from ..models.reward import step_end_mask
+from ..models.steps import step_end_mask
 from ..models.train import encode_pairs
 from ..tasks import score_all
 from ..tasks.base import Example, Task
@@ -98,19 +99,21 @@ def encode_outcomes(tok: PreTrainedTokenizerBase, outcomes: list[Outcome]) -> li
 
 
 def encode_steps(
-    tok: PreTrainedTokenizerBase, examples: list[StepExample], newline_id: int, source: str
+    tok: PreTrainedTokenizerBase, examples: list[StepExample], source: str, step_split: str = "line"
 ) -> list[tuple[list[int], list[int], list[float]]]:
     """(token sequence, step-end indices, labels) of step-labelled responses.
 
-    A step must be one non-empty line, so that it has exactly one step end; `source` names the
-    data in the error raised otherwise.
+    A step must be one non-empty line ("line") or block without a blank line ("paragraph"), so that it
+    has exactly one step end; `source` names the data in the error raised otherwise.
     """
-    seqs = encode_pairs(tok, [e.prompt for e in examples], ["\n".join(e.steps) for e in examples])
+    joiner = "\n" if step_split == "line" else "\n\n"
+    seqs = encode_pairs(tok, [e.prompt for e in examples], [joiner.join(e.steps) for e in examples])
+    shape = "one-line" if step_split == "line" else "blank-line separated"
     out = []
     for i, ((p, r), example) in enumerate(zip(seqs, examples)):
-        ends = step_end_mask(torch.tensor([r]), torch.ones(1, len(r)), newline_id)[0].nonzero().squeeze(1)
+        ends = step_end_mask(tok, torch.tensor([r]), torch.ones(1, len(r)), step_split)[0].nonzero().squeeze(1)
         if len(ends) != len(example.labels):
-            raise BadInput(f"{source} record {i + 1}: expected {len(example.labels)} one-line, non-empty steps, "
+            raise BadInput(f"{source} record {i + 1}: expected {len(example.labels)} {shape}, non-empty steps, "
                            f"found {len(ends)} step ends")
         out.append((p + r, (ends + len(p)).tolist(), example.labels))
     return out

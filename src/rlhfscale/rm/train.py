@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from ..models.llama import hidden_states
+from ..models.forward import hidden_states
 from ..models.train import adamw, final_ratio, left_pad, mixed_precision, warmup_cosine
 from ..rewards.losses import multitask_loss, next_token_loss, prm_loss
 
@@ -54,7 +54,7 @@ def lm_targets(seqs: list[list[int]], upto: list[int], width: int) -> torch.Tens
 def lm_aux(model: PreTrainedModel, h: torch.Tensor, ids: torch.Tensor, seqs: list[list[int]], upto: list[int],
            stats: dict[str, float]) -> torch.Tensor:
     """The next-token loss of tokens 1..upto[i] of each sequence i (h [B, T, D], ids [B, T]); logged as "lm"."""
-    lm = next_token_loss(h, model.model.embed_tokens.weight, ids, lm_targets(seqs, upto, ids.shape[1]).to(ids.device))
+    lm = next_token_loss(h, model.get_input_embeddings().weight, ids, lm_targets(seqs, upto, ids.shape[1]).to(ids.device))
     stats["lm"] = lm.item()
     return lm
 
@@ -65,7 +65,7 @@ def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled]
     device = model.device
     seqs = [c for c, _ in pairs] + [r for _, r in pairs] + [s for s, _, _ in outcomes]
     ids, attn = left_pad(seqs, pad_id, device)
-    h = hidden_states(model.model, ids, attn)  # [2P + C, T, D]
+    h = hidden_states(model, ids, attn)  # [2P + C, T, D]
     token_scores = model.score(h).squeeze(-1).float()  # the head at every token, [2P + C, T]
     scores = token_scores[:, -1]  # left-padded: the last real token is the last column
     b = len(pairs)
@@ -98,7 +98,7 @@ def prm_batch_loss(model: PreTrainedModel, items: list[Stepped], pad_id: int, lm
     seqs = [seq for seq, _, _ in items]
     ids, attn = left_pad(seqs, pad_id, model.device)
     labels, mask = (t.to(model.device) for t in step_targets(items, ids.shape[1]))
-    h = hidden_states(model.model, ids, attn)
+    h = hidden_states(model, ids, attn)
     logits = model.score(h).squeeze(-1).float()  # [B, T]
     loss = prm_loss(logits, labels, mask)
     step_acc = ((logits > 0) == (labels > 0.5))[mask].float().mean().item()

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..models.forward import input_device
+from ..models.text import encode_prompts, encode_responses
 from ..rewards.metrics import majority_vote, pass_at_k
 from ..tasks import score_all
 from ..tasks.base import Example, Task
@@ -17,12 +19,18 @@ from .sampler import sample
 def generate(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], *, n: int = 1,
     temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 64,
-    seed: int = 0, batch_size: int = 1024,
+    seed: int = 0, batch_size: int = 1024, prefixes: Sequence[str] | None = None,
 ) -> list[list[str]]:
-    """`n` responses (decoded, without EOS) for each prompt, in batches of `batch_size` sequences."""
-    ids = tok(list(prompts), add_special_tokens=False).input_ids
+    """`n` responses (decoded, without EOS) for each prompt, in batches of `batch_size` sequences.
+
+    Prompts go through the chat template when the tokenizer has one (`models.text`). `prefixes`: response text
+    already written after each prompt (e.g. the first steps, for Monte-Carlo step labels); the responses
+    returned continue it (without repeating it)."""
+    ids = encode_prompts(tok, list(prompts))
+    if prefixes is not None:
+        ids = [p + r for p, r in zip(ids, encode_responses(tok, list(prefixes)), strict=True)]
     flat = [p for p in ids for _ in range(n)]
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    gen = torch.Generator(device=input_device(model)).manual_seed(seed)
     texts: list[str] = []
     for i in range(0, len(flat), batch_size):
         ro = sample(model, flat[i:i + batch_size], max_new_tokens=max_new_tokens, temperature=temperature,

@@ -4,8 +4,10 @@
 
 Each distinct prompt is prefilled once and its cache copied to the rows that
 continue it (RL samples n responses per prompt). Each step then feeds one
-token per unfinished row through `models.llama.decode_step`, into a cache
-allocated once with room for the prompts and every token fed.
+token per unfinished row through `models.forward.decode_step`: for the ladder's
+Llama models the hand-written forward, into a cache allocated once with room for
+the prompts and every token fed; for any other model its own forward and KV cache
+(`models.forward` decides which, per model).
 A row finishes at EOS (kept in the response) or after `max_new_tokens`; when
 half of the rows still in the batch have finished, they are dropped from the
 batch and the cache, so long stragglers do not drag finished rows along.
@@ -20,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from transformers import LlamaForCausalLM
+from transformers import PreTrainedModel
 
-from rlhfscale.models.llama import decode_step, prefill
+from rlhfscale.models.forward import decode_step, input_device, prefill
 from rlhfscale.models.shared_prefix import distinct_prompts
 
 
@@ -114,7 +116,7 @@ def _check_args(prompts, max_new_tokens, temperature, top_p, top_k) -> None:
 
 
 def sample(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     prompts: list[list[int]],
     *,
     max_new_tokens: int,
@@ -140,7 +142,7 @@ def sample(
 
 def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id, pad_id, generator) -> Rollout:
     """The decoding loop of `sample`."""
-    device = model.model.embed_tokens.weight.device
+    device = input_device(model)
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     (B, P), R = prompt_ids.shape, max_new_tokens
     ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)  # the n copies of a prompt: one prefill

@@ -76,7 +76,7 @@ def training_data(cfg: BaseModel, inputs: dict[str, str], rm: RewardModel) -> RM
     """The encoded training data the RM kind and loss call for."""
     if cfg.rm.kind == "prm":
         path = data_file(inputs, "steps", f"steps_{cfg.rm.labels}")
-        return RMData(steps=encode_steps(rm.tok, load_step_labels(path), rm.newline_id, str(path)))
+        return RMData(steps=encode_steps(rm.tok, load_step_labels(path), str(path), rm.step_split))
     data = RMData()
     if cfg.rm.kind == "multitask" or cfg.rm.loss == "bt":
         data.pairs = encode_preferences(rm.tok, load_preference_pairs(data_file(inputs, "pairs")))
