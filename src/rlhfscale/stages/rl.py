@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from ..algorithms import ALGORITHMS
 from ..contract import view
+from ..errors import BadInput
 from ..models.critic import critic_from_policy, critic_from_rm
 from ..models.io import save_policy
 from ..pipeline import STAGES
@@ -37,6 +38,18 @@ def make_critic(cfg: BaseModel, policy, rm_run: str | None):
     if cfg.rl.critic_init == "rm":
         return critic_from_rm(rm_path(cfg.rl, "orm", rm_run), cfg.device)
     return critic_from_policy(policy)
+
+
+def rollout_engine(cfg: BaseModel, policy, tok):
+    """None for the native sampler; a vLLM engine holding a copy of the policy for ``sampling.backend=vllm``."""
+    if cfg.sampling.backend != "vllm":
+        return None
+    from ..rollout.vllm_engine import VLLMEngine, vllm_compatible
+
+    if why := vllm_compatible(policy):
+        raise BadInput(f"sampling.backend=vllm: expected a model vLLM's attention runs, found {why}")
+    return VLLMEngine(policy, tok, max_len=policy.config.max_position_embeddings, seed=cfg.seed,
+                      dtype="bfloat16" if cfg.rl.bf16 else "float32")
 
 
 def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_divergence: bool = False) -> dict[str, float]:
@@ -83,7 +96,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     diverged: dict[str, float] = {"rl/diverged": 0.0}
     try:
         train(policy, tok, prompts, reward, cfg, max_new_tokens=budget, critic=critic, reward_params=reward.params,
-              on_step=on_step, checkpoint=ckpt, resume=resume, extra_state=lambda: {"rows": out.rows, "before": before})
+              on_step=on_step, checkpoint=ckpt, resume=resume, extra_state=lambda: {"rows": out.rows, "before": before},
+              engine=rollout_engine(cfg, policy, tok))
     except NonFiniteError as e:  # the update that would have used the bad value never ran: the weights are good
         out.log(last.get("step", 0) + 1, error=str(e))
         if not record_divergence:
