@@ -22,13 +22,16 @@ Step labels (`load_step_labels`, PRM800K / Math-Shepherd style):
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from rlhfscale.errors import BadInput
+
+from .records import field as _field
+from .records import json_lines
+from .records import kind as _kind
 
 HH_TURN = "\n\nAssistant:"
 
@@ -79,41 +82,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     if not path.is_file():
         found = "a directory" if path.is_dir() else "no such file"
         raise BadInput(f"{path}: expected a jsonl file, found {found}")
-    with path.open("rb") as f:
-        for k, raw in enumerate(f, start=1):
-            where = f"{path} line {k}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadInput(f"{where}: expected UTF-8 text, found invalid bytes") from None
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{where}: expected a JSON object, found invalid JSON ({e.msg})") from None
-
-
-def _kind(value: Any) -> str:
-    """How a JSON value reads in an error message."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list" if value else "an empty list"
-    return "an object" if isinstance(value, Mapping) else type(value).__name__
-
-
-def _field(where: str, row: Mapping[str, Any], name: str) -> Any:
-    if name not in row:
-        found = ", ".join(repr(key) for key in row) or "none"
-        raise BadInput(f"{where}: expected a field {name!r}, found fields {found}")
-    return row[name]
+    yield from json_lines(path)
 
 
 def _string(where: str, row: Mapping[str, Any], name: str) -> str:

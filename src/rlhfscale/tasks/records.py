@@ -39,6 +39,11 @@ def records(source: Source, split: str | None = None) -> Iterator[tuple[str, Map
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     if not path.is_file():
         raise BadInput(f"{path}: expected a .jsonl file or a datasets folder, found no such file")
+    yield from json_lines(path)
+
+
+def json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, value) of every non-blank line of a JSON Lines file (gzip-compressed when it ends in .gz)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         for k, raw in enumerate(f, start=1):
