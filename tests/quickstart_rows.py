@@ -25,6 +25,9 @@ import numpy as np
 import yaml
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+CLAIMS = ("rm_data_volume", "prompt_diversity", "prm_vs_orm", "samples_plateau", "rm_size_modest", "policy_size",
+          "ppo_vs_grpo", "shaping_stability", "diminishing_returns")  # what the quickstart grid tests (no gold
+# rater's over-optimization curves, no PRM-rewarded RL: those checks have their own simulated grids)
 DEFAULTS = {"rl.shaping": "none", "rl.reward": {"rule": 1.0}}  # resolved values of keys the base leaves out
 PARAMS = {"nano": 1.1e5, "micro": 5.2e5}
 STEPS = (0, 8, 16, 24)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from quickstart_rows import Truth, quickstart_rows
+from quickstart_rows import CLAIMS, Truth, quickstart_rows
 
 from rlhfscale.analysis import claims
 from rlhfscale.analysis.table import FLOPS_RL, FLOPS_TOTAL, STEP, TRIAL, config_of, to_table
@@ -47,7 +47,7 @@ def test_each_check_reaches_its_conclusive_verdicts_on_pipeline_rows(check, chan
     assert claim.smallest_effect_of_interest > 0 and claim.min_detectable > 0
 
 
-@pytest.mark.parametrize("check", list(claims.CLAIMS))
+@pytest.mark.parametrize("check", CLAIMS)
 def test_each_check_is_inconclusive_on_the_quickstart_with_two_seeds_and_an_effect_at_its_threshold(check):
     """At the quickstart's size (pass@1 over 100 prompts, two seeds) an effect of one SESOI is beyond
     what the grid can see: inconclusive (in at least 7 of 10 studies), the smallest detectable effect

@@ -6,6 +6,10 @@ needs; the cell's effect is ``sum w y``. Each level of the varied factor is the 
 with a value, so a level's weight is shared equally among them. ``estimate`` averages the cells of
 each seed, then the seeds, and attaches the standard error, degrees of freedom and range that
 ``rlhfscale.analysis.stats`` describes.
+
+``unit_estimate`` is the same for effects measured whole on each unit (a curve's rise, one number per
+configuration and seed) rather than as weights on rows: the units are the rows, so the noise of
+points within a curve, however correlated, is counted through the units' spread alone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from rlhfscale.analysis.stats import (
-    PRIOR_DF, SOURCE, Estimate, effect_bounds, floored, group_codes, noise_model, row_bounds,
+    PRIOR_DF, SOURCE, Estimate, combine_codes, dispersion, effect_bounds, floored, group_codes, noise_model,
+    row_bounds,
 )
 from rlhfscale.analysis.table import BON_N, EVAL_N, PASS_BEFORE, SEED, STEP, TRIAL
 
@@ -232,3 +237,39 @@ def _bootstrap(cols: Columns, cell: np.ndarray, contrast: Contrast, metric: str)
     boot = np.asarray(boot)
     boot = boot[np.isfinite(boot)]
     return float(boot.std(ddof=1)) if boot.size >= 2 else None
+
+
+def unit_estimate(config: np.ndarray, seed: np.ndarray, values: np.ndarray,
+                  bounds: tuple[float, float] = (-np.inf, np.inf), what: str = "units") -> Estimate:
+    """The mean over seeds of each seed's mean over configurations of per-unit effects, with an interval.
+
+    ``values[i]`` is unit i's effect (``config[i]``, ``seed[i]``; NaN: no effect measured). With seed
+    replicates the noise is the residual variance of the two-way fit configuration + seed (the model
+    ``stats`` pools over the grid, each unit a row with scale 1), on (configurations - 1) x (seeds - 1)
+    degrees of freedom in a full grid; without residual degrees of freedom the seeds' means are the
+    replicates, with one seed the configurations, and a single unit has no interval. ``bounds``: the
+    range one unit's effect can take.
+    """
+    keep = np.isfinite(np.asarray(values, dtype=float))
+    y = np.asarray(values, dtype=float)[keep]
+    if y.size == 0:
+        return Estimate.missing(f"no {what} to measure")
+    config, seed = np.asarray(config, dtype=object)[keep], np.asarray(seed, dtype=object)[keep]
+    seeds, seed_at = np.unique(seed.astype(str), return_inverse=True)
+    per_seed = np.bincount(seed_at)
+    weights = 1.0 / (len(seeds) * per_seed[seed_at])
+    value = float(weights @ y)
+    span = (float(bounds[0]), float(bounds[1]))
+    phi, df = dispersion(y, np.ones(y.size), combine_codes(config), combine_codes(seed))
+    if df > 0:
+        se = float(np.sqrt(phi * (weights**2).sum()))
+        return Estimate(value, se, df, len(seeds), f"{y.size} {what} over {len(seeds)} seeds; residual "
+                        f"variance of configuration + seed on {df:g} df", *span)
+    means = np.bincount(seed_at, weights=y) / per_seed
+    if len(seeds) >= 2:
+        return Estimate(value, float(means.std(ddof=1) / np.sqrt(means.size)), means.size - 1.0, len(seeds),
+                        f"{y.size} {what}, over {len(seeds)} seeds' means", *span)
+    if y.size >= 2:
+        return Estimate(value, float(y.std(ddof=1) / np.sqrt(y.size)), y.size - 1.0, 1,
+                        f"over {y.size} {what} of one seed", *span)
+    return Estimate(value, np.nan, np.nan, 1, f"one {what[:-1] if what.endswith('s') else what}: no interval", *span)

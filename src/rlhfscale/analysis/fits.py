@@ -5,7 +5,8 @@ standard errors come from its covariance (scaled by the residual variance) and
 confidence intervals use Student's t with n - p degrees of freedom. ``Fit.band``
 gives the pointwise confidence band of the fitted curve by the delta method
 (the curve's gradient in the parameters through their covariance, the same t),
-clipped to a range when one is given. Forms:
+clipped to a range when one is given. ``fit_curves`` fits a form that is linear in its parameters to
+several curves at once, each curve a replicate (see there). Forms:
 
     power_law    y = a * x**b
     saturating   y = c - a * x**(-b)          (accuracies approaching a ceiling c)
@@ -77,6 +78,8 @@ class Fit:
     rmse: float
     n: int
     cov: np.ndarray | None = field(default=None, compare=False, repr=False)
+    df: float | None = None  # of the intervals' t, where not n - p (``fit_curves``)
+    basis: str = ""
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
         """The fitted curve at ``x``."""
@@ -91,7 +94,8 @@ class Fit:
         form, steps = FORMS[self.form], 1e-6 * np.maximum(1.0, np.abs(values)) * np.eye(values.size)
         grad = np.array([(form(x, *(values + step)) - form(x, *(values - step))) / (2 * step.sum()) for step in steps])
         spread = np.sqrt(np.einsum("ix,ij,jx->x", grad, self.cov, grad))
-        half = stats.t.ppf(1 - alpha / 2, self.n - values.size) * spread
+        df = self.df if self.df is not None else self.n - values.size
+        half = stats.t.ppf(1 - alpha / 2, df) * spread
         centre = self.predict(x)
         return np.clip(centre - half, *bounds), np.clip(centre + half, *bounds)
 
@@ -137,6 +141,76 @@ def fit_rl_gold(d, r, *, alpha: float = 0.05) -> Fit:
     d, r = _points(d, r, 2, nonnegative_x=True)
     p0 = _linear_start(np.column_stack([d, -_d_log_d(d)]), r)
     return _least_squares("rl_gold", d, r, p0, alpha=alpha)
+
+
+LINEAR_DESIGNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {  # forms linear in their parameters
+    "bon_gold": lambda d: np.column_stack([d, -d * d]),
+    "rl_gold": lambda d: np.column_stack([d, -_d_log_d(d)]),
+    "log_linear": lambda x: np.column_stack([np.ones_like(x), np.log(x)]),
+}
+
+
+def fit_curves(form: str, x, y, curve, group=None, *, alpha: float = 0.05) -> dict[object, Fit]:
+    """One fit per group of curves (and ``None``: all curves), each curve a replicate.
+
+    ``form`` must be linear in its parameters (``LINEAR_DESIGNS``). Every curve (points sharing a
+    ``curve`` id, e.g. one seed's) with more points than parameters is fitted by least squares on its
+    own; a group's parameters are the mean of its curves' and their standard errors come from the
+    spread of those curves' parameters around their group's mean, pooled over the groups (so the
+    points of one curve are never taken as independent, and groups of two curves still get an
+    interval from the others), t on ``sum(curves - 1)`` degrees of freedom; the fit over all curves
+    uses their spread around the overall mean (between-group differences included). Where no group
+    has two curves, the group's points are fitted together and the intervals are the ordinary
+    least-squares ones, which take the points as independent (``basis`` says so).
+    """
+    design = LINEAR_DESIGNS[form]
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    curve = np.asarray(curve, dtype=object)
+    group = np.full(x.size, None, dtype=object) if group is None else np.asarray(group, dtype=object)
+    p = len(PARAMS[form])
+    per_curve: dict[object, tuple[object, np.ndarray]] = {}
+    for c in dict.fromkeys(curve.tolist()):
+        at = curve == c
+        if at.sum() > p and np.unique(x[at]).size >= p:
+            per_curve[c] = (group[at][0], np.linalg.lstsq(design(x[at]), y[at], rcond=None)[0])
+    groups = list(dict.fromkeys(g for g, _ in per_curve.values()))
+    by_group = {g: np.array([v for h, v in per_curve.values() if h == g]) for g in groups}
+    residuals = [v - v.mean(axis=0) for v in by_group.values() if len(v) >= 2]
+    df = float(sum(len(r) - 1 for r in residuals))
+    pooled = sum(r.T @ r for r in residuals) / df if df > 0 else None
+    out: dict[object, Fit] = {}
+    for g in groups + ([None] if len(groups) > 1 else []):
+        members = np.vstack(list(by_group.values())) if g is None else by_group[g]
+        at = np.ones(x.size, dtype=bool) if g is None else group == g
+        at &= np.isin(curve, [c for c, (h, _) in per_curve.items() if g is None or h == g])
+        if g is None and len(members) >= 2 and len(groups) > 1:
+            cov, fit_df = np.cov(members.T, ddof=1) / len(members), len(members) - 1.0
+            basis = f"mean of {len(members)} curves' fits, interval from their spread"
+        elif pooled is not None:
+            cov, fit_df = pooled / len(members), df
+            basis = (f"mean of {len(members)} curves' fits, interval from their spread" if groups == [None] else
+                     f"mean of {len(members)} curves' fits, interval from the spread of curves' fits within "
+                     f"groups, pooled ({df:g} df)")
+        else:
+            whole = _least_squares(form, x[at], y[at], tuple(members.mean(axis=0)), alpha=alpha)
+            out[g] = Fit(**{**whole.__dict__, "basis": "least squares over the points, taken as independent"})
+            continue
+        out[g] = _mean_fit(form, members.mean(axis=0), cov, fit_df, x[at], y[at], basis, alpha)
+    return out
+
+
+def _mean_fit(form, params, cov, df, x, y, basis, alpha) -> Fit:
+    names = PARAMS[form]
+    stderr = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    t = stats.t.ppf(1 - alpha / 2, df)
+    residual = y - FORMS[form](x, *params)
+    total = np.sum((y - y.mean()) ** 2)
+    return Fit(form=form, params={k: float(v) for k, v in zip(names, params)},
+               stderr={k: float(s) for k, s in zip(names, stderr)},
+               ci={k: (float(v - t * s), float(v + t * s)) for k, v, s in zip(names, params, stderr)},
+               r2=float(1 - np.sum(residual**2) / total) if total > 0 else np.nan,
+               rmse=float(np.sqrt(np.mean(residual**2))), n=int(x.size), cov=np.asarray(cov, dtype=float),
+               df=float(df), basis=basis)
 
 
 def bootstrap_ci(

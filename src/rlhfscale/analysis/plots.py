@@ -6,7 +6,9 @@ metric's range); a factor that is a scale goes on a log x-axis with a dashed
 log-linear trend and its shaded 95 % band (``fits.Fit.band``, clipped to the
 range); where FLOPs columns exist a panel puts the same metric against compute.
 RL curves are drawn per configuration (seeds pooled), RL compute at step 0
-being 0 (``table.to_table``).
+being 0 (``table.to_table``). The over-optimization claims draw gold and proxy gains against
+d = sqrt(KL) for Best-of-N (analytic KL) and RL (measured KL) with the Gao et al. fits
+(``analysis.overopt``); the PRM-reward claims draw the final or along-training metric per reward.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from scipy.optimize import OptimizeWarning  # noqa: E402
 
-from rlhfscale.analysis.claims import Claim, pick  # noqa: E402
+from rlhfscale.analysis import overopt  # noqa: E402
+from rlhfscale.analysis.claims import REWARD, Claim, with_reward, pick  # noqa: E402
 from rlhfscale.analysis.fits import fit_log_linear, fit_rl_gold  # noqa: E402
 from rlhfscale.analysis.stats import mean_interval, metric_bounds, metric_items  # noqa: E402
 from rlhfscale.analysis.table import (  # noqa: E402
@@ -243,6 +246,109 @@ def plot_overoptimization(table: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def _overopt_points(ax: Axes, points: pd.DataFrame, value: str, fits: dict, method: str, *,
+                    scatter: bool) -> list[float]:
+    """One method's ``value`` against d per configuration (Best-of-N: mean over seeds at each N with its
+    interval; RL: every point), with the fitted curve of each configuration (dashed) where there is one.
+    Returns the values drawn (means and points, not interval ends)."""
+    drawn: list[float] = []
+    for config, sub in points.groupby("config", sort=True):
+        label = f"{overopt.METHODS[method]} {config or 'base'}"
+        if scatter:
+            dots = ax.scatter(sub["d"], sub[value], s=8, alpha=0.5, label=label)
+            color, values = dots.get_facecolor()[0], sub[value]
+        else:
+            s = summarize(sub.assign(**{"_d": sub["d"]}), "_d", value)
+            color, values = _errorbar(ax, s, label)[0].get_color(), s["mean"]
+        drawn.extend(np.asarray(values, dtype=float)[np.isfinite(np.asarray(values, dtype=float))])
+        if config in fits:
+            grid = np.linspace(0, sub["d"].max(), 100)
+            ax.plot(grid, fits[config].predict(grid), "--", color=color, lw=1)
+    return drawn
+
+
+def _zoom(ax: Axes, drawn: list[float]) -> None:
+    """y-limits around what was drawn: wide intervals (two seeds give t = 12.7) run off the axes, not the curves."""
+    if drawn:
+        low, high = min(drawn), max(drawn)
+        pad = 0.15 * max(high - low, 1e-3)
+        ax.set_ylim(low - pad, high + pad)
+
+
+def plot_overoptimization_peak(table: pd.DataFrame) -> Figure:
+    """Gold gain against sqrt(KL) for Best-of-N and for RL (fits dashed), and proxy gain against sqrt(KL) for both."""
+    c = overopt.curves(table)
+    gold_fits, proxy_fits = overopt.fits(c), overopt.fits(c, "proxy_gain")
+    fig, axes = _figure(len(c.methods) + 1)
+    for ax, method in zip(axes, c.methods):
+        drawn = _overopt_points(ax, c.of(method), "gold_gain", gold_fits.get(method, {}), method,
+                                scatter=method == "rl")
+        _zoom(ax, drawn)
+        ax.axhline(0, color="grey", lw=0.5)
+        form = "d(α − βd)" if method == "bon" else "d(α − β log d)"
+        ax.set(xlabel="d = sqrt(KL)", ylabel="gold gain", title=f"{overopt.METHODS[method]}: gold, fit {form}")
+        ax.legend(fontsize="x-small")
+    drawn = []
+    for method in c.methods:
+        drawn += _overopt_points(axes[-1], c.of(method), "proxy_gain", proxy_fits.get(method, {}), method,
+                                 scatter=method == "rl")
+    _zoom(axes[-1], drawn)
+    axes[-1].set(xlabel="d = sqrt(KL)", ylabel="proxy (RM score) gain", title="proxy")
+    axes[-1].legend(fontsize="x-small")
+    return fig
+
+
+def plot_rl_kl_cost(table: pd.DataFrame) -> Figure:
+    """Both methods' gold gain against sqrt(KL) on one axis, each with its fit over all proxy RMs; and the same
+    within Best-of-N's range."""
+    c = overopt.curves(table)
+    found = overopt.fits(c)
+    fig, axes = _figure(2)
+    for ax, limit in zip(axes, (None, c.bon["d"].max())):
+        for method in c.methods:
+            points = c.of(method)
+            points = points if limit is None else points[points["d"] <= limit * 1.05]
+            dots = ax.scatter(points["d"], points["gold_gain"], s=8, alpha=0.4, label=overopt.METHODS[method])
+            fit = found.get(method, {}).get(None) or next(iter(found.get(method, {}).values()), None)
+            if fit is not None:
+                grid = np.linspace(0, points["d"].max(), 100)
+                ax.plot(grid, fit.predict(grid), "--", color=dots.get_facecolor()[0], alpha=1.0,
+                        label=f"{overopt.METHODS[method]} fit: {overopt.describe_fit(fit).split(', peak')[0]}")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(xlabel="d = sqrt(KL)", ylabel="gold gain",
+               title="all of each curve" if limit is None else "within Best-of-N's range")
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+def plot_prm_reward(table: pd.DataFrame) -> Figure:
+    final = with_reward(final_points(table))
+    metric = pick(final, GAIN, PASS)
+    sizes = POLICY_PARAMS if has(final, POLICY_PARAMS) else POLICY_SIZE
+    varied = final[sizes].nunique() >= 2 if sizes in final else False
+    fig, axes = _figure(1 + varied)
+    bars(axes[0], final, REWARD, metric)
+    if varied:
+        sized = final.assign(**{sizes: pd.to_numeric(final[sizes], errors="coerce")})
+        trend(axes[1], sized, sizes, metric, series=REWARD, fit=False)
+    return fig
+
+
+def plot_prm_reward_samples(table: pd.DataFrame) -> Figure:
+    final = with_reward(final_points(table))
+    fig, (ax,) = _figure(1)
+    trend(ax, final, RL_N_SAMPLES, pick(final, GAIN, PASS), series=REWARD, fit=False)
+    return fig
+
+
+def plot_prm_reward_training(table: pd.DataFrame) -> Figure:
+    points = with_reward(table)
+    points = points[points[STEP] > 0]
+    fig, (ax,) = _figure(1)
+    trend(ax, points, STEP, pick(points, GAIN, PASS), series=REWARD, fit=False)
+    return fig
+
+
 PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "rm_data_volume": plot_rm_data_volume,
     "prompt_diversity": plot_prompt_diversity,
@@ -253,6 +359,11 @@ PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "ppo_vs_grpo": plot_ppo_vs_grpo,
     "shaping_stability": plot_shaping_stability,
     "diminishing_returns": plot_diminishing_returns,
+    "overoptimization_peak": plot_overoptimization_peak,
+    "rl_kl_cost": plot_rl_kl_cost,
+    "prm_reward": plot_prm_reward,
+    "prm_reward_samples": plot_prm_reward_samples,
+    "prm_reward_training": plot_prm_reward_training,
 }
 
 

@@ -63,9 +63,21 @@ def write_report(
 
 
 def _json_value(value: object) -> object:
-    """NaN becomes null (JSON has no NaN); numpy scalars become Python numbers."""
+    """NaN becomes null (JSON has no NaN); numpy scalars become Python numbers; in nested values (a claim's
+    fits) infinities become null too."""
+    if isinstance(value, Mapping):
+        return {str(k): _nested(v) for k, v in value.items()}
     value = value.item() if hasattr(value, "item") else value
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _nested(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {str(k): _nested(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nested(v) for v in value]
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def render(table: pd.DataFrame, results: list[Claim], pngs: Mapping[str, Path], *,

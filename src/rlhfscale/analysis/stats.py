@@ -187,6 +187,9 @@ def items_from_values(values: np.ndarray) -> float:
         candidates = candidates[np.abs(scaled - np.round(scaled)) <= GRID_TOL * candidates]
         if candidates.size == 0:
             return np.nan
+        every = inner * candidates[0]  # the smallest candidate left fits every value: it is the answer
+        if np.all(np.abs(every - np.round(every)) <= GRID_TOL * candidates[0]):
+            return float(candidates[0])
     return float(candidates[0])
 
 
@@ -207,8 +210,13 @@ def group_codes(rows: Columns, keys: list[str]) -> np.ndarray:
 def config_codes(trials: np.ndarray) -> np.ndarray:
     """Codes of each row's configuration (``table.config_of``), computed once per distinct trial id."""
     codes, uniques = pd.factorize(trials)
-    configs = [re.sub(SEED_SUFFIX, "", str(trial)) for trial in uniques]
+    configs = [_without_seed(str(trial)) for trial in uniques]
     return pd.factorize(np.array(configs, dtype=object))[0][codes]
+
+
+@lru_cache(maxsize=65536)
+def _without_seed(trial: str) -> str:
+    return re.sub(SEED_SUFFIX, "", trial)
 
 
 @lru_cache(maxsize=4096)

@@ -7,6 +7,9 @@ response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
 - ``bon/orm@N``: by an outcome (or multi-task) RM; ``bon/prm_<agg>@N``: by a process RM under
   each step aggregation; the RMs are the inputs whose names start with ``rm`` (rm run
   directories or RM folders), named by kind, one of each at most;
+- ``bon/orm_proxy@N`` (``bon/prm_<agg>_proxy@N`` for the PRM's own ``rm.aggregation``): the
+  expected RM (proxy) score of that picked response, the proxy side of over-optimization (Gao et
+  al. 2022: gold and proxy against sqrt(KL), KL = log N - (N - 1) / N);
 - ``bon/majority@N``: by majority vote over final answers (tasks with answers);
 - ``bon/oracle@N``: by the gold value itself.
 Also ``orm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
@@ -56,6 +59,11 @@ def curve(name: str, scores: torch.Tensor, values: torch.Tensor, ns: list[int]) 
     return {f"bon/{name}@{n}": best_of_n(scores, values, n) for n in ns}
 
 
+def proxy_curve(name: str, scores: torch.Tensor, ns: list[int]) -> dict[str, float]:
+    """The expected RM score of the response the RM picks among N: ``bon/<name>_proxy@N``."""
+    return {f"bon/{name}_proxy@{n}": best_of_n(scores, scores, n) for n in ns}
+
+
 def prm_metrics(rm: RewardModel, prompts: list[str], responses: list[str], gold_steps: list[list[bool]],
                 values: torch.Tensor, ns: list[int]) -> dict[str, float]:
     """A PRM's curve under every aggregation, its pair accuracy and its step accuracy / F1."""
@@ -67,7 +75,7 @@ def prm_metrics(rm: RewardModel, prompts: list[str], responses: list[str], gold_
         scores = aggregate_steps(padded, mask, how).view_as(values)
         out |= curve(f"prm_{how}", scores, values, ns)
         if how == rm.aggregation:
-            out["prm/pair_acc"] = pool_pair_accuracy(scores, values)
+            out |= proxy_curve(f"prm_{how}", scores, ns) | {"prm/pair_acc": pool_pair_accuracy(scores, values)}
     return out | {f"prm/{k}": v for k, v in step_metrics(logits, gold_steps).items()}
 
 
@@ -100,7 +108,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     for kind, (_, rm) in rms.items():
         if kind == "orm":
             scores = rm.score_texts(prompts, responses).view_as(values)
-            summary |= curve("orm", scores, values, ns) | {"orm/pair_acc": pool_pair_accuracy(scores, values)}
+            summary |= curve("orm", scores, values, ns) | proxy_curve("orm", scores, ns)
+            summary["orm/pair_acc"] = pool_pair_accuracy(scores, values)
         else:
             gold_steps = [task.step_labels(e, r) for e, rs in zip(examples, pool) for r in rs]
             summary |= prm_metrics(rm, prompts, responses, gold_steps, values, ns)
