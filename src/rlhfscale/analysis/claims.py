@@ -423,8 +423,9 @@ def overoptimization_peak(table: pd.DataFrame) -> Claim:
     detail = (f"effect: {overopt.METHODS[headline]}'s gold fall; intervals at {100 * (1 - alpha):.4g}% "
               f"(Bonferroni over {len(parts)} method(s)); supported when gold both rises over the lower half of "
               f"a method's sqrt(KL) range and falls over its upper half; "
-              + "; ".join(f"{overopt.METHODS[m]} ({n} curves, {verdicts[m]}): gold rise over the lower half {r}, "
-                          f"fall over the upper half {f}" for m, (r, f, n) in parts.items())
+              + "; ".join(f"{overopt.METHODS[m]} ({n} curves, {verdicts[m]}): gold rise over the lower half "
+                          f"{r.text(alpha)}, fall over the upper half {f.text(alpha)}"
+                          for m, (r, f, n) in parts.items())
               + (f"; {words}" if words else ""))
     return _claim("overoptimization_peak", parts[headline][1], outcome, detail, alpha=alpha, fits=records or None)
 

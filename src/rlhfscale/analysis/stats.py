@@ -147,10 +147,14 @@ class Estimate:
         df = parts.sum() ** 2 / np.sum(parts**2 / dfs) if parts.sum() > 0 else min(dfs)
         return replace(self, se=float(np.sqrt(parts.sum())), df=float(df))
 
-    def __str__(self) -> str:
-        low, high = self.interval()
+    def text(self, alpha: float = ALPHA) -> str:
+        """The value, its (1 - alpha) interval and its basis."""
+        low, high = self.interval(alpha)
         interval = "" if np.isnan(low) else f" [{low:+.4g}, {high:+.4g}]"
         return f"{self.value:+.4g}{interval} ({self.basis})"
+
+    def __str__(self) -> str:
+        return self.text()
 
 
 def directional(est: Estimate, sesoi: float, alpha: float = ALPHA) -> str:
