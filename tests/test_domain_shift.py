@@ -28,13 +28,16 @@ def test_rl_reports_pass_at_1_on_every_shifted_task_before_and_after(tmp_path):
 
 def test_every_registered_task_builds_scores_its_gold_solutions_and_refuses_settings_it_ignores(tmp_path):
     folder = Path(__file__).parent / "data"
-    data = {"math": str(folder / "gsm8k_sample.jsonl"), "code": str(folder / "humaneval_sample.jsonl")}
+    data = {"math": str(folder / "gsm8k_sample.jsonl"), "code": str(folder / "humaneval_sample.jsonl"),
+            "prefs": str(tmp_path / "pairs.jsonl")}
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "say hi", "chosen": "hi", "rejected": "no"}\n')
     for name in TASKS:
         paths = {"train_path": data[name], "test_path": data[name]} if name in data else {}
         cfg = RunConfig.model_validate({"task": {"name": name, **paths}}).task
         task = make_task(cfg)
         examples = task.examples("test", 4) or task.examples("train", 4)
-        if name not in ("chat", "code"):  # chat's gold is a rating; file code problems carry their own solutions
+        if name not in ("chat", "code", "prefs"):  # chat's gold is a rating; file code problems carry their own
+            # solutions; prefs has no verifier
             assert score_all(task, examples, [e.solution for e in examples]) == [1.0] * len(examples), name
     with pytest.raises(BadInput, match="task.first_digits=3: does nothing with task code-mini"):
         load_config(RunConfig, overrides=["task.name=code-mini", "task.first_digits=3"])

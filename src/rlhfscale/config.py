@@ -32,12 +32,13 @@ class TaskConfig(Section):
     name: str = Field("arithmetic", description=f"one of {', '.join(TASKS)}: arithmetic with steps, the synthetic "
                       "chat world, math or code from files, or their miniature versions")
     n_ops: int = Field(2, ge=1, le=8, description="operations per problem (arithmetic, math-mini)")
+    max_value: int = Field(99, ge=10, le=999, description="math-mini: largest number in a problem or its steps")
     first_digits: int = Field(2, ge=1, le=4, description="arithmetic: digits of the first operand")
     digits: int = Field(1, ge=1, le=4, description="arithmetic: digits of every later operand")
     operators: str = Field("+-", description="arithmetic: operator set, a subset of '+-*'")
     n_templates: int = Field(4, ge=1, le=8, description="surface phrasings of a question (arithmetic, chat)")
-    train_path: str | None = Field(None, description="math, code: training problems (jsonl or a datasets folder)")
-    test_path: str | None = Field(None, description="math, code: held-out problems (jsonl or a datasets folder)")
+    train_path: str | None = Field(None, description="math, code, prefs: training problems or pairs (jsonl or a datasets folder)")
+    test_path: str | None = Field(None, description="math, code, prefs: held-out problems or pairs (jsonl or a datasets folder)")
     step_split: Literal["line", "paragraph"] = Field(
         "line", description="math, math-mini: a step is a line, or a blank-line separated block")
     all_pass: bool = Field(False, description="code: reward 1 only when every test passes (else the fraction)")
@@ -60,7 +61,7 @@ class TaskConfig(Section):
     @model_validator(mode="after")
     def _settings_the_task_reads(self) -> "TaskConfig":
         """Paths where the task reads files; no setting another task reads but this one ignores."""
-        if self.name in ("math", "code") and not (self.train_path and self.test_path):
+        if self.name in ("math", "code", "prefs") and not (self.train_path and self.test_path):
             raise ValueError(f"task.train_path: expected the problem files of task {self.name} (task.train_path and "
                              "task.test_path), found none")
         for setting, readers in TASK_SETTINGS.items():
@@ -73,8 +74,9 @@ class TaskConfig(Section):
 
 TASK_SETTINGS = {  # setting -> the tasks that read it
     "n_ops": ("arithmetic", "math-mini"), "first_digits": ("arithmetic",), "digits": ("arithmetic",),
-    "operators": ("arithmetic",), "n_templates": ("arithmetic", "chat"), "train_path": ("math", "code"),
-    "test_path": ("math", "code"), "step_split": ("math", "math-mini"), "all_pass": ("code",),
+    "operators": ("arithmetic",), "n_templates": ("arithmetic", "chat"), "train_path": ("math", "code", "prefs"),
+    "test_path": ("math", "code", "prefs"), "step_split": ("math", "math-mini"), "all_pass": ("code",),
+    "max_value": ("math-mini",),
 }
 
 

@@ -11,11 +11,14 @@ sources and their weights, e.g. ``{rule: 1.0}`` or ``{orm: 1.0, rule: 0.5}``:
 
 The weighted outcome sources add up to the proxy score, the dense ones to the
 dense rewards. The gold reward (the verifier) is computed beside the proxy every
-time, whether or not `rule` is one of the sources, so that reward hacking shows.
+time, whether or not `rule` is one of the sources, so that reward hacking shows;
+a task without a verifier (`tasks.verifiable`, e.g. prefs) has no gold reward (NaN)
+and no `rule` source.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from ..errors import BadInput
 from ..models.ladder import count_non_embedding
 from ..models.reward import RewardModel, load_reward_model
 from ..rollout.sampler import Rollout
-from ..tasks import score_all
+from ..tasks import score_all, verifiable
 from ..tasks.base import Example, Task
 
 # score(examples, responses, rollout) -> [B] (outcome) or [B, R] (dense)
@@ -41,7 +44,7 @@ class Rewards:
 
     scores: Tensor  # [B] proxy outcome score: the weighted outcome sources
     dense: Tensor  # [B, R] proxy per-token rewards: the weighted dense sources (0 where none)
-    gold: Tensor  # [B] the task's verifier score
+    gold: Tensor  # [B] the task's verifier score; NaN for a task without a verifier
     parts: dict[str, float]  # "rl/reward_<source>": the batch mean of each source, unweighted
 
 
@@ -101,7 +104,10 @@ class Reward:
         mask = rollout.response_mask
         scores = torch.zeros(mask.shape[0], device=mask.device)
         dense = torch.zeros(mask.shape, device=mask.device)
-        gold = torch.tensor(score_all(self.task, examples, responses), device=mask.device)
+        if verifiable(self.task):
+            gold = torch.tensor(score_all(self.task, examples, responses), device=mask.device)
+        else:
+            gold = torch.full((mask.shape[0],), math.nan, device=mask.device)
         parts = {}
         for name, (weight, source) in self.sources.items():
             value = gold if name == "rule" else source.score(examples, responses, rollout)
@@ -144,6 +150,8 @@ def build_reward(rl: RLConfig, task: Task, tok, device: str, rm_run: str | None 
         if weight == 0:
             continue
         if name == "rule":
+            if not verifiable(task):
+                raise BadInput(f"rl.reward.rule: task {task.name} has no verifier to reward with; use rl.reward.orm")
             sources[name] = (weight, rule_source(task))
         elif name == "orm":
             sources[name] = (weight, orm_source(load_rm(rl, "orm", tok, rm_run, device)))

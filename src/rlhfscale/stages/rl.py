@@ -26,7 +26,7 @@ from ..pipeline import STAGES
 from ..rl.trainer import NonFiniteError, train
 from ..rm.sources import build_reward, rm_path
 from ..rollout.evaluate import evaluate
-from ..tasks import make_task
+from ..tasks import make_task, verifiable
 from .common import checkpointer, input_policy, max_new_tokens, setup
 from .rundir import Progress, RunDir
 
@@ -66,8 +66,9 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     shifted = {label: make_task(other) for label, other in cfg.eval.tasks.items()}
 
     def held_out(k: int = 0, shifts: bool = False) -> dict[str, float]:
-        """Held-out metrics on the task; with `shifts`, greedy pass@1 on each of eval.tasks as eval/pass@1_<label>."""
-        out = evaluate(policy, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed)
+        """Held-out metrics on the task (none without a verifier); with `shifts`, greedy pass@1 on each of eval.tasks
+        as eval/pass@1_<label>."""
+        out = evaluate(policy, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed) if verifiable(task) else {}
         for label, other in shifted.items() if shifts else ():
             budget_other = max_new_tokens(cfg, other)
             out[f"eval/pass@1_{label}"] = evaluate(policy, tok, other, other.examples("test", cfg.eval.n_prompts),
@@ -90,8 +91,11 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
         nonlocal last
         if cfg.rl.eval_every and step % cfg.rl.eval_every == 0 and step < cfg.rl.steps:
             info.update(held_out())
+        if not verifiable(task):
+            del info["rl/gold_reward"]  # NaN: no verifier, no gold score
         last = out.log(step, **info)
-        bar.advance(f"reward {info['rl/reward']:.3f} gold {info['rl/gold_reward']:.3f}")
+        gold = f" gold {info['rl/gold_reward']:.3f}" if "rl/gold_reward" in info else ""
+        bar.advance(f"reward {info['rl/reward']:.3f}{gold}")
 
     diverged: dict[str, float] = {"rl/diverged": 0.0}
     try:

@@ -15,6 +15,7 @@ from ..models.ladder import count_non_embedding
 from ..models.train import encode_pairs, sft_loop
 from ..rollout.evaluate import evaluate
 from ..pipeline import STAGES
+from ..tasks import verifiable
 from .common import checkpointer, fresh_policy, max_new_tokens, setup
 from .rundir import Progress, RunDir
 
@@ -44,7 +45,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
                           extra_state=lambda: {"rows": out.rows})
     save_policy(model, tok, out.path / "policy")
     test = task.examples("test", cfg.eval.n_prompts)
-    metrics = evaluate(model, tok, task, test, max_new_tokens=max_new_tokens(cfg, task))
+    # a task without a verifier (prefs) has no held-out pass@1
+    metrics = evaluate(model, tok, task, test, max_new_tokens=max_new_tokens(cfg, task)) if verifiable(task) else {}
     n_params = count_non_embedding(model)
     summary = {
         "sft/loss": losses[-1] if losses else float("nan"),

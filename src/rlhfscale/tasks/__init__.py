@@ -1,5 +1,8 @@
 """Tasks by name (one `Registry`): prompts + gold solutions + verifier + step splitter.
 
+``prefs`` (prompts of preference files) has no verifier: `UNVERIFIED` names such tasks for the
+torch-free config checks, `verifiable(task)` tells a built one.
+
 Each entry builds its task from a `TaskConfig` and imports its module only then, so this package
 stays light (the config validates `task.name` against it without torch). `score_all` scores many
 responses at once where a task can batch its verifier (code runs in one sandboxed process).
@@ -13,7 +16,7 @@ from typing import Any
 from ..registry import Registry
 from .base import Example, Task
 
-__all__ = ["Example", "Task", "TASKS", "make_task", "score_all"]
+__all__ = ["Example", "Task", "TASKS", "UNVERIFIED", "make_task", "score_all", "verifiable"]
 
 TASKS: Registry[Callable[[Any], Task]] = Registry("task")
 
@@ -42,9 +45,9 @@ def _math(cfg: Any) -> Task:
 
 @TASKS.register("math-mini")
 def _math_mini(cfg: Any) -> Task:
-    from .math_gen import miniature_task
+    from .math_mini import task
 
-    return miniature_task(n_ops=cfg.n_ops, seed=cfg.seed, step_split=cfg.step_split)
+    return task(n_ops=cfg.n_ops, max_value=cfg.max_value, seed=cfg.seed, step_split=cfg.step_split)
 
 
 @TASKS.register("code")
@@ -59,6 +62,21 @@ def _code_mini(cfg: Any) -> Task:
     from .code_mini import MiniCodeTask
 
     return MiniCodeTask(seed=cfg.seed)
+
+
+@TASKS.register("prefs")
+def _prefs(cfg: Any) -> Task:
+    from .prefs import PrefsTask
+
+    return PrefsTask(cfg.train_path, cfg.test_path)
+
+
+UNVERIFIED = frozenset({"prefs"})  # tasks without a verifier: no rule reward, no gold score, no pass@1
+
+
+def verifiable(task: Task) -> bool:
+    """Whether the task scores responses itself (a verifier, or the chat world's hidden gold rater)."""
+    return getattr(task, "verifiable", True)
 
 
 def make_task(cfg: Any) -> Task:
