@@ -31,3 +31,21 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
 def test_unknown_command_is_a_usage_error():
     r = run_cli("no-such-command")
     assert r.returncode == 2
+
+
+def test_bench_rollout_refuses_an_unknown_backend_in_one_line():
+    r = run_cli("bench", "rollout", "--backend", "sglang")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "bench rollout --backend: expected one of native, vllm, found 'sglang'" in r.stderr
+
+
+def test_bench_rollout_without_vllm_says_how_to_get_it():
+    pytest.importorskip("transformers")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed (tests/vllm_backend covers the backend)")
+    except ImportError:
+        pass
+    r = run_cli("bench", "rollout", "--backend", "vllm", "--batch", "2", "--new-tokens", "2")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "sampling.backend: expected the vllm package" in r.stderr and "make test-vllm" in r.stderr

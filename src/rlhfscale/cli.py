@@ -235,11 +235,12 @@ def study_report(spec: Path = SPEC, out: Optional[Path] = STUDY_OUT) -> None:
 
 @bench_app.command("rollout")
 def bench_rollout(size: str = "micro", batch: int = 256, new_tokens: int = 32,
+                  backend: str = typer.Option("native", help="native (our KV-cache sampler) or vllm"),
                   as_json: bool = typer.Option(False, "--json", help="print only the JSON line")) -> None:
-    """Our KV-cache sampler against `model.generate` on the same model and prompts."""
+    """A rollout backend against `model.generate` on the same model and prompts."""
     from .bench.rollout import run_rollout_bench
 
-    result = run_rollout_bench(size=size, batch=batch, new_tokens=new_tokens)
+    result = run_rollout_bench(size=size, batch=batch, new_tokens=new_tokens, backend=backend)
     if not as_json:
         for k, v in result.items():
             typer.echo(f"{k:>14s}  {v}")

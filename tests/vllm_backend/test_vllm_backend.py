@@ -43,3 +43,32 @@ def test_engine_log_probs_match_the_trainers_forward(engine):
         trainer = response_logprobs(policy, ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1], 1.0)
     gap = (trainer - ro.logprobs).abs()[ro.response_mask.bool()]
     assert gap.numel() > 50 and gap.max().item() < 1e-3, gap.max().item()
+
+
+def test_the_n_copies_of_a_prompt_get_different_responses(engine):
+    """GRPO's group needs n distinct draws: one request seed for all copies would give n equal responses."""
+    llm, policy, tok = engine
+    llm.push(policy)
+    ro = llm.sample(prompts(tok, 1) * 8, max_new_tokens=12, temperature=1.0, eos_id=tok.eos_token_id,
+                    pad_id=tok.pad_token_id)
+    assert len({tuple(r) for r in (ro.response_ids * ro.response_mask).tolist()}) >= 6
+
+
+def test_grpo_through_vllm_raises_held_out_accuracy_and_logs_the_log_prob_gap(tmp_path):
+    """The demo's start (micro, constant-schedule SFT) and GRPO at the demo's settings, rollouts by vLLM."""
+    import json
+
+    from rlhfscale.cli import DEMO_DEFAULTS
+    from rlhfscale.config import RunConfig, merge
+    from rlhfscale.stages import rl, sft
+
+    cfg = RunConfig.model_validate(merge(DEMO_DEFAULTS, {"rl": {"steps": 20, "eval_every": 0, "bf16": False},
+                                                         "sampling": {"backend": "vllm"},
+                                                         "eval": {"n_prompts": 100, "k": 1}}))
+    sft.run(cfg, {}, tmp_path / "sft")
+    summary = rl.run(cfg, {"sft": str(tmp_path / "sft")}, tmp_path / "rl")
+    before, after = summary["eval/pass@1_before"], summary["eval/pass@1_after"]
+    assert after > before + 0.05, (before, after)
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    gaps = [r["rl/logprob_gap_max"] for r in rows if "rl/logprob_gap_max" in r]
+    assert len(gaps) == 20 and max(gaps) < 1e-2, gaps

@@ -1,14 +1,15 @@
-"""Rollout throughput: our KV-cache sampler against HF `generate`, side by side.
+"""Rollout throughput: a rollout backend against HF `generate`, side by side.
 
-Both sample (temperature 1, no top-k / top-p) the same prompts from the same
+The backend is our KV-cache sampler (`native`) or the vLLM engine (`vllm`, holding a copy of the
+same weights; its engine start is reported apart and not timed). Both sample (temperature 1, no top-k / top-p) the same prompts from the same
 randomly initialised ladder model and produce exactly batch × new_tokens
 tokens: EOS never ends a row early (HF: `min_new_tokens`; ours: an EOS id
-outside the vocabulary), so the work is equal; the warm-up call of each side
+outside the vocabulary; vLLM: `ignore_eos`), so the work is equal; the warm-up call of each side
 checks that it is. Then the two are timed alternately, `repeats` times each;
 `ratio_vs_hf` compares the best times, which damps the noise of a shared
 machine, and `ratio_vs_hf_median` the medians.
 
-`peak_frac` is the fraction of the measured fp32 matmul peak that our sampler
+`peak_frac` is the fraction of the measured fp32 matmul peak that the backend
 reaches, counting 2·N FLOPs per generated token with N the parameters that
 take part in the per-token matmuls: the non-embedding parameters plus the
 lm_head (the embedding lookup is a gather, not a matmul; attention over the
@@ -24,6 +25,7 @@ import time
 import torch
 
 from rlhfscale.bench.peak import measure_matmul_peak
+from rlhfscale.errors import BadInput
 from rlhfscale.models.ladder import build_model, non_embedding_params
 from rlhfscale.models.tokenizer import build_tokenizer
 from rlhfscale.rollout.sampler import sample
@@ -50,29 +52,63 @@ def run_rollout_bench(
     device: str = "cpu",
     repeats: int = 5,
     threads: int | None = None,
+    backend: str = "native",
 ) -> dict:
-    """Time our sampler and HF `generate` on the same work; tokens per second and their ratio.
+    """Time a rollout backend (`native` or `vllm`) and HF `generate` on the same work; tokens per second and
+    their ratio.
 
     `threads` sets torch's CPU thread count for the run (None: leave it as it is).
     """
+    if backend not in BACKENDS:
+        raise BadInput(f"bench rollout --backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or previous_threads)
     try:
-        return _bench(size, batch, new_tokens, seed, device, repeats)
+        return _bench(size, batch, new_tokens, seed, device, repeats, backend)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _bench(size, batch, new_tokens, seed, device, repeats) -> dict:
+def _native(model, tok, prompts, new_tokens, seed, device):
+    """Our sampler as a function of no arguments returning the number of tokens it generated."""
+    def ours() -> int:
+        generator = torch.Generator(device).manual_seed(seed)
+        ro = sample(model, prompts, max_new_tokens=new_tokens, eos_id=-1, pad_id=tok.pad_token_id, generator=generator)
+        return int(ro.response_mask.sum())
+
+    return ours, {}
+
+
+def _vllm(model, tok, prompts, new_tokens, seed, device):
+    """The vLLM engine, holding a copy of `model`, as a function returning the number of tokens it generated;
+    and the seconds its start took."""
+    from rlhfscale.rollout.vllm_engine import VLLMEngine, require_vllm
+
+    vllm, start = require_vllm(), time.perf_counter()
+    engine = VLLMEngine(model, tok, max_len=max(map(len, prompts)) + new_tokens, seed=seed)
+    started = time.perf_counter() - start
+    params = vllm.SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=1.0,
+                                 seed=seed)
+    requests = [{"prompt_token_ids": p} for p in prompts]
+
+    def theirs() -> int:
+        engine.llm.reset_prefix_cache()  # every call prefills, as ours and HF's do
+        outputs = engine.llm.generate(requests, params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outputs)
+
+    return theirs, {"engine_start_s": started}
+
+
+BACKENDS = {"native": _native, "vllm": _vllm}
+
+
+def _bench(size, batch, new_tokens, seed, device, repeats, backend) -> dict:
     """The measurement of `run_rollout_bench`, at the current thread count."""
     tok = build_tokenizer()
     ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     model = build_model(size, len(tok), seed=seed, **ids).to(device).eval()
     prompts = arithmetic_prompts(batch, seed)
-
-    def ours():
-        generator = torch.Generator(device).manual_seed(seed)
-        return sample(model, prompts, max_new_tokens=new_tokens, eos_id=-1, pad_id=tok.pad_token_id, generator=generator)
+    ours, extra = BACKENDS[backend](model, tok, prompts, new_tokens, seed, device)
 
     hf_inputs = tok.pad([{"input_ids": p} for p in prompts], return_tensors="pt").to(device)
     hf_kwargs = dict(
@@ -86,7 +122,7 @@ def _bench(size, batch, new_tokens, seed, device, repeats) -> dict:
             return model.generate(**hf_inputs, **hf_kwargs)
 
     tokens = batch * new_tokens
-    generated = (int(ours().response_mask.sum()), hf().shape[1] - hf_inputs["input_ids"].shape[1])  # warm-up
+    generated = (ours(), hf().shape[1] - hf_inputs["input_ids"].shape[1])  # warm-up
     if generated != (tokens, new_tokens):
         raise RuntimeError(f"rollout bench: expected {tokens} tokens, {new_tokens} per row; found {generated}")
     ours_s, hf_s = [], []
@@ -96,6 +132,7 @@ def _bench(size, batch, new_tokens, seed, device, repeats) -> dict:
     params = non_embedding_params(size) + model.lm_head.weight.numel()
     peak = measure_matmul_peak(device)
     return {
+        "backend": backend,
         "size": size,
         "params": params,
         "ours_tok_s": tokens / min(ours_s),
@@ -106,4 +143,5 @@ def _bench(size, batch, new_tokens, seed, device, repeats) -> dict:
         "peak_frac": 2 * params * tokens / min(ours_s) / peak,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
+        **extra,
     }

@@ -271,8 +271,13 @@ class KVCache:
         return cls(zeros(), zeros(), mask, positions=attention_mask.long().sum(-1), length=P, rope=rope)
 
     def select(self, rows: torch.Tensor) -> KVCache:
-        """The cache of the batch rows `rows` [B'] only (drops finished sequences)."""
-        return KVCache(self.k[:, rows], self.v[:, rows], self.mask[rows], self.positions[rows], self.length, self.rope)
+        """The cache of the batch rows `rows` [B'] only (drops finished sequences, or repeats a prompt's rows).
+
+        `index_select`, not `k[:, rows]`: on a CPU the advanced-indexing gather of these 5-d buffers is
+        about 10x slower."""
+        k, v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        return KVCache(k, v, self.mask.index_select(0, rows), self.positions.index_select(0, rows), self.length,
+                       self.rope)
 
     def open_column(self) -> None:
         """Make room for one more token: unmask column `length`, doubling the capacity if full."""

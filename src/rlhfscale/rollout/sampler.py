@@ -146,8 +146,11 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     (B, P), R = prompt_ids.shape, max_new_tokens
     ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)  # the n copies of a prompt: one prefill
-    logits, cache = prefill(model, ids_u, mask_u, capacity=P + R - 1)  # the last token is not fed
-    logits, cache = logits[inverse], cache.select(inverse)
+    if len(ids_u) == B:  # every prompt distinct: prefill them in place, no copy of the cache
+        logits, cache = prefill(model, prompt_ids, prompt_mask, capacity=P + R - 1)  # the last token is not fed
+    else:
+        logits, cache = prefill(model, ids_u, mask_u, capacity=P + R - 1)
+        logits, cache = logits.index_select(0, inverse), cache.select(inverse)
 
     tokens_out = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     logprobs_out = torch.zeros((B, R), dtype=torch.float32, device=device)

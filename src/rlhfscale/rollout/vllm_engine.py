@@ -76,9 +76,11 @@ class VLLMEngine:
         """One response per prompt (repeat a prompt n times for n responses: prefix caching shares it)."""
         vllm = require_vllm()
         self._calls += 1
-        params = vllm.SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                     top_k=top_k if top_k > 0 else -1, logprobs=0, stop_token_ids=[eos_id],
-                                     seed=self._seed * 1_000_003 + self._calls)
+        base = (self._seed * 1_000_003 + self._calls) * len(prompts)
+        params = [vllm.SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                      top_k=top_k if top_k > 0 else -1, logprobs=0, stop_token_ids=[eos_id],
+                                      seed=base + i)  # one seed per request: the n copies of a prompt differ
+                  for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         responses = [list(o.outputs[0].token_ids) for o in outputs]
         logprobs = [[entry[token].logprob for token, entry in zip(r, o.outputs[0].logprobs)]
