@@ -83,3 +83,12 @@ def test_rule_reward_and_verifierless_eval_tasks_are_refused(tmp_path):
     assert checks.rl(RunConfig.model_validate({**prefs, "rl": {"reward": {"rule": 0, "orm": 1}}}).model_dump()) == []
     with pytest.raises(BadInput, match=r"^eval.tasks.p: task prefs has no verifier to score pass@1 with"):
         checks.rl(RunConfig.model_validate({"eval": {"tasks": {"p": {"name": "prefs", **paths}}}}).model_dump())
+
+
+def test_a_study_cannot_label_samples_of_a_task_without_a_verifier():
+    """rm.enabled would sample the policy and label its responses with the verifier prefs does not have."""
+    prefs = RunConfig.model_validate({"task": {"name": "prefs", "train_path": "t.jsonl", "test_path": "t.jsonl"}})
+    with pytest.raises(BadInput, match=r"^task.name=prefs: rm.enabled labels sampled responses with the task's "
+                                       r"verifier and this task has none; .*rlhfscale train-rm --data"):
+        checks.label(prefs.model_dump(mode="json"))
+    assert checks.label(RunConfig().model_dump(mode="json")) == []

@@ -149,6 +149,16 @@ def rm(config: dict[str, Any]) -> list[str]:
     return []
 
 
+def label(config: dict[str, Any]) -> list[str]:
+    """Refusals of the `label` stage: it labels sampled responses with the task's verifier."""
+    c = view(STAGES["label"], config)
+    if c.task.name in UNVERIFIED:
+        raise BadInput(f"task.name={c.task.name}: rm.enabled labels sampled responses with the task's verifier and "
+                       "this task has none; train the RM on the preference file itself (rlhfscale train-rm --data DIR, "
+                       "DIR/pairs.jsonl) and pass it as rl.orm_path")
+    return []
+
+
 def evaluation(config: dict[str, Any]) -> list[str]:
     """Refusals of the `eval` stage: pass@k and maj@k sample, so they need a temperature."""
     c = view(STAGES["eval"], config)

@@ -33,7 +33,7 @@ GRAPH: Pipeline = [
              reads=START + [*SAMPLING, "data.prompts", "data.responses_per_prompt", "data.source",
                             "data.heldout_prompts"]),
     StageDef(name="label", fn=f"{ENTRY}:label", inputs=["sample"], optional_inputs=["sft"], enabled="rm.enabled",
-             reads=START + [*SAMPLING, "data.rater_temperature", "data.mc_rollouts"]),
+             reads=START + [*SAMPLING, "data.rater_temperature", "data.mc_rollouts"], check=f"{CHECKS}:label"),
     StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base"], enabled="rm.enabled",
              reads=["seed", "device", "policy.max_len", "rm"], check=f"{CHECKS}:rm"),
     StageDef(name="bon", fn=f"{ENTRY}:bon", inputs=["sft", "rm"], enabled="rm.enabled",

@@ -72,3 +72,12 @@ def test_grpo_through_vllm_raises_held_out_accuracy_and_logs_the_log_prob_gap(tm
     rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     gaps = [r["rl/logprob_gap_max"] for r in rows if "rl/logprob_gap_max" in r]
     assert len(gaps) == 20 and max(gaps) < 1e-2, gaps
+
+
+def test_bench_rollout_times_vllm_on_the_same_work_as_generate():
+    """The bench checks that both sides generated batch x new_tokens tokens before timing them."""
+    from rlhfscale.bench.rollout import run_rollout_bench
+
+    result = run_rollout_bench(size="micro", batch=16, new_tokens=8, repeats=1, backend="vllm")
+    assert result["backend"] == "vllm" and result["engine_start_s"] > 0
+    assert result["ours_tok_s"] > 0 and 0 < result["peak_frac"] < 1
