@@ -25,12 +25,24 @@ import numpy as np
 import yaml
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
-CLAIMS = ("rm_data_volume", "prompt_diversity", "prm_vs_orm", "samples_plateau", "rm_size_modest", "policy_size",
-          "ppo_vs_grpo", "shaping_stability", "diminishing_returns")  # what the quickstart grid tests (no gold
-# rater's over-optimization curves, no PRM-rewarded RL: those checks have their own simulated grids)
-DEFAULTS = {"rl.shaping": "none", "rl.reward": {"rule": 1.0}}  # resolved values of keys the base leaves out
+CLAIMS = ("rm_data_volume", "prompt_diversity", "samples_plateau", "rm_size_modest", "ppo_vs_grpo",
+          "shaping_stability")  # what the quickstart grid tests (no gold rater's over-optimization curves, no
+# RL against each RM kind, no RM shared by policy sizes, no SFT curve: those checks run on ``FAITHFUL``)
+FAITHFUL_CLAIMS = ("prm_vs_orm", "policy_size", "diminishing_returns")
+SHIFT = {"ood": {"name": "arithmetic", "n_ops": 4}}
+EXTRA_TRIALS = {  # what each faithful check needs beyond the quickstart's trials
+    "prm_vs_orm": [{"rm.enabled": True, "rm.kind": "orm", "rl.reward": {"orm": 1.0}, "eval.tasks": SHIFT},
+                   {"rm.enabled": True, "rm.kind": "prm", "rl.reward": {"prm": 1.0}, "eval.tasks": SHIFT}],
+    "policy_size": [{"rm.enabled": True, "data.source": "rm_base", "rl.reward": {"orm": 1.0}},
+                    {"rm.enabled": True, "data.source": "rm_base", "rl.reward": {"orm": 1.0}, "policy.size": "nano"}],
+    "diminishing_returns": [{"sft.steps": 75, "rl.enabled": False}, {"sft.steps": 150, "rl.enabled": False}],
+}
+DEFAULTS = {"rl.shaping": "none", "rl.reward": {"rule": 1.0}, "data.source": "policy", "eval.tasks": {}}
+# resolved values of keys the base leaves out
 PARAMS = {"nano": 1.1e5, "micro": 5.2e5}
 STEPS = (0, 8, 16, 24)
+SFT_STEPS = 300  # the quickstart's sft.steps
+RL_SPAN = float(np.log2(STEPS[-1] / STEPS[1]))  # doublings of RL compute from the first eval point to the last
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,9 @@ class Truth:
     shaping_gain: float = 0.0  # pass@1, shaped minus none
     shaping_log_std: float = 0.0  # log reward std, none minus shaped
     concavity: float = 0.0  # curve slope per doubling of RL compute at its start minus at its end
+    prm_rl_edge: float = 0.0  # PRM- minus ORM-rewarded policy's pass@1 on the targeted task
+    prm_ood_loss: float = 0.0  # ORM- minus PRM-rewarded policy's pass@1 on the shifted task
+    sft_minus_rl: float = 0.0  # SFT pass@1 per doubling of SFT steps minus the base RL curve's per doubling
     eval_prompts: int = 100
     heldout_pairs: int = 96
     bon_prompts: int = 32
@@ -92,16 +107,32 @@ class _Sim:
 
     def __init__(self, truth: Truth, rng: np.random.Generator) -> None:
         self.t, self.rng = truth, rng
-        self.starts: dict[tuple[int, str], tuple[float, float]] = {}
+        self.starts: dict[tuple, tuple[float, float]] = {}
+        self.shared_rms: dict[tuple, dict] = {}
 
-    def start(self, seed: int, size: str) -> tuple[float, float]:
-        """(true, measured) SFT accuracy of a seed and policy size: one SFT run, shared by its trials."""
-        if (seed, size) not in self.starts:
-            true = {"micro": 0.30, "nano": 0.20}[size] + self.rng.normal(0, self.t.seed_sd)
-            self.starts[seed, size] = (true, _binomial(self.rng, true, self.t.eval_prompts))
-        return self.starts[seed, size]
+    def start(self, seed: int, size: str, steps: int = SFT_STEPS, label: str = "") -> tuple[float, float]:
+        """(true, measured) SFT accuracy of a seed, policy size and SFT length (on the task ``label`` names, '' the
+        targeted one): one SFT run, shared by its trials; SFT gains the base RL curve's slope per doubling of its
+        steps, plus ``sft_minus_rl``."""
+        if (seed, size, steps, label) not in self.starts:
+            if steps != SFT_STEPS:
+                true = self.start(seed, size, SFT_STEPS, label)[0]
+                true += (self.t.n_gain[4] / RL_SPAN + self.t.sft_minus_rl) * np.log2(steps / SFT_STEPS)
+            else:
+                true = {"micro": 0.30, "nano": 0.20}[size] - 0.15 * bool(label) + self.rng.normal(0, self.t.seed_sd)
+            self.starts[seed, size, steps, label] = (true, _binomial(self.rng, true, self.t.eval_prompts))
+        return self.starts[seed, size, steps, label]
 
-    def rm_metrics(self, get) -> dict:
+    def rm_metrics(self, seed: int, get) -> dict:
+        """An RM's metrics; one RM per seed and RM setting where its data come from rm_base (shared by policies)."""
+        if get("data.source") != "rm_base":
+            return self._rm_metrics(get)
+        key = (seed, *(json.dumps(get(k)) for k in ("rm.kind", "rm.size", "data.prompts", "data.responses_per_prompt")))
+        if key not in self.shared_rms:
+            self.shared_rms[key] = self._rm_metrics(get)
+        return self.shared_rms[key]
+
+    def _rm_metrics(self, get) -> dict:
         t, kind = self.t, get("rm.kind")
         prompts, rpp = get("data.prompts"), get("data.responses_per_prompt")
         doublings = np.log2(prompts * rpp / 256)
@@ -124,7 +155,7 @@ class _Sim:
         gain += t.policy_gap * (get("policy.size") == "nano")
         if "orm" in get("rl.reward"):
             gain += t.rm_size_gain * (get("rm.size") == "micro")
-        return gain
+        return gain + t.prm_rl_edge * ("prm" in get("rl.reward"))
 
     def curve(self, start: float, gain: float, n: int) -> list[dict]:
         """Eval points at STEPS: the gain rises linearly in log2 RL compute, bent by the concavity."""
@@ -150,7 +181,19 @@ class _Sim:
         after = points[-1]["eval/pass@1"]
         summary = {"eval/pass@1_before": before, "eval/pass@1_after": after, "rl/reward_std": float(np.exp(log_std)),
                    "rl/kl": points[-1]["rl/kl"], "flops/rl": points[-1]["flops/rl"], "eval/pass@1": after}
+        for label in get("eval.tasks") or {}:  # as stages.rl logs eval.tasks: at the start and the end of the curve
+            true, measured = self.start(seed, get("policy.size"), label=label)
+            moved = 0.05 - t.prm_ood_loss * ("prm" in get("rl.reward")) + self.rng.normal(0, t.train_sd)
+            shifted = _binomial(self.rng, true + moved, t.eval_prompts)
+            points[0][f"eval/pass@1_{label}"], points[-1][f"eval/pass@1_{label}"] = measured, shifted
+            summary |= {f"eval/pass@1_{label}_before": measured, f"eval/pass@1_{label}_after": shifted,
+                        f"eval/pass@1_{label}": shifted}
         return summary, points
+
+
+def faithful_trials(*checks: str) -> list[dict]:
+    """The quickstart's trials plus those ``EXTRA_TRIALS`` names for ``checks`` (all three by default)."""
+    return quickstart_trials()[2] + [t for c in (checks or FAITHFUL_CLAIMS) for t in EXTRA_TRIALS[c]]
 
 
 def quickstart_rows(truth: Truth = Truth(), seeds: int | list[int] | None = None, draw: int = 0,
@@ -165,12 +208,12 @@ def quickstart_rows(truth: Truth = Truth(), seeds: int | list[int] | None = None
     for overrides in trials:
         for seed in seeds:
             get = lambda key, o=overrides: _resolved(base, o, key)  # noqa: E731
-            size = get("policy.size")
+            size, sft_steps = get("policy.size"), get("sft.steps")
             row = {"trial": trial_id(overrides, seed), "seed": seed, **{k: get(k) for k in axes}}
-            row |= {"sft/loss": 0.5, "eval/pass@1": sim.start(seed, size)[1], "policy/params": PARAMS[size],
-                    "flops/sft": 1e13 * PARAMS[size] / 1e5, "policy.params": PARAMS[size]}
+            row |= {"sft/loss": 0.5, "eval/pass@1": sim.start(seed, size, sft_steps)[1], "policy/params": PARAMS[size],
+                    "flops/sft": 1e13 * PARAMS[size] / 1e5 * sft_steps / SFT_STEPS, "policy.params": PARAMS[size]}
             if get("rm.enabled"):
-                row |= sim.rm_metrics(get) | {"eval/pass@1_sft": row["eval/pass@1"]}
+                row |= sim.rm_metrics(seed, get) | {"eval/pass@1_sft": row["eval/pass@1"]}
             if not get("rl.enabled"):
                 rows.append(_with_total(row))
                 continue

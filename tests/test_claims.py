@@ -6,7 +6,7 @@ import pytest
 
 from rlhfscale.analysis import claims
 from rlhfscale.analysis.table import (
-    BON_RM, DATA_PROMPTS, DATA_RPP, DIVERGED, FLOPS_RL, FLOPS_SFT, PASS, PASS_BEFORE, PASS_OOD,
+    BON_RM, DATA_PROMPTS, DATA_RPP, DIVERGED, FLOPS_RL, FLOPS_SFT, PASS, PASS_BEFORE,
     POLICY_PARAMS, REWARD_STD, RL_ALGORITHM, RL_N_SAMPLES, RL_SHAPING, RM_KIND, RM_PAIR_ACC,
     RM_PARAMS, RM_SIZE, to_table,
 )
@@ -103,25 +103,52 @@ def test_prompt_diversity_both_ways_and_untested():
     assert claims.prompt_diversity(no_equal_budget).verdict == "not tested"
 
 
+def rl_against(kinds, sizes=(None,), **extra):
+    """RL trials rewarded by each RM kind (rm.kind and rl.reward agree), at RM data ``extra`` and policy sizes."""
+    return [{RM_KIND: k, "rl.reward": {k: 1.0}, **({POLICY_PARAMS: s} if s else {}), **extra}
+            for k in kinds for s in sizes]
+
+
+def rl_kind_metrics(target_edge, shifted_loss, shifted="eval/pass@1_ood"):
+    prm = lambda r: r[RM_KIND] == "prm"  # noqa: E731
+    return {PASS_BEFORE: lambda r: 0.3, PASS: lambda r: 0.4 + target_edge * prm(r), FLOPS_RL: lambda r: 1e12,
+            shifted: lambda r: 0.25 - shifted_loss * prm(r), f"{shifted}_before": lambda r: 0.2}
+
+
 KINDS = product(rm__kind=["prm", "orm"], data__prompts=[100, 400, 1600], data__responses_per_prompt=[4])
 
 
-def kind_metrics(prm_slope, orm_slope):
-    slope = {"prm": prm_slope, "orm": orm_slope}
-    return {
-        BON_RM: lambda r: 0.4 + slope[r[RM_KIND]] * L2(r[DATA_PROMPTS] / 100),
-        PASS_OOD: lambda r: 0.30 if r[RM_KIND] == "prm" else 0.35,
-    }
+def test_prm_vs_orm_reads_the_policies_rl_trained_against_each_rm_on_both_tasks():
+    both = grid(rl_against(["prm", "orm"]), rl_kind_metrics(0.05, 0.05))
+    assert_tested(claims.prm_vs_orm(both), "supported", 0.05, 0.003)
+    assert detail_value(claims.prm_vs_orm(both), "on the shifted task") == pytest.approx(0.05, abs=0.003)
+    assert "scaling with RM data not measured" in claims.prm_vs_orm(both).detail
+    generalizes = grid(rl_against(["prm", "orm"]), rl_kind_metrics(0.05, -0.05))  # better off-task too
+    assert_tested(claims.prm_vs_orm(generalizes), "not supported", 0.05, 0.003)
+    labelled = grid(rl_against(["prm", "orm"]), rl_kind_metrics(0.05, 0.05, shifted="eval/pass@1_shift"))
+    assert "eval/pass@1_shift" in claims.prm_vs_orm(labelled).detail
+    assert claims.prm_vs_orm(labelled).verdict == "supported"
 
 
-def test_prm_vs_orm_both_ways_with_generalization_detail():
-    better = claims.prm_vs_orm(grid(KINDS, kind_metrics(0.04, 0.01)))
-    assert_tested(better, "supported", 0.03, 0.003)
-    assert detail_value(better, "other-task pass@1") == pytest.approx(-0.05, abs=0.003)
-    assert_tested(claims.prm_vs_orm(grid(KINDS, kind_metrics(0.01, 0.04))), "not supported", -0.03, 0.003)
-    orm_only = grid([c for c in KINDS if c[RM_KIND] == "orm"] + [{RM_KIND: "rule", DATA_PROMPTS: 100, DATA_RPP: 4}],
-                    kind_metrics(0.04, 0.01) | {BON_RM: lambda r: 0.5})
-    assert "needs ['orm', 'prm']" in claims.prm_vs_orm(orm_only).detail
+def test_prm_vs_orm_adds_the_rm_data_slope_where_the_grid_has_it():
+    rm_slope = {"prm": 0.04, "orm": 0.01}
+    rm_rows = [dict(c, **{"rl.enabled": False}) for c in KINDS]
+    metrics = rl_kind_metrics(0.05, 0.05) | {BON_RM: lambda r: 0.4 + rm_slope[r[RM_KIND]] * L2(r[DATA_PROMPTS] / 100)
+                                             if r.get("rl.enabled") is False else np.nan}
+    table = grid(rl_against(["prm", "orm"], **{DATA_PROMPTS: 100, DATA_RPP: 4}) + rm_rows, metrics)
+    claim = claims.prm_vs_orm(table)
+    assert claim.verdict == "supported" and "all 3 parts" in claim.detail
+    assert detail_value(claim, "per doubling of labelled volume") == pytest.approx(0.03, abs=0.003)
+
+
+def test_prm_vs_orm_untested_without_rl_against_each_rm_or_without_a_shifted_task():
+    orm_only = grid(rl_against(["orm"]), rl_kind_metrics(0.05, 0.05))
+    assert "rl.reward: {prm: 1.0}" in claims.prm_vs_orm(orm_only).detail
+    no_shift = grid(rl_against(["prm", "orm"]), {PASS: lambda r: 0.4, FLOPS_RL: lambda r: 1e12})
+    assert claims.prm_vs_orm(no_shift).verdict == "not tested"
+    assert "eval.tasks" in claims.prm_vs_orm(no_shift).detail
+    rm_only = grid(KINDS, {BON_RM: lambda r: 0.4})  # the old reading: RM Best-of-N alone no longer decides C3
+    assert claims.prm_vs_orm(rm_only).verdict == "not tested"
 
 
 def n_gain(curve):
@@ -159,21 +186,39 @@ def test_rm_size_modest_reports_bon_and_rl_gains():
     assert "cannot be ordered" in claims.rm_size_modest(names_only).detail
 
 
-POLICIES = product(policy__params=[1e6, 1e7, 1e8])
+SHARED_RM = {"rm.enabled": True, "data.source": "rm_base", "rl.reward": {"orm": 1.0}}
+POLICIES = [dict(SHARED_RM, **{POLICY_PARAMS: p}) for p in (1e6, 1e7, 1e8)]
 
 
-def policy_metrics(gains):
+def policy_metrics(gains, pair_acc=lambda r: 0.7):
     before = {1e6: 0.2, 1e7: 0.4, 1e8: 0.6}
-    return {PASS_BEFORE: lambda r: before[r[POLICY_PARAMS]], PASS: lambda r: before[r[POLICY_PARAMS]] + gains[r[POLICY_PARAMS]]}
+    return {PASS_BEFORE: lambda r: before[r[POLICY_PARAMS]], PASS: lambda r: before[r[POLICY_PARAMS]] + gains[r[POLICY_PARAMS]],
+            FLOPS_RL: lambda r: 1e12, RM_PAIR_ACC: pair_acc}
 
 
-def test_policy_size_absolute_and_relative_gain():
+def test_policy_size_absolute_and_relative_gain_with_one_shared_rm():
     shrinking = claims.policy_size(grid(POLICIES, policy_metrics({1e6: 0.10, 1e7: 0.06, 1e8: 0.02}), noise=0.001))
     assert_tested(shrinking, "supported", 0.08, 0.003)
     assert detail_value(shrinking, "(eval/gain_rel)") == pytest.approx(0.10 / 0.2 - 0.02 / 0.6, abs=0.02)
     growing = claims.policy_size(grid(POLICIES, policy_metrics({1e6: 0.02, 1e7: 0.06, 1e8: 0.10}), noise=0.001))
     assert_tested(growing, "not supported", -0.08, 0.003)
-    assert claims.policy_size(grid(product(policy__params=[1e6]), policy_metrics({1e6: 0.1}))).verdict == "not tested"
+    one = [dict(SHARED_RM, **{POLICY_PARAMS: 1e6})]
+    assert claims.policy_size(grid(one, policy_metrics({1e6: 0.1}))).verdict == "not tested"
+
+
+def test_policy_size_untested_without_one_rm_shared_by_every_size():
+    gains = policy_metrics({1e6: 0.10, 1e7: 0.06, 1e8: 0.02})
+    rule = grid(product(policy__params=[1e6, 1e7, 1e8]), gains)  # the verifier as reward: no reward model
+    assert "data.source: rm_base" in claims.policy_size(rule).detail
+    own = [dict(c, **{"data.source": "policy"}) for c in POLICIES]  # each size's RM trained on its own samples
+    assert claims.policy_size(grid(own, gains)).verdict == "not tested"
+    unrecorded = [{k: v for k, v in c.items() if k != "data.source"} for c in POLICIES]
+    per_size = policy_metrics({1e6: 0.10, 1e7: 0.06, 1e8: 0.02}, pair_acc=lambda r: 0.6 + r[POLICY_PARAMS] / 1e9)
+    noiseless = {k: v for k, v in gains.items() if k != RM_PAIR_ACC}
+    assert claims.policy_size(grid(unrecorded, noiseless, exact={RM_PAIR_ACC: per_size[RM_PAIR_ACC]})).verdict \
+        == "not tested"  # its RM differs by size (pair accuracy)
+    shared = grid(unrecorded, noiseless, exact={RM_PAIR_ACC: lambda r: 0.7})
+    assert claims.policy_size(shared).verdict == "supported"
 
 
 ALGOS = product(rl__algorithm=["ppo", "grpo"], rl__n_samples=[4, 8])
@@ -224,37 +269,46 @@ def test_shaping_counts_divergences():
     assert detail_value(claim, "divergence rate, none minus shaped") == 1.0
 
 
-CURVES = product(rl__n_samples=[4, 8], policy__params=[1e6])
+SFT_BUDGETS = (250, 500, 1000)
+CURVES = product(rl__n_samples=[4], policy__params=[1e6], sft__steps=SFT_BUDGETS)
 
 
-def curve_metrics(gain):
-    return {PASS_BEFORE: lambda r: 0.3, PASS: lambda r: 0.3 + gain(r["step"])}
+def curve_metrics(rl_gain, sft_slope):
+    """pass@1 along RL curves started from SFT runs of several lengths; SFT gains ``sft_slope`` per doubling."""
+    def before(r):
+        return 0.3 + sft_slope * L2(r["sft.steps"] / SFT_BUDGETS[-1])
+    return {PASS_BEFORE: before, PASS: lambda r: before(r) + rl_gain(r["step"])}
 
 
-FLOPS = {FLOPS_RL: lambda r: r["step"] * r[RL_N_SAMPLES] * 1e12, FLOPS_SFT: lambda r: r[POLICY_PARAMS] * 1e6}
+FLOPS = {FLOPS_RL: lambda r: r["step"] * r[RL_N_SAMPLES] * 1e12, FLOPS_SFT: lambda r: r["sft.steps"] * 1e9}
 
 
-def early_minus_late_slope(gain, steps):
-    """Slope per doubling at the first minus at the last point of a quadratic in log2 steps."""
-    log_steps = np.log2(steps)
-    curvature, slope, _ = np.polyfit(log_steps, gain(steps), 2)
-    return -2 * curvature * (log_steps[-1] - log_steps[0])
+def rl_slope(gain, steps):
+    """Least-squares slope of the gain per doubling of steps (of RL compute), over the steps after the start."""
+    return np.polyfit(np.log2(steps), gain(steps), 1)[0]
 
 
 @pytest.mark.parametrize("seeds", [range(3), [0]], ids=["3 seeds", "1 seed"])
-def test_diminishing_returns_both_ways(seeds):
+def test_diminishing_returns_compares_rl_with_sft_per_doubling(seeds):
+    """With one seed the SFT curve is one cell of three continuous values: no interval, no verdict."""
     steps = np.arange(0, 9)
-    for gain, verdict in ((lambda s: 0.3 * (1 - np.exp(-s / 1.5)), "supported"), (lambda s: 0.02 * s, "not supported")):
-        claim = claims.diminishing_returns(grid(CURVES, curve_metrics(gain), exact=FLOPS, seeds=seeds, steps=steps))
-        assert claim.verdict == verdict, claim.detail
-        assert claim.effect == pytest.approx(early_minus_late_slope(gain, steps[1:]), abs=0.01)
-        assert claim.ci_low <= claim.effect <= claim.ci_high
-    assert "fewer than three compute levels" in claim.detail  # one SFT budget: no SFT slope
+    for gain, sft, verdict in ((lambda s: 0.02 * L2(np.maximum(s, 1)), 0.06, "supported"),
+                               (lambda s: 0.06 * L2(np.maximum(s, 1)), 0.02, "not supported")):
+        table = grid(CURVES, curve_metrics(gain, sft), exact=FLOPS, seeds=seeds, steps=steps)
+        table = table.drop(columns="sft.steps")  # not an axis: the SFT budget shows only in flops/sft
+        claim = claims.diminishing_returns(table)
+        assert claim.verdict == (verdict if len(seeds) > 1 else "inconclusive"), claim.detail
+        assert claim.effect == pytest.approx(sft - rl_slope(gain, steps[1:]), abs=0.01)
+        assert len(seeds) == 1 or claim.ci_low <= claim.effect <= claim.ci_high
 
 
-def test_diminishing_returns_untested_without_rl_flops():
+def test_diminishing_returns_untested_without_rl_flops_or_an_sft_curve():
     table = grid(CURVES, {PASS: lambda r: 0.3 + 0.01 * r["step"]}, steps=range(5))
     assert "flops/rl" in claims.diminishing_returns(table).detail
+    one_budget = [c for c in CURVES if c["sft.steps"] == SFT_BUDGETS[-1]]
+    rl_only = grid(one_budget, curve_metrics(lambda s: 0.02 * s, 0.0), exact=FLOPS, steps=range(5))
+    claim = claims.diminishing_returns(rl_only)
+    assert claim.verdict == "not tested" and "sft.steps" in claim.detail and "early minus late" in claim.detail
 
 
 def test_comparisons_are_paired_by_seed():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 from quickstart_rows import CLAIMS, Truth, quickstart_rows
 
@@ -15,25 +14,19 @@ from rlhfscale.analysis.table import FLOPS_RL, FLOPS_TOTAL, STEP, TRIAL, config_
 
 PRECISE = Truth(eval_prompts=5000, heldout_pairs=5000, bon_prompts=5000, train_sd=0.003, point_sd=0.002)
 PLATEAU, ACCELERATING = {2: 0.0, 4: 0.2, 8: 0.2}, {2: 0.0, 4: 0.0, 8: 0.2}
-CASES = [  # (check, changes to PRECISE, expected verdict, expected effect)
+CASES = [  # (check, changes to PRECISE, expected verdict, expected effect); C3, C6, C9: test_claims_faithful
     ("rm_data_volume", {"volume_slope": 0.05}, "supported", 0.05),
     ("rm_data_volume", {"volume_slope": -0.05}, "not supported", -0.05),
     ("prompt_diversity", {"diversity": 0.1}, "supported", 0.1),
     ("prompt_diversity", {"diversity": -0.1}, "not supported", -0.1),
-    ("prm_vs_orm", {"prm_extra_slope": 0.1}, "supported", 0.1),
-    ("prm_vs_orm", {"prm_extra_slope": -0.1}, "not supported", -0.1),
     ("samples_plateau", {"n_gain": PLATEAU}, "supported", 0.2),
     ("samples_plateau", {"n_gain": ACCELERATING}, "not supported", -0.2),
     ("rm_size_modest", {"rm_size_gain": 0.0}, "supported", 0.0),
     ("rm_size_modest", {"rm_size_gain": 0.2}, "not supported", 0.2),
-    ("policy_size", {"policy_gap": 0.1}, "supported", 0.1),
-    ("policy_size", {"policy_gap": -0.1}, "not supported", -0.1),
     ("ppo_vs_grpo", {"ppo_minus_grpo": 0.0}, "supported", 0.0),
     ("ppo_vs_grpo", {"ppo_minus_grpo": 0.2}, "not supported", 0.2),
     ("shaping_stability", {"shaping_gain": 0.1, "shaping_log_std": 0.5}, "supported", 0.1),
     ("shaping_stability", {"shaping_gain": -0.1, "shaping_log_std": -0.5}, "not supported", -0.1),
-    ("diminishing_returns", {"concavity": 0.2}, "supported", 0.2),
-    ("diminishing_returns", {"concavity": -0.2}, "not supported", -0.2),
 ]
 
 
@@ -85,13 +78,3 @@ def test_the_step_zero_point_of_a_curve_is_read_at_zero_rl_compute():
     rm_only = table[table["rl.enabled"].eq(False)]
     assert len(rm_only) == 5
     assert rm_only[FLOPS_RL].isna().all() and (rm_only[STEP] == 0).all()  # no curve: nothing to change
-
-
-def test_straight_curves_are_not_called_diminishing_whatever_step_zero_carries():
-    """Before the fix, curves straight in log compute were 'supported' in 10 / 33 / 61 % of studies at
-    2 / 3 / 5 seeds: the step-0 point sat at the final compute with the starting accuracy."""
-    verdicts = [claims.diminishing_returns(to_table(quickstart_rows(seeds=5, draw=d))).verdict for d in range(20)]
-    assert verdicts.count("supported") <= 2
-    effects = [claims.diminishing_returns(to_table(quickstart_rows(PRECISE, seeds=5, draw=d))).effect
-               for d in range(3)]
-    assert np.abs(effects).max() < 0.02

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rlhfscale.analysis.stats import ALPHA, Estimate
+from rlhfscale.analysis.stats import ALPHA, Estimate, directional
 from rlhfscale.analysis.table import (
     AXES, POLICY_PARAMS, POLICY_SIZE, RM_KIND, RM_PARAMS, RM_SIZE, TASK, final_points, has, levels,
 )
@@ -25,18 +25,23 @@ VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
 SESOI = {  # smallest effect of interest, in each effect's units
     "rm_data_volume": 0.01,  # RM accuracy per doubling of labelled volume
     "prompt_diversity": 0.02,  # RM accuracy, most prompts minus fewest at equal volume
-    "prm_vs_orm": 0.01,  # PRM minus ORM accuracy slope per doubling of volume
+    "prm_vs_orm": 0.02,  # PRM- minus ORM-rewarded policy's pass@1, targeted task (and ORM minus PRM, shifted)
     "samples_plateau": 0.01,  # gain per doubling of n, early rise and early-minus-late drop
     "rm_size_modest": 0.05,  # pass@1 gain of the largest RM over the smallest: "modest" within +-0.05
     "policy_size": 0.02,  # smallest minus largest policy's pass@1 gain (the paper: 4.4 vs 1.9 points)
     "ppo_vs_grpo": 0.05,  # PPO minus GRPO final pass@1: "similar" within +-0.05
     "shaping_stability": 0.02,  # the headline indicator's (STABILITY lists each indicator's own)
-    "diminishing_returns": 0.01,  # pass@1 slope per doubling of RL compute, early minus late
+    "diminishing_returns": 0.01,  # pass@1 per doubling of SFT compute minus per doubling of RL compute
     "overoptimization_peak": 0.01,  # gold change over half the sqrt(KL) range: the rise, then the fall
     "rl_kl_cost": 0.01,  # Best-of-N minus RL gold gain at equal KL
     "prm_reward": 0.02,  # PRM- minus ORM-rewarded pass@1 (and that gap, largest minus smallest policy)
     "prm_reward_samples": 0.01,  # gain per doubling of n from the middle to the largest n, PRM minus ORM reward
     "prm_reward_training": 0.01,  # pass@1 per doubling of RL steps in the later half of training, PRM minus ORM
+}
+PART_SESOI = {  # of the parts that are not a claim's headline effect
+    "prm_vs_orm_shifted": 0.02,  # ORM- minus PRM-rewarded policy's pass@1 on a shifted task
+    "prm_vs_orm_slope": 0.01,  # PRM minus ORM Best-of-16 slope per doubling of labelled volume
+    "policy_size_rel": 0.05,  # smallest minus largest policy's gain relative to its start (gain / before)
 }
 EQUIVALENCE = ("rm_size_modest", "ppo_vs_grpo")  # claims of a small difference, tested by TOST
 RM_CONTEXT = (RM_KIND, RM_SIZE, RM_PARAMS, TASK)
@@ -151,6 +156,20 @@ def both_hold(*verdicts: str) -> str:
             "supported" if found == {"supported"} else "inconclusive")
 
 
+def all_parts(parts: list[tuple[Estimate, float]], alpha: float = ALPHA) -> str:
+    """The verdict of a claim made of several directional parts (each ``(estimate, sesoi)``).
+
+    Supported when every part's (1 - alpha) interval lies above 0 (an intersection-union test: the
+    claim's false "supported" rate is at most any one part's); not supported when some part's
+    interval at (1 - alpha / k) lies below its SESOI (Bonferroni over the k parts, so a true effect at
+    every SESOI is called negligible at most alpha / 2 of the time); else inconclusive.
+    """
+    k = len(parts)
+    if any(directional(est, sesoi, alpha / k) == "not supported" for est, sesoi in parts):
+        return "not supported"
+    return "supported" if all(directional(est, sesoi, alpha) == "supported" for est, sesoi in parts) else \
+        "inconclusive"
+
 def cached(table: pd.DataFrame, key: str, compute: Callable[[], object]):
     """``compute()``, once per ``check_all`` call on ``table``."""
     if not (_SHARED and _SHARED[0][0]() is table):
@@ -164,13 +183,14 @@ def cached(table: pd.DataFrame, key: str, compute: Callable[[], object]):
 TITLES = {
     "rm_data_volume": "More labelled data (prompts x responses) improves the reward model",
     "prompt_diversity": "At equal budget, more prompts beat more responses per prompt",
-    "prm_vs_orm": "Process supervision scales better with data than outcome supervision",
+    "prm_vs_orm": "Process supervision is stronger on the targeted task (and scales better with data) but "
+                  "generalizes worse than outcome supervision",
     "samples_plateau": "More samples per prompt in RL help at first, then plateau",
     "rm_size_modest": "A larger reward model gives modest policy gains",
-    "policy_size": "A larger policy gains less from RLHF with a fixed reward model",
+    "policy_size": "A larger policy gains less from RLHF with one reward model shared by every size",
     "ppo_vs_grpo": "PPO and GRPO reach similar final accuracy",
     "shaping_stability": "Reward normalization and asymmetric shrinking help stability",
-    "diminishing_returns": "RLHF's returns to compute diminish",
+    "diminishing_returns": "RLHF gains less per doubling of compute than SFT on the same model",
     "overoptimization_peak": "Gold reward peaks, then falls as the proxy reward model is optimized (Gao et al. 2022)",
     "rl_kl_cost": "RL spends more KL than Best-of-N for the same gold gain (Gao et al. 2022)",
     "prm_reward": "As the RL reward, a PRM beats an ORM, more so for larger policies",

@@ -31,13 +31,9 @@ def with_reward(frame: pd.DataFrame, kind: pd.Series | None = None) -> pd.DataFr
     return frame.assign(**{REWARD: reward, SIDE: kind})[keep]
 
 
-def _rewarded(table: pd.DataFrame, final: bool) -> pd.DataFrame:
-    """``with_reward`` of the final points (or of every row), empty unless both an ORM and a PRM rewarded RL."""
+def learned_rm_final(table: pd.DataFrame) -> pd.DataFrame:
+    """``with_reward`` of the final points: the runs rewarded by one learned RM (an ORM or a PRM)."""
     kind = cached(table, "reward_kind", lambda: reward_kind(table))
-    if not {"orm", "prm"} <= set(kind.dropna()):
-        return pd.DataFrame(columns=[SIDE, REWARD, STEP])
-    if not final:
-        return cached(table, "rewarded_rows", lambda: with_reward(table, kind))
 
     def of_final() -> pd.DataFrame:
         points = shared_final_points(table)
@@ -47,7 +43,17 @@ def _rewarded(table: pd.DataFrame, final: bool) -> pd.DataFrame:
     return cached(table, "rewarded_final", of_final)
 
 
-def _prm_reason(rows: pd.DataFrame, table: pd.DataFrame, metric: str) -> str | None:
+def rewarded(table: pd.DataFrame, final: bool) -> pd.DataFrame:
+    """``with_reward`` of the final points (or of every row), empty unless both an ORM and a PRM rewarded RL."""
+    kind = cached(table, "reward_kind", lambda: reward_kind(table))
+    if not {"orm", "prm"} <= set(kind.dropna()):
+        return pd.DataFrame(columns=[SIDE, REWARD, STEP])
+    if not final:
+        return cached(table, "rewarded_rows", lambda: with_reward(table, kind))
+    return learned_rm_final(table)
+
+
+def prm_reason(rows: pd.DataFrame, table: pd.DataFrame, metric: str) -> str | None:
     if not has(table, metric):
         return f"metric '{metric}' was not recorded"
     if not {"orm", "prm"} <= set(rows[SIDE]):
@@ -99,8 +105,8 @@ def prm_reward(table: pd.DataFrame) -> Claim:
     """PRM- minus ORM-rewarded final pass@1; where policy sizes vary, that gap at the largest minus the smallest
     policy as well (supported when both are positive, not supported when either is below its SESOI)."""
     metric = pick(table, GAIN, PASS)
-    final = _rewarded(table, final=True)
-    if reason := _prm_reason(final, table, metric):
+    final = rewarded(table, final=True)
+    if reason := prm_reason(final, table, metric):
         return not_tested("prm_reward", reason)
     fixed = held_fixed(final, (RM_KIND, RM_PARAMS))
     main = estimate(final, fixed, ByLevel(REWARD, prm_minus_orm), metric)
@@ -130,8 +136,8 @@ def prm_reward_samples(table: pd.DataFrame) -> Claim:
     """How much more the gain rises per doubling of n, from the middle to the largest n, under a PRM reward
     than under an ORM reward; supported when that and the PRM's own rise are positive."""
     metric = pick(table, GAIN, PASS)
-    final = _rewarded(table, final=True)
-    if reason := _prm_reason(final, table, metric):
+    final = rewarded(table, final=True)
+    if reason := prm_reason(final, table, metric):
         return not_tested("prm_reward_samples", reason)
     sides = final.groupby(SIDE)[RL_N_SAMPLES].nunique() if has(final, RL_N_SAMPLES) else pd.Series(dtype=int)
     if not (sides.get("prm", 0) >= 2 and sides.get("orm", 0) >= 2):
@@ -156,9 +162,9 @@ def prm_reward_training(table: pd.DataFrame) -> Claim:
     """Along RL curves: the slope per doubling of steps over the later half of training, PRM minus ORM reward;
     supported when that and the PRM-rewarded curve's own late slope are positive."""
     metric = pick(table, GAIN, PASS)
-    points = _rewarded(table, final=False)
+    points = rewarded(table, final=False)
     points = points[(points[STEP] > 0) & points[metric].notna()] if metric in points else points.iloc[:0]
-    if reason := _prm_reason(points, table, metric):
+    if reason := prm_reason(points, table, metric):
         return not_tested("prm_reward_training", reason)
     if levels(points, STEP) < 2:
         return not_tested("prm_reward_training", "RL curves need two or more eval points after the start")

@@ -9,19 +9,22 @@ import numpy as np
 import pandas as pd
 
 from rlhfscale.analysis.claim_base import (
-    ORDER, SESOI, Claim, held_fixed, make_claim, not_tested, pick, shared_final_points, size_reason,
-    untested_reason, with_size_order,
+    ORDER, PART_SESOI, SESOI, Claim, held_fixed, make_claim, not_tested, pick, policy_axis,
+    shared_final_points, size_reason, untested_reason,
 )
+from rlhfscale.analysis.claims_prm import learned_rm_final
 from rlhfscale.analysis.effects import (
     ByLevel, concavity, difference, early, early_minus_late, estimate, first_minus_last, last_minus_first,
-    others_minus,
+    others_minus, slope,
 )
-from rlhfscale.analysis.fits import fit_log_linear
-from rlhfscale.analysis.stats import ALPHA, Estimate, directional, equivalent
+from rlhfscale.analysis.stats import ALPHA, Estimate, combine_codes, directional, equivalent
 from rlhfscale.analysis.table import (
-    DIVERGED, FLOPS_RL, FLOPS_SFT, GAIN, GAIN_REL, PASS, PASS_BEFORE, POLICY_PARAMS, POLICY_SIZE, REWARD_STD,
-    RL_ALGORITHM, RL_LR, RL_N_SAMPLES, RL_SHAPING, STEP, TRIAL, has, levels,
+    DATA_PROMPTS, DATA_RPP, DIVERGED, FLOPS_RL, FLOPS_SFT, GAIN, GAIN_REL, PASS, PASS_BEFORE, POLICY_PARAMS,
+    POLICY_SIZE, REWARD_STD, RL_ALGORITHM, RL_LR, RL_N_SAMPLES, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS,
+    RM_SIZE, SEED, STEP, TASK, TRIAL, has, levels,
 )
+
+DATA_SOURCE = "data.source"  # policy | corrupt | rm_base: what sampled the RM's training data
 
 LOG_STD = "_log_reward_std"
 STABILITY = (  # (column, sign that makes "shaping helps" positive, smallest effect of interest, label)
@@ -65,20 +68,56 @@ def _across_starts(final: pd.DataFrame, fixed: list[str], gap: Estimate) -> Esti
                    basis=f"{after.basis}; plus the starting accuracy's noise")
 
 
+SHARE_TRIALS = ("{rm.enabled: true, data.source: rm_base, rl.reward: {orm: 1.0}} at each policy.size: the RM's data "
+                "sampled by its own SFT start (rm_base), so one RM is trained once and shared by every policy size")
+RM_IDENTITY = (RM_KIND, RM_SIZE, RM_PARAMS, DATA_PROMPTS, DATA_RPP, TASK)
+
+
+def shared_rm_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """Final points of RL runs rewarded by a learned RM shared by every policy size, or why there are none.
+
+    Shared: the RM's data sampled by ``rm_base`` (``data.source``), where the grid records that setting; else
+    one RM per seed and RM setting, as its ``rm/pair_acc`` (equal for one artifact) shows."""
+    rows = learned_rm_final(table)
+    if has(rows, DATA_SOURCE):
+        rows = rows[rows[DATA_SOURCE] == "rm_base"]
+    elif has(rows, RM_PAIR_ACC):
+        by = [SEED, *(a for a in RM_IDENTITY if has(rows, a))]
+        if (rows.groupby(by, dropna=False)[RM_PAIR_ACC].nunique() > 1).any():
+            rows = rows.iloc[:0]
+    axis = policy_axis(rows)
+    if not has(rows, axis) or levels(rows, axis) < 2:
+        return rows, f"needs RL runs of two or more policy sizes against one RM trained once: {SHARE_TRIALS}"
+    return rows, size_reason(rows, POLICY_SIZE, POLICY_PARAMS, [GAIN])
+
+
 def policy_size(table: pd.DataFrame) -> Claim:
-    if reason := size_reason(table, POLICY_SIZE, POLICY_PARAMS, [GAIN]):
+    """Finding 6 as the paper ran it: RL runs of several policy sizes against one RM, trained once and shared
+    (``shared_rm_rows``). Effect: the smallest minus the largest policy's absolute gain over its own SFT start
+    (the noise of both starts counted), directional; beside it the same gap relative to the start (gain / before),
+    since bigger policies start stronger: where that lies below its SESOI (at 97.5 %) the claim is not supported
+    whatever the absolute gap. (Where the larger policy starts stronger, a smaller absolute gain is a smaller
+    relative one too, so the relative gap cannot be asked to confirm what the absolute one shows.)"""
+    rows, reason = shared_rm_rows(table)
+    if reason:
         return not_tested("policy_size", reason)
-    final = with_size_order(table, POLICY_SIZE, POLICY_PARAMS)
+    order = rows[POLICY_PARAMS] if policy_axis(rows) == POLICY_PARAMS else pd.to_numeric(rows[POLICY_SIZE], errors="coerce")
+    final = rows.assign(**{ORDER: order})
     fixed = held_fixed(final, (POLICY_SIZE, POLICY_PARAMS, RL_LR))  # lr is often tuned per size
     gap = _across_starts(final, fixed, estimate(final, fixed, ByLevel(ORDER, first_minus_last), GAIN))
-    detail = f"smallest minus largest policy, absolute {GAIN}: {gap}"
+    outcome = directional(gap, SESOI["policy_size"])
+    detail = f"one RM shared by every policy size; smallest minus largest policy, absolute {GAIN} (effect): {gap}"
     if has(final, GAIN_REL):
         rel = estimate(final, fixed, ByLevel(ORDER, first_minus_last), GAIN_REL)
-        detail += f"; relative to the starting accuracy ({GAIN_REL}): {rel}"
+        sesoi = PART_SESOI["policy_size_rel"]
+        if rel.n_seeds and directional(rel, sesoi, ALPHA / 2) == "not supported":
+            outcome = "not supported"
+        detail += (f"; relative to the starting accuracy ({GAIN_REL}): {rel} (below {sesoi:g} at "
+                   f"{100 * (1 - ALPHA / 2):g}%: not supported whatever the absolute gap)")
     if has(final, PASS_BEFORE):
         start = estimate(final, fixed, ByLevel(ORDER, last_minus_first), PASS_BEFORE)
         detail += f"; largest minus smallest starting accuracy: {start}"
-    return make_claim("policy_size", gap, directional(gap, SESOI["policy_size"]), detail)
+    return make_claim("policy_size", gap, outcome, detail)
 
 
 def ppo_vs_grpo(table: pd.DataFrame) -> Claim:
@@ -126,31 +165,59 @@ def shaping_stability(table: pd.DataFrame) -> Claim:
     return make_claim("shaping_stability", headline, outcome, detail, alpha=alpha, sesoi=sesoi)
 
 
-def _per_doubling(flops: pd.Series, accuracy: pd.Series) -> str:
-    """Log-linear slope of accuracy per doubling of compute, with its CI."""
-    means = accuracy.groupby(flops).mean().dropna()
-    means = means[means.index > 0]
-    if len(means) < 3:
-        return "fewer than three compute levels"
-    fit = fit_log_linear(means.index.to_numpy(float), means.to_numpy())
-    low, high = (np.log(2) * v for v in fit.ci["b"])
-    return f"{np.log(2) * fit.params['b']:+.4g} [{low:+.4g}, {high:+.4g}] per doubling"
+SFT_TRIALS = ("trials varying sft.steps on the same policy, e.g. {sft.steps: S/4} and {sft.steps: S/2} beside the "
+              "base's S (rl.enabled false is enough)")
+
+
+def _minus(a: Estimate, b: Estimate, basis: str) -> Estimate:
+    """``a - b`` of two estimates on disjoint rows (independent noise, Welch-Satterthwaite df)."""
+    both = a.with_noise_of(b)
+    se = both.se if np.isfinite(a.se) and np.isfinite(b.se) else np.nan
+    return replace(both, value=a.value - b.value, se=se, n_seeds=min(a.n_seeds, b.n_seeds), basis=basis,
+                   lower=a.lower - b.upper, upper=a.upper - b.lower)
+
+
+def _sft_slope(table: pd.DataFrame) -> tuple[Estimate, pd.DataFrame, list[str]]:
+    """pass@1 of the SFT policy per doubling of SFT FLOPs, within cells (every axis fixed, the policy's included),
+    with the final points (SFT pass@1 in ``eval/pass@1_before``, from ``eval/pass@1`` where no RL ran) and keys."""
+    final = shared_final_points(table)
+    no_rl = final[FLOPS_RL].isna() if FLOPS_RL in final else pd.Series(True, index=final.index)
+    before = final[PASS_BEFORE] if PASS_BEFORE in final else pd.Series(np.nan, index=final.index)
+    final = final.assign(**{PASS_BEFORE: before.fillna(final[PASS].where(no_rl))})
+    keys = held_fixed(final, ())
+    return estimate(final, keys, ByLevel(FLOPS_SFT, slope), PASS_BEFORE), final, keys
+
+
+def _with_sft_curve(points: pd.DataFrame, final: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The RL points of the cells (settings, any seed) in which SFT compute varies: RL on the same model."""
+    both = pd.concat([final[keys], points[keys]], ignore_index=True)
+    cell = combine_codes(*(both[k].to_numpy(object) for k in keys)) if keys else np.zeros(len(both), int)
+    budgets = pd.Series(final[FLOPS_SFT].to_numpy()).groupby(cell[:len(final)]).nunique()
+    return points[np.isin(cell[len(final):], budgets.index[budgets >= 2])]
 
 
 def diminishing_returns(table: pd.DataFrame) -> Claim:
-    metric = pick(table, GAIN, PASS)
-    if reason := untested_reason(table, [], [FLOPS_RL, metric]):
+    """Finding 8 relative to pretraining: on the same model, SFT's pass@1 gain per doubling of SFT FLOPs (trials
+    varying sft.steps) minus RL's per doubling of RL FLOPs (along each RL curve after its start, least squares in
+    log2 compute); > 0: RL scales less efficiently. The RL curves' own concavity (slope early minus late) is
+    reported beside it."""
+    if reason := untested_reason(table, [], [FLOPS_RL, PASS, FLOPS_SFT]):
         return not_tested("diminishing_returns", reason)
-    if levels(table, STEP) < 3:
-        return not_tested("diminishing_returns", "RL curves need at least three eval points")
     points = table[(table[FLOPS_RL] > 0) & (table[STEP] > 0)]  # each curve after its start (no RL compute yet)
-    est = estimate(points, [TRIAL], ByLevel(FLOPS_RL, concavity), metric, curves=True, points=True)
-    detail = (f"{metric} slope per doubling of {FLOPS_RL}, early minus late along each RL curve "
-              f"(RL compute at step 0 taken as 0): {est}; "
-              f"RL {metric} overall: {_per_doubling(table[FLOPS_RL], table[metric])}")
-    if has(table, FLOPS_SFT) and has(table, PASS_BEFORE):
-        final = shared_final_points(table)
-        detail += f"; SFT {PASS_BEFORE} vs {FLOPS_SFT}: {_per_doubling(final[FLOPS_SFT], final[PASS_BEFORE])}"
+    if levels(points, FLOPS_RL) < 2:
+        return not_tested("diminishing_returns", "RL curves need two or more eval points after the start")
+    concave = estimate(points, [TRIAL], ByLevel(FLOPS_RL, concavity), PASS, curves=True, points=True)
+    along = f"along each RL curve, {PASS} slope per doubling of {FLOPS_RL} early minus late: {concave}"
+    sft, final, keys = _sft_slope(table)
+    if not sft.n_seeds:
+        return not_tested("diminishing_returns", f"no SFT curve on the RL policies' model: needs {SFT_TRIALS}; {along}")
+    rl = estimate(_with_sft_curve(points, final, keys), [TRIAL], ByLevel(FLOPS_RL, slope), PASS, curves=True,
+                  points=True)
+    if not rl.n_seeds:
+        return not_tested("diminishing_returns", f"no RL curve shares its model and settings with the SFT curve "
+                          f"({SFT_TRIALS}); {along}")
+    est = _minus(sft, rl, f"SFT {sft.basis}; RL {rl.basis}")
+    detail = (f"SFT minus RL {PASS} gain per doubling of the stage's own FLOPs (effect; > 0: RL scales less "
+              f"efficiently): {est}; SFT per doubling of {FLOPS_SFT}: {sft}; RL per doubling of {FLOPS_RL}: {rl}; "
+              f"{along}")
     return make_claim("diminishing_returns", est, directional(est, SESOI["diminishing_returns"]), detail)
-
-

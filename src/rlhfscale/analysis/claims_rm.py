@@ -6,11 +6,12 @@ from __future__ import annotations
 import pandas as pd
 
 from rlhfscale.analysis.claim_base import (
-    ORDER, RM_CONTEXT, SESOI, Claim, held_fixed, make_claim, not_tested, pick, shared_final_points,
-    size_reason, untested_reason, with_size_order,
+    ORDER, PART_SESOI, REWARD, RM_CONTEXT, SESOI, Claim, all_parts, held_fixed, make_claim, not_tested, pick,
+    shared_final_points, size_reason, untested_reason, with_size_order,
 )
-from rlhfscale.analysis.effects import Both, ByLevel, difference, estimate, last_minus_first, slope
-from rlhfscale.analysis.stats import directional, equivalent
+from rlhfscale.analysis.claims_prm import prm_minus_orm, prm_reason, rewarded
+from rlhfscale.analysis.effects import Both, ByLevel, estimate, last_minus_first, slope
+from rlhfscale.analysis.stats import Estimate, directional, equivalent
 from rlhfscale.analysis.table import (
     BON_RM, DATA_PROMPTS, DATA_RPP, DATA_VOLUME, GAIN, PASS, PASS_OOD, RM_KIND, RM_PAIR_ACC, RM_PARAMS,
     RM_SIZE, has,
@@ -45,22 +46,63 @@ def prompt_diversity(table: pd.DataFrame) -> Claim:
     return make_claim("prompt_diversity", est, directional(est, SESOI["prompt_diversity"]), detail)
 
 
-def prm_vs_orm(table: pd.DataFrame) -> Claim:
+SHIFT_TRIALS = ("{rm.enabled: true, rm.kind: orm, rl.reward: {orm: 1.0}, eval.tasks: {ood: <a shifted task>}} and "
+                "the same with rm.kind: prm, rl.reward: {prm: 1.0}")
+PASS_SHIFT = PASS_OOD  # the shifted task's pass@1, copied here from eval/pass@1_<label> when that is what was logged
+
+
+def shifted_metric(table: pd.DataFrame) -> str | None:
+    """The column of pass@1 on a shifted task: ``eval/pass@1_ood``, else the first ``eval/pass@1_<label>`` of
+    ``eval.tasks`` (a label whose ``_before`` the RL stage also logged)."""
+    if has(table, PASS_OOD):
+        return PASS_OOD
+    labelled = sorted(c for c in table.columns if isinstance(c, str) and c.startswith(f"{PASS}_")
+                      and has(table, f"{c}_before") and not c.endswith(("_before", "_after")))
+    return next((c for c in labelled if has(table, c)), None)
+
+
+def _scaling_part(table: pd.DataFrame) -> tuple[Estimate, str]:
+    """PRM minus ORM slope of the RM's own Best-of-16 (else pair accuracy) per doubling of labelled volume."""
     metric = pick(table, BON_RM, RM_PAIR_ACC)
-    if reason := untested_reason(table, [DATA_VOLUME, RM_KIND], [metric], {RM_KIND: {"prm", "orm"}}):
-        return not_tested("prm_vs_orm", reason)
+    if untested_reason(table, [DATA_VOLUME, RM_KIND], [metric], {RM_KIND: {"prm", "orm"}}):
+        return Estimate.missing("no RM trials of both kinds at two data volumes"), metric
     final = shared_final_points(table)
     slope_gap = Both(ByLevel(DATA_VOLUME, slope, where=(RM_KIND, "prm")),
                      ByLevel(DATA_VOLUME, slope, -1.0, where=(RM_KIND, "orm")))
-    est = estimate(final, [k for k in _rm_keys(final) if k != RM_KIND], slope_gap, metric)
-    detail = f"PRM minus ORM slope of {metric} per doubling of labelled volume: {est}"
-    fixed = held_fixed(final, (RM_KIND,))
-    for label, column in (("targeted pass@1", PASS), ("other-task pass@1", PASS_OOD)):
-        if has(final, column):
-            side = estimate(final, fixed, ByLevel(RM_KIND, difference("prm", "orm")), column)
-            detail += f"; PRM minus ORM {label}: {side}"
-    return make_claim("prm_vs_orm", est, directional(est, SESOI["prm_vs_orm"]), detail)
+    return estimate(final, [k for k in _rm_keys(final) if k != RM_KIND], slope_gap, metric), metric
 
+
+def prm_vs_orm(table: pd.DataFrame) -> Claim:
+    """Finding 3 on the policies RL trained against each RM kind (rl.reward {orm: 1} vs {prm: 1}), compared
+    within cells (seed and every other axis): the PRM-rewarded minus the ORM-rewarded final pass@1 on the
+    targeted task (effect; stronger: > 0) and the ORM- minus the PRM-rewarded pass@1 on a shifted task
+    (``eval.tasks``; generalizes worse: > 0); where the grid trains both RM kinds at several data volumes, also
+    the PRM minus ORM Best-of-16 slope per doubling of labelled volume (scales better with data). Supported when
+    every part is; not supported when any part lies below its SESOI (``all_parts``)."""
+    final = rewarded(table, final=True)
+    if reason := prm_reason(final, table, PASS):
+        return not_tested("prm_vs_orm", f"{reason}; C3 needs {SHIFT_TRIALS}")
+    if (shifted := shifted_metric(final)) is None:
+        return not_tested("prm_vs_orm", "the RL trials against an ORM and a PRM record no pass@1 on a shifted task: "
+                          f"evaluate them on another task variant with eval.tasks ({SHIFT_TRIALS})")
+    final = final.assign(**{PASS_SHIFT: final[shifted]})
+    fixed = held_fixed(final, (RM_KIND, RM_PARAMS))
+    target = estimate(final, fixed, ByLevel(REWARD, prm_minus_orm), PASS)
+    shift = estimate(final, fixed, ByLevel(REWARD, prm_minus_orm, -1.0), PASS_SHIFT)
+    scaling, scaling_metric = _scaling_part(table)
+    parts = [(target, SESOI["prm_vs_orm"]), (shift, PART_SESOI["prm_vs_orm_shifted"])]
+    detail = (f"RL against each RM kind: PRM- minus ORM-rewarded final {PASS} on the targeted task (effect): {target}; "
+              f"ORM- minus PRM-rewarded {shifted} on the shifted task: {shift}")
+    if scaling.n_seeds:
+        parts.append((scaling, PART_SESOI["prm_vs_orm_slope"]))
+        detail += f"; PRM minus ORM slope of {scaling_metric} per doubling of labelled volume: {scaling}"
+    else:
+        detail += f"; scaling with RM data not measured ({scaling.basis})"
+    if not shift.n_seeds:
+        return not_tested("prm_vs_orm", f"no cell holds both RM kinds' shifted-task pass@1; {detail}")
+    detail += (f"; supported when all {len(parts)} parts exceed 0, not supported when one lies below its smallest "
+               f"effect of interest ({', '.join(f'{s:g}' for _, s in parts)}; Bonferroni over the parts)")
+    return make_claim("prm_vs_orm", target, all_parts(parts), detail)
 
 
 def rm_size_modest(table: pd.DataFrame) -> Claim:
