@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from rlhfscale.config import TASK_SETTINGS, RunConfig
 from rlhfscale.contract import leaf_settings, view
 from rlhfscale.pipeline import GRAPH, STAGES
-from rlhfscale.study.keys import get_dotted, plan_nodes, project, trial_keys
+from rlhfscale.study.keys import get_dotted, input_keys, plan_nodes, project, trial_keys
 
 BASE = RunConfig.model_validate({"rm": {"enabled": True}, "rl": {"enabled": True}}).model_dump(mode="json")
 SWITCHES = {"rm.enabled", "rl.enabled"}  # decide whether stages exist at all, not what they compute
@@ -82,13 +82,13 @@ def changed(dotted: str) -> dict:
     raise AssertionError(f"no valid change of {dotted} found")
 
 
-def reads_upstream(stage_name: str, keys: dict[str, str]) -> set[str]:
-    """The declared reads of a stage and of every stage feeding it in this trial."""
+def reads_upstream(stage_name: str, keys: dict[str, str], config: dict) -> set[str]:
+    """The declared reads of a stage and of every stage feeding it in this trial (``input_keys``: the optional
+    inputs it runs and whose ``input_when`` holds)."""
     stage = STAGES[stage_name]
     found = set(stage.reads)
-    for name in stage.inputs + stage.optional_inputs:
-        if name in keys:
-            found |= reads_upstream(name, keys)
+    for name in input_keys(stage, config, keys):
+        found |= reads_upstream(name, keys, config)
     return found
 
 
@@ -102,7 +102,7 @@ def test_a_setting_changes_exactly_the_keys_of_the_stages_that_read_it(setting):
     new_keys = trial_keys(changed(setting), GRAPH)
     assert set(base_keys) == set(new_keys)
     for stage, key in base_keys.items():
-        reads = covered(setting, reads_upstream(stage, base_keys))
+        reads = covered(setting, reads_upstream(stage, base_keys, base_for(setting)))
         assert (new_keys[stage] != key) == reads, f"{setting} -> {stage}: reads={reads}"
 
 

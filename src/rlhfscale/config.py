@@ -234,8 +234,10 @@ class DataConfig(Section):
 
     prompts: int = Field(256, ge=1, description="distinct prompts (diversity axis)")
     responses_per_prompt: int = Field(8, ge=1, description="sampled responses per prompt (volume axis)")
-    source: Literal["policy", "corrupt"] = Field(
-        "policy", description="responses from the policy, or (chat task) gold solutions corrupted at random levels")
+    source: Literal["policy", "corrupt", "rm_base"] = Field(
+        "policy", description="responses from the policy, from rm_base (the RM's own SFT start at rm.size: the RM "
+        "then does not depend on the policy, and RL runs of every policy size share it), or (chat task) gold "
+        "solutions corrupted at random levels")
     heldout_prompts: int = Field(64, ge=0, description="test-split prompts whose responses evaluate the RM (0: none)")
     mc_rollouts: int = Field(
         8, ge=0, description="policy completions per step prefix for Monte-Carlo step labels (0: none)")

@@ -9,8 +9,10 @@ for a trial, `rl.enabled` the policy optimization); the CLI commands, `rlhfscale
 benchmarks run the same graph with some inputs pinned (`study.local.run_targets`). A stage is
 called with exactly the settings in `reads` (`contract.view`), which are also what its key
 holds; `check` refuses settings that would do nothing in the stage. An optional input joins when
-the trial runs it (or a command pins it): `sample` needs no policy for corrupted chat responses,
-`label` writes Monte-Carlo step labels only with one. Bump a stage's `version` to
+the trial runs it (or a command pins it) and its `input_when` holds: `sample` needs no policy for
+corrupted chat responses, `label` writes Monte-Carlo step labels only with one; with
+`data.source: rm_base` both take the RM's own SFT start (rm_base) in place of the trial's policy, so
+the RM's key does not depend on `policy` and RL runs of every policy size share one RM. Bump a stage's `version` to
 invalidate its artifacts on purpose. Torch-free: the stage code lives in `rlhfscale.stages`.
 """
 
@@ -24,15 +26,20 @@ CHECKS = "rlhfscale.checks"
 START = ["seed", "device", "task"]  # what every stage that builds or runs a model reads
 BUDGET = "sampling.max_new_tokens"  # the generation budget of any evaluation
 SAMPLING = ["sampling.temperature", "sampling.top_p", "sampling.top_k", BUDGET]  # all but the RL rollout engine
+RM_DATA_POLICY = {  # which policy samples (and Monte-Carlo labels) the RM's data: data.source rm_base keys the RM
+    "sft": ("data.source", ["policy", "corrupt"]),  # branch free of the trial's policy, so one RM serves every size
+    "rm_base": ("data.source", ["rm_base"]),
+}
 
 GRAPH: Pipeline = [
     StageDef(name="sft", fn=f"{ENTRY}:sft", reads=START + ["policy", "sft", "eval.n_prompts", BUDGET]),
     StageDef(name="rm_base", fn=f"{ENTRY}:rm_base", enabled="rm.enabled",
              reads=START + ["rm.size", "rm.init_path", "policy.max_len", "sft", "eval.n_prompts", BUDGET]),
-    StageDef(name="sample", fn=f"{ENTRY}:sample", optional_inputs=["sft"], enabled="rm.enabled",
-             reads=START + [*SAMPLING, "data.prompts", "data.responses_per_prompt", "data.source",
-                            "data.heldout_prompts"]),
-    StageDef(name="label", fn=f"{ENTRY}:label", inputs=["sample"], optional_inputs=["sft"], enabled="rm.enabled",
+    StageDef(name="sample", fn=f"{ENTRY}:sample", optional_inputs=["sft", "rm_base"], input_when=RM_DATA_POLICY,
+             enabled="rm.enabled", reads=START + [*SAMPLING, "data.prompts", "data.responses_per_prompt", "data.source",
+                                                  "data.heldout_prompts"]),
+    StageDef(name="label", fn=f"{ENTRY}:label", inputs=["sample"], optional_inputs=["sft", "rm_base"],
+             input_when=RM_DATA_POLICY, enabled="rm.enabled",
              reads=START + [*SAMPLING, "data.rater_temperature", "data.mc_rollouts"], check=f"{CHECKS}:label"),
     StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base"], enabled="rm.enabled",
              reads=["seed", "device", "policy.max_len", "rm"], check=f"{CHECKS}:rm"),

@@ -42,12 +42,18 @@ def rm_base(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dic
     return {**summary, "rm.params": summary["policy/params"], "rm_base/pass@1": summary["eval/pass@1"]}
 
 
+def data_policy(inputs: dict[str, str]) -> dict[str, str]:
+    """The inputs with the policy that samples the RM's data as ``sft``: rm_base's where the pipeline gave it
+    (``data.source: rm_base``; ``pipeline.RM_DATA_POLICY``), else the trial's own."""
+    return {**inputs, "sft": inputs["rm_base"]} if "rm_base" in inputs and "sft" not in inputs else inputs
+
+
 def sample(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:
-    return sample_stage.run(config, inputs, out_dir)
+    return sample_stage.run(config, data_policy(inputs), out_dir)
 
 
 def label(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:
-    return label_stage.run(config, inputs, out_dir)
+    return label_stage.run(config, data_policy(inputs), out_dir)
 
 
 def rm(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:

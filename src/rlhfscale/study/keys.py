@@ -42,6 +42,11 @@ class StageDef(BaseModel):
     optional_inputs: list[str] = Field(
         default_factory=list, description="Upstream stages used when the trial runs them (enabled), else left out."
     )
+    input_when: dict[str, tuple[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="Optional input -> (dotted config key, values): the input joins (its key and its artifact) only "
+        "where the key takes one of the values, e.g. sample's policy: {'rm_base': ('data.source', ['rm_base'])}.",
+    )
     resources: dict[str, float] = Field(
         default_factory=lambda: {"num_cpus": 1, "num_gpus": 0},
         description="Resource request of one call, e.g. {'num_cpus': 1, 'num_gpus': 0} (used by Ray).",
@@ -143,13 +148,24 @@ def check_pipeline(pipeline: Pipeline) -> None:
         seen.add(stage.name)
 
 
+def input_keys(stage: StageDef, config: dict[str, Any], keys: dict[str, str]) -> dict[str, str]:
+    """The keys of the inputs `stage` takes in this config: required ones, and optional ones the trial runs
+    whose `input_when` condition (if any) holds."""
+    def joins(name: str) -> bool:
+        if name not in stage.input_when:
+            return True
+        dotted, values = stage.input_when[name]
+        return get_dotted(config, dotted) in values
+    return {name: keys[name] for name in stage.inputs + stage.optional_inputs if name in keys and joins(name)}
+
+
 def trial_keys(config: dict[str, Any], pipeline: Pipeline) -> dict[str, str]:
     """Stage name -> key for one trial config; stages disabled (directly or upstream) are left out."""
     keys: dict[str, str] = {}
     for stage in pipeline:
         if not is_enabled(stage, config) or any(name not in keys for name in stage.inputs):
             continue
-        inputs = {name: keys[name] for name in stage.inputs + stage.optional_inputs if name in keys}
+        inputs = input_keys(stage, config, keys)
         keys[stage.name] = stage_key(stage.name, project(config, stage.reads), inputs, stage.version, stage.threads)
     return keys
 
@@ -162,7 +178,7 @@ def plan_nodes(configs: list[dict[str, Any]], pipeline: Pipeline) -> tuple[list[
     for stage in pipeline:
         for config, keys in zip(configs, per_trial):
             if stage.name in keys and (stage.name, keys[stage.name]) not in nodes:
-                input_keys = {name: keys[name] for name in stage.inputs + stage.optional_inputs if name in keys}
                 settings = project(config, stage.reads)
-                nodes[(stage.name, keys[stage.name])] = Node(stage, keys[stage.name], settings, input_keys)
+                nodes[(stage.name, keys[stage.name])] = Node(stage, keys[stage.name], settings,
+                                                             input_keys(stage, config, keys))
     return per_trial, list(nodes.values())

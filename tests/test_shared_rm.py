@@ -1,0 +1,50 @@
+"""One reward model trained once and shared by the RL runs of every policy size (finding 6 as the paper ran it):
+with ``data.source: rm_base`` the RM's data are sampled (and Monte-Carlo labelled) by the RM's own SFT start, so
+the rm stage's key does not depend on ``policy``; with the default the RM is keyed by (and retrained for) each
+policy. Keys only: nothing runs."""
+
+from __future__ import annotations
+
+from rlhfscale.config import RunConfig
+from rlhfscale.pipeline import GRAPH
+from rlhfscale.study.keys import plan_nodes, trial_keys
+
+
+def trial(size: str, source: str, **rm) -> dict:
+    config = RunConfig().model_dump(mode="json")
+    config["policy"]["size"] = size
+    config["data"]["source"] = source
+    config["rm"] |= {"enabled": True, **rm}
+    config["rl"]["reward"] = {"orm": 1.0}
+    return config
+
+
+def test_rm_base_as_the_data_policy_shares_one_rm_across_policy_sizes():
+    small, large = trial_keys(trial("nano", "rm_base"), GRAPH), trial_keys(trial("micro", "rm_base"), GRAPH)
+    assert small["sft"] != large["sft"] and small["rl"] != large["rl"]
+    for stage in ("rm_base", "sample", "label", "rm"):
+        assert small[stage] == large[stage], stage
+    assert small["bon"] != large["bon"]  # Best-of-N still samples the trial's own policy
+
+
+def test_the_default_samples_the_trials_policy_and_keys_the_rm_by_it():
+    small, large = trial_keys(trial("nano", "policy"), GRAPH), trial_keys(trial("micro", "policy"), GRAPH)
+    assert small["rm_base"] == large["rm_base"]
+    for stage in ("sample", "label", "rm"):
+        assert small[stage] != large[stage], stage
+
+
+def test_the_sample_and_label_nodes_take_exactly_the_policy_they_sample_from():
+    _, nodes = plan_nodes([trial("nano", "rm_base"), trial("micro", "policy")], GRAPH)
+    inputs = {(n.stage.name, tuple(sorted(n.input_keys))) for n in nodes if n.stage.name in ("sample", "label")}
+    assert inputs == {("sample", ("rm_base",)), ("label", ("rm_base", "sample")),
+                      ("sample", ("sft",)), ("label", ("sample", "sft"))}
+    assert sum(n.stage.name == "rm" for n in nodes) == 2
+
+
+def test_keys_of_the_default_data_source_are_unchanged_by_the_switch():
+    """The sft input joins sample and label exactly as before for data.source policy (no artifact invalidated)."""
+    keys = trial_keys(trial("nano", "policy"), GRAPH)
+    _, nodes = plan_nodes([trial("nano", "policy")], GRAPH)
+    sample = next(n for n in nodes if n.stage.name == "sample")
+    assert sample.input_keys == {"sft": keys["sft"]}
