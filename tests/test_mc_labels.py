@@ -63,8 +63,9 @@ def known_value_policy(seed):
     calls, checked = [], []
     rng = random.Random(seed)
 
-    def complete(texts, m):
-        calls.append(list(texts))
+    def complete(prompts, prefixes, m):
+        texts = [q + r for q, r in zip(prompts, prefixes, strict=True)]
+        calls.append(texts)
         return [["=ok" if rng.random() < P[t] else "=no" for _ in range(m)] for t in texts]
 
     def is_correct(i, response):
@@ -97,8 +98,8 @@ def test_monte_carlo_labels_check_full_response_of_the_right_example():
 def test_monte_carlo_labels_small_m_hard_is_any_soft_is_fraction():
     outcomes = {"q0\na\n": ["=no", "=ok"], "q0\na\nb\n": ["=no", "=no"], "q0\na\nb\nc\n": ["=ok", "=ok"]}
 
-    def complete(texts, m):
-        return [outcomes[t] for t in texts]
+    def complete(prompts, prefixes, m):
+        return [outcomes[q + r] for q, r in zip(prompts, prefixes)]
 
     soft, hard = monte_carlo_step_labels(PROMPTS[:1], STEPS[:1], complete, lambda i, r: r.endswith("=ok"), 2)
     assert soft == [[0.5, 0.0, 1.0]] and hard == [[True, False, True]]
@@ -106,6 +107,18 @@ def test_monte_carlo_labels_small_m_hard_is_any_soft_is_fraction():
 
 def test_monte_carlo_labels_reject_wrong_number_of_completions():
     with pytest.raises(ValueError, match="2 completions for each of 5 texts"):
-        monte_carlo_step_labels(PROMPTS, STEPS, lambda texts, m: [["=ok"]] * len(texts), lambda i, r: True, 2)
+        monte_carlo_step_labels(PROMPTS, STEPS, lambda qs, rs, m: [["=ok"]] * len(qs), lambda i, r: True, 2)
     with pytest.raises(ValueError, match="3 prompts but 2 step lists"):
-        monte_carlo_step_labels(PROMPTS, STEPS[:2], lambda texts, m: [], lambda i, r: True, m=2)
+        monte_carlo_step_labels(PROMPTS, STEPS[:2], lambda qs, rs, m: [], lambda i, r: True, m=2)
+
+
+def test_prompt_and_prefix_reach_the_policy_apart_with_the_tasks_step_separator():
+    """A chat template wraps the prompt alone: the prefix must not be glued into the user's turn."""
+    seen = []
+
+    def complete(prompts, prefixes, m):
+        seen.extend(zip(prompts, prefixes))
+        return [["=ok"] * m for _ in prompts]
+
+    monte_carlo_step_labels(["Q"], [["s1", "s2"]], complete, lambda i, r: True, 1, joiner="\n\n")
+    assert seen == [("Q", "s1\n\n"), ("Q", "s1\n\ns2\n\n")]

@@ -171,3 +171,24 @@ def test_more_noisy_preference_pairs_give_a_better_proxy_rm():
         accuracy[n] = pair_accuracy(scorer.score_texts(prompts, [p.chosen for p in test]),
                                     scorer.score_texts(prompts, [p.rejected for p in test]))
     assert accuracy[1024] > accuracy[64] + 0.07 and accuracy[1024] > 0.62, accuracy
+
+
+def test_a_prm_finds_steps_as_the_task_writes_them(tmp_path):
+    """task.step_split reaches the PRM: with "paragraph", a two-line step is one step, and the saved PRM keeps it."""
+    import json
+
+    from rlhfscale.models.reward import load_reward_model
+    from rlhfscale.models.steps import step_end_mask
+
+    rows = [{"prompt": f"Q{i}: 3 + {i}?\n", "steps": [f"3 + {i}\n= {3 + i}", f"#### {3 + i}"],
+             "labels": [i % 2 == 0, i % 2 == 0]} for i in range(8)]
+    path = tmp_path / "steps.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config(task={"name": "math-mini", "step_split": "paragraph"}, rm={"kind": "prm", "size": "nano", "steps": 2,
+                                                                            "init": "scratch"}, data={"heldout_prompts": 0})
+    rm.run(cfg, {"steps": str(path)}, tmp_path / "prm")
+    prm = load_reward_model(tmp_path / "prm" / "rm")
+    assert prm.step_split == "paragraph"
+    text = rows[0]["steps"][0] + "\n\n" + rows[0]["steps"][1]
+    ids = torch.tensor([prm.tok(text, add_special_tokens=False).input_ids])
+    assert int(step_end_mask(prm.tok, ids, torch.ones_like(ids), prm.step_split).sum()) == 2  # not 3 lines

@@ -80,6 +80,27 @@ TASK_SETTINGS = {  # setting -> the tasks that read it
 }
 
 
+class LoraConfig(Section):
+    """LoRA adapters through `peft` (Hu et al. 2021), the TRL ``peft_config`` knobs: only the adapters train and
+    the base weights stay as loaded; on the transformers forward (a ladder model with adapters leaves the fast path).
+    The run saves the adapters in peft's format (``PeftModel.from_pretrained``) and the merged model as a plain HF
+    folder."""
+
+    rank: int = Field(0, ge=0, le=1024, description="adapter rank r (peft's r); 0: no adapters, every weight trains")
+    alpha: float = Field(16.0, gt=0, description="scale: the adapter's update is multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input while training")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="module names (or suffixes) that get adapters, e.g. [q_proj, v_proj]; all-linear: "
+        "every linear layer but the output head (peft's shorthand)")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: str | list[str]) -> str | list[str]:
+        if not v or (isinstance(v, list) and not all(v)):
+            raise ValueError(f"expected all-linear or a non-empty list of module names, found {v!r}")
+        return v
+
+
 class PolicyConfig(Section):
     """The policy model: a ladder size trained from scratch, or an HF checkpoint folder."""
 
@@ -192,6 +213,9 @@ class RLConfig(Section):
     length_target: int = Field(0, ge=0)
     # compute and logging
     bf16: bool = Field(False, description="bf16 autocast for every model forward/backward (CPU with avx512_bf16, GPU)")
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="LoRA adapters on the policy (rank > 0); the reference is then the "
+        "policy with its adapters off, no second copy; the critic trains whole")
     eval_every: int = Field(25, ge=0, description="held-out pass@1 every this many steps (0: only at the end)")
     checkpoint_every: int = Field(
         10, ge=0, description="save the full training state every this many steps, so a killed run resumes (0: never)")
@@ -279,6 +303,9 @@ class RMConfig(Section):
         "cosine", description="after warm-up: cosine decay to a tenth of rm.lr, or constant")
     weight_decay: float = Field(0.0, ge=0)
     bf16: bool = Field(False, description="bf16 autocast for the training forward passes (CPU or GPU)")
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="LoRA adapters on the reward model's backbone (rank > 0); its score "
+        "head trains whole")
 
     @field_validator("size")
     @classmethod

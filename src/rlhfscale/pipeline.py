@@ -42,7 +42,7 @@ GRAPH: Pipeline = [
              input_when=RM_DATA_POLICY, enabled="rm.enabled",
              reads=START + [*SAMPLING, "data.rater_temperature", "data.mc_rollouts"], check=f"{CHECKS}:label"),
     StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base"], enabled="rm.enabled",
-             reads=["seed", "device", "policy.max_len", "rm"], check=f"{CHECKS}:rm"),
+             reads=["seed", "device", "policy.max_len", "task.step_split", "rm"], check=f"{CHECKS}:rm"),
     StageDef(name="bon", fn=f"{ENTRY}:bon", inputs=["sft", "rm"], enabled="rm.enabled",
              reads=START + [*SAMPLING, "rm.aggregation", "bon"]),
     StageDef(name="rl", fn=f"{ENTRY}:rl", inputs=["sft"], optional_inputs=["rm"], enabled="rl.enabled",

@@ -27,14 +27,15 @@ def mc_labels(successes: Tensor, step_mask: Tensor) -> tuple[Tensor, Tensor]:
     return hard, soft
 
 
-def step_prefixes(steps: list[str]) -> list[str]:
-    """The response text up to and including each step, each step line followed by a newline.
+def step_prefixes(steps: list[str], joiner: str = "\n") -> list[str]:
+    """The response text up to and including each step, each step followed by `joiner` (the task's step
+    separator: a newline, or a blank line).
 
     ["a", "b"] -> ["a\\n", "a\\nb\\n"].
     """
     prefixes, text = [], ""
     for step in steps:
-        text += step + "\n"
+        text += step + joiner
         prefixes.append(text)
     return prefixes
 
@@ -42,16 +43,18 @@ def step_prefixes(steps: list[str]) -> list[str]:
 def monte_carlo_step_labels(
     prompts: list[str],
     step_lists: list[list[str]],
-    complete: Callable[[list[str], int], list[list[str]]],
+    complete: Callable[[list[str], list[str], int], list[list[str]]],
     is_correct: Callable[[int, str], bool],
     m: int,
+    joiner: str = "\n",
 ) -> tuple[list[list[float]], list[list[bool]]]:
     """Soft and hard Monte-Carlo labels for every step of every response.
 
     prompts: [B] prompt texts; step_lists: [B] lists of steps of one response each.
-    complete(texts, m): for each text (a prompt followed by a response prefix) m completions of
-    the response; it is called once, with the prefixes of all steps of all responses (the prefix
-    of the last step is the whole response, so its completions are what the policy appends to it).
+    complete(prompts, prefixes, m): for each prompt and response prefix, m completions of the
+    response; prompt and prefix stay apart (a chat template wraps the prompt alone, the prefix is the
+    start of the assistant's turn). It is called once, with the prefixes of all steps of all responses
+    (the prefix of the last step is the whole response, so its completions are what the policy appends).
     is_correct(i, response): whether the full response text (prefix + completion) to example i
     is right. Returns (soft, hard), each shaped like step_lists.
     """
@@ -61,10 +64,10 @@ def monte_carlo_step_labels(
         raise ValueError(f"{len(prompts)} prompts but {len(step_lists)} step lists")
     owners, prefixes = [], []
     for i, steps in enumerate(step_lists):
-        for prefix in step_prefixes(steps):
+        for prefix in step_prefixes(steps, joiner):
             owners.append(i)
             prefixes.append(prefix)
-    completions = complete([prompts[i] + p for i, p in zip(owners, prefixes)], m) if prefixes else []
+    completions = complete([prompts[i] for i in owners], prefixes, m) if prefixes else []
     if len(completions) != len(prefixes) or any(len(c) != m for c in completions):
         raise ValueError(f"complete must return {m} completions for each of {len(prefixes)} texts")
 

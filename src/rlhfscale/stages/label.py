@@ -40,20 +40,22 @@ def mc_step_labels(cfg: BaseModel, task: Task, inputs: dict[str, str],
     policy, tok = input_policy(cfg, inputs["sft"])
     sc, generated = cfg.sampling, 0
 
-    def complete(texts: list[str], m: int) -> list[list[str]]:
+    def complete(prompts: list[str], prefixes: list[str], m: int) -> list[list[str]]:
         nonlocal generated
-        unique = list(dict.fromkeys(texts))
-        outs = generate(policy, tok, unique, n=m, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k,
+        unique = list(dict.fromkeys(zip(prompts, prefixes)))
+        outs = generate(policy, tok, [p for p, _ in unique], prefixes=[r for _, r in unique], n=m,
+                        temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k,
                         max_new_tokens=max_new_tokens(cfg, task), seed=cfg.seed)
         generated += count_tokens(tok, (c for row in outs for c in row))
-        by_text = dict(zip(unique, outs))
-        return [by_text[t] for t in texts]
+        by_pair = dict(zip(unique, outs))
+        return [by_pair[pair] for pair in zip(prompts, prefixes)]
 
     def is_correct(i: int, response: str) -> bool:
         return task.score(flat[i][0], response) >= 1.0
 
+    joiner = "\n" if cfg.task.step_split == "line" else "\n\n"
     soft, hard = monte_carlo_step_labels([e.prompt for e, _, _ in flat], [s for _, _, s in flat], complete,
-                                         is_correct, cfg.data.mc_rollouts)
+                                         is_correct, cfg.data.mc_rollouts, joiner)
     return soft, hard, 2.0 * count_non_embedding(policy) * generated
 
 

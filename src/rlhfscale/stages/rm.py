@@ -108,7 +108,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     if cfg.rm.lm_coef and not model.config.tie_word_embeddings:
         raise BadInput("rm.lm_coef: expected a backbone with tied input and output embeddings (a reward model keeps "
                        "no separate LM head), found tie_word_embeddings=false")
-    rm = RewardModel(model, tok, cfg.rm.aggregation)
+    rm = RewardModel(model, tok, cfg.rm.aggregation, cfg.task.step_split)  # a PRM finds steps as the task writes them
     data = training_data(cfg, inputs, rm)
     out = RunDir(out_dir, cfg)
     weight = cfg.rm.multitask_weight if cfg.rm.kind == "multitask" else float(cfg.rm.loss == "bt")
