@@ -27,6 +27,9 @@ REFUSED = [
     (["rl.algorithm=dr_grpo", "rl.norm_std=true"], "rl.norm_std=True: does nothing here: dr_grpo fixes it"),
     (["rl.norm_mode=group"], "rl.norm_mode=group: does nothing here: it only picks the statistics"),
     (["rl.prm_agg=last"], "rl.prm_agg=last: does nothing here: only an aggregated prm reward reads it"),
+    (["rl.lora.alpha=32"], "rl.lora.alpha=32.0: does nothing here: no adapters with rl.lora.rank=0; set rl.lora.rank"),
+    (["rl.lora.target_modules=[q_proj]"], "rl.lora.target_modules=['q_proj']: does nothing here: no adapters"),
+    (["rl.lora.rank=8", "sampling.backend=vllm"], "rl.lora.rank=8: the vLLM rollout engine is pushed whole weights"),
 ]
 
 
@@ -74,6 +77,23 @@ def test_rm_refuses_settings_its_kind_ignores(monkeypatch, capsys, tmp_path):
     code, lines = main(monkeypatch, capsys, "train-rm", "rm.kind=orm", "rm.labels=gold", "--out", str(tmp_path / "r"))
     assert code == 2 and len(lines) == 1 and "rm.labels=gold: does nothing here: only a PRM" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rm_refuses_lora_settings_without_adapters(monkeypatch, capsys, tmp_path):
+    code, lines = main(monkeypatch, capsys, "train-rm", "rm.lora.dropout=0.1", "--out", str(tmp_path / "r"))
+    assert code == 2 and len(lines) == 1 and "rm.lora.dropout=0.1: does nothing here: no adapters with rm.lora.rank=0" \
+        in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lora_without_peft_is_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    config = RunConfig.model_validate({"rl": {"lora": {"rank": 8}}}).model_dump(mode="json")
+    with pytest.raises(Exception, match=r"rl.lora.rank=8: expected the peft package, found it not installed"):
+        checks.rl(config)
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_earlier_output_whole(monkeypatch, capsys, tmp_path):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .algorithms import ALGORITHMS, Algorithm
-from .config import RLConfig, RMConfig
+from .config import LoraConfig, RLConfig, RMConfig
 from .contract import view
 from .errors import BadInput
 from .pipeline import STAGES
@@ -49,6 +49,20 @@ RL_IGNORED: list[Ignored] = [
      "nothing reads an ORM (no rl.reward.orm, no rl.critic_init=rm)"),
     ("prm_path", lambda rl: not rl.reward.get("prm"), "no prm reward source; add rl.reward.prm"),
 ]
+
+
+LORA_IGNORED: list[Ignored] = [
+    (setting, lambda lora: lora.rank == 0, "no adapters with {where}.rank=0; set {where}.rank > 0 (e.g. 8)")
+    for setting in ("alpha", "dropout", "target_modules")
+]
+
+
+def lora(section: LoraConfig, name: str) -> None:
+    """Refusals of a LoRA section: settings without adapters, adapters without peft."""
+    refuse_ignored(section, name, LoraConfig(), LORA_IGNORED, where=name)
+    if section.rank and importlib.util.find_spec("peft") is None:
+        raise BadInput(f"{name}.rank={section.rank}: expected the peft package, found it not installed "
+                       "(pip install 'rlhfscale[lora]')")
 
 
 def algo(rl: RLConfig) -> Algorithm:
@@ -104,6 +118,10 @@ def rl(config: dict[str, Any]) -> list[str]:
     r, a = c.rl, algo(c.rl)
     words = {"algorithm": r.algorithm, "fixed_norm_std": a.norm_std, "fixed_loss_agg": a.loss_agg}
     refuse_ignored(r, "rl", RLConfig(), RL_IGNORED, **words)
+    lora(r.lora, "rl.lora")
+    if r.lora.rank and c.sampling.backend == "vllm":
+        raise BadInput(f"rl.lora.rank={r.lora.rank}: the vLLM rollout engine is pushed whole weights, not "
+                       "adapters; use sampling.backend=native with LoRA")
     if c.task.name in UNVERIFIED and r.reward.get("rule"):
         raise BadInput(f"rl.reward.rule: task {c.task.name} has no verifier to reward with; reward it with a trained "
                        "preference RM instead: rl.reward.rule=0 rl.reward.orm=1")
@@ -146,6 +164,7 @@ def rm(config: dict[str, Any]) -> list[str]:
         ("aggregation", lambda m: m.kind != "prm", "only a PRM aggregates step scores"),
     ]
     refuse_ignored(c.rm, "rm", RMConfig(), table)
+    lora(c.rm.lora, "rm.lora")
     return []
 
 

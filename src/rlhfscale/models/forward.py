@@ -30,13 +30,17 @@ from . import hf_forward, llama, shared_prefix
 FAST_HEADS = (LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification)
 
 
-def fast_path_reason(model: PreTrainedModel) -> str | None:
+def fast_path_reason(model: PreTrainedModel, adapters: bool = True) -> str | None:
     """Why `model` cannot take the fast path, or None when it can.
 
     It can when it is exactly one of `FAST_HEADS` on exactly a `LlamaModel`, and its config asks for
     nothing the hand-written layer leaves out: SiLU MLP without biases, attention without biases,
-    dropout or sliding window, 1/√Dh scaling, a RoPE whose frequencies do not depend on the length.
+    dropout or sliding window, 1/√Dh scaling, a RoPE whose frequencies do not depend on the length;
+    and it carries no LoRA adapters (`models.lora`; with ``adapters=False``: whether the model with its
+    adapters merged could).
     """
+    if adapters and getattr(model, "peft_config", None):  # `models.lora.has_adapters`, without importing peft per forward
+        return "it carries LoRA adapters (peft), which the hand-written layer does not apply"
     if type(model) not in FAST_HEADS:
         return f"{type(model).__name__} is not one of {', '.join(c.__name__ for c in FAST_HEADS)}"
     if type(model.model) is not LlamaModel:

@@ -16,6 +16,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from ..models import forward
 from ..models.critic import response_values
 from ..models.checkpoint import Checkpointer, rng_state, set_rng_state
 from ..models.ladder import count_non_embedding
+from ..models.lora import adapters_off, fast_merged, has_adapters, merged_copy, sync_merged
 from ..models.text import encode_prompts
 from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
@@ -126,21 +128,39 @@ def kl_in_reward(rl: RLConfig) -> bool:
     return (ALGORITHMS.get(rl.algorithm).kl_in if rl.kl_in == "auto" else rl.kl_in) == "reward"
 
 
+def reference(policy):
+    """The reference policy (the starting one, before any resume): a frozen copy, or, for a policy with LoRA
+    adapters, the policy itself, run with its adapters off (its base weights never change), no second copy."""
+    return policy if has_adapters(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
+
+
 def make_actor(policy, bf16: bool):
-    """The model that samples: the policy itself, or with rl.bf16 a bf16 copy (refreshed by `sync_actor`)."""
-    return copy.deepcopy(policy).to(torch.bfloat16).eval().requires_grad_(False) if bf16 else policy
+    """The model that samples: the policy itself, or with rl.bf16 a bf16 copy (refreshed by `sync_actor`). A policy
+    with LoRA adapters samples from a copy with the adapters merged, when bf16 asks for a copy anyway or when that
+    copy takes the fast path (a ladder model); else from itself."""
+    if fast_merged(policy) or (bf16 and has_adapters(policy)):
+        actor = merged_copy(policy)
+    elif bf16:
+        actor = copy.deepcopy(policy)
+    else:
+        return policy
+    return actor.to(torch.bfloat16 if bf16 else actor.dtype).eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def sync_actor(actor, policy) -> None:
-    if actor is not policy:
-        for a, p in zip(actor.parameters(), policy.parameters()):
-            a.copy_(p)
+    if actor is policy:
+        return
+    if has_adapters(policy):
+        sync_merged(actor, policy)
+        return
+    for a, p in zip(actor.parameters(), policy.parameters()):
+        a.copy_(p)
 
 
 def make_optimizer(policy, critic, rl: RLConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the policy (lr) and the critic (critic_lr), no weight decay; linear warm-up, then constant."""
-    groups = [{"params": list(policy.parameters()), "lr": rl.lr}]
+    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": rl.lr}]
     if critic is not None:
         groups.append({"params": list(critic.parameters()), "lr": rl.critic_lr})
     opt = torch.optim.AdamW(groups, betas=(rl.adam_beta1, rl.adam_beta2), eps=rl.adam_eps, weight_decay=0.0)
@@ -211,7 +231,7 @@ def train(
     kl_ctl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target else FixedKLController(rl.kl_coef)
     loop = LoopState(random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed), RunningMeanStd(),
                      kl_ctl)
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)  # the starting policy, before any resume
+    ref = reference(policy)
     opt, schedule = make_optimizer(policy, critic, rl)
     if resume is not None:
         restore_state(resume, loop, policy, critic, opt, schedule)
@@ -250,7 +270,8 @@ def train(
 
         # 3. KL to the reference policy (a per-token penalty in the reward, or a loss term), critic values
         with torch.no_grad(), amp():
-            ref_logprobs = response_logprobs(ref, ids, attn, Lp, temperature)
+            with adapters_off(policy) if ref is policy else nullcontext():
+                ref_logprobs = response_logprobs(ref, ids, attn, Lp, temperature)
             values = response_values(critic, ids, attn, Lp) if critic is not None else None
         kl = kl_penalty(ro.logprobs, ref_logprobs, rl.kl_estimator, mask)
         if kl_in_reward(rl):

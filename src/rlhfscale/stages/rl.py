@@ -8,7 +8,8 @@ checkpoint of the same settings resumes from it and ends as the uninterrupted ru
 in a reward or loss stops the run: ``policy/`` then holds the last good weights and the error
 (naming the step and the quantity) is re-raised, or, with ``record_divergence`` (a study, where a
 diverged run is a data point), the run ends there: its summary has ``rl/diverged`` 1 and
-``rl/diverged_step``, evaluated on the last good weights.
+``rl/diverged_step``, evaluated on the last good weights. With ``rl.lora.rank`` > 0 only LoRA adapters
+train (`models.lora`): ``adapter/`` holds them in peft's format and ``policy/`` the merged model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..algorithms import ALGORITHMS
 from ..contract import view
 from ..errors import BadInput
 from ..models.critic import critic_from_policy, critic_from_rm
+from ..models import lora
 from ..models.io import save_policy
 from ..pipeline import STAGES
 from ..rl.trainer import NonFiniteError, train
@@ -57,8 +59,19 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     task = setup(cfg)
     policy, tok = input_policy(cfg, inputs["sft"])
     reward = build_reward(cfg.rl, task, tok, cfg.device, inputs.get("rm"))
-    critic = make_critic(cfg, policy, inputs.get("rm"))
+    critic = make_critic(cfg, policy, inputs.get("rm"))  # from the weights as loaded, before any adapters
+    wrapper = lora.attach(policy, cfg.rl.lora, "policy", "rl.lora") if cfg.rl.lora.rank else None
+    policy = lora.adapted(wrapper) if wrapper is not None else policy
     out = RunDir(out_dir, cfg)
+
+    def save() -> None:
+        """``policy/`` (with LoRA: the merged model, and the adapters in ``adapter/``); evaluation after it runs
+        the merged model."""
+        nonlocal policy
+        if wrapper is None:
+            save_policy(policy, tok, out.path / "policy")
+        else:
+            policy = lora.save(wrapper, tok, out.path / "policy", out.path / "adapter")
     budget = max_new_tokens(cfg, task)
     test = task.examples("test", cfg.eval.n_prompts)
     prompts = task.examples("train", cfg.rl.n_train_prompts)
@@ -68,10 +81,11 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     def held_out(k: int = 0, shifts: bool = False) -> dict[str, float]:
         """Held-out metrics on the task (none without a verifier); with `shifts`, greedy pass@1 on each of eval.tasks
         as eval/pass@1_<label>."""
-        out = evaluate(policy, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed) if verifiable(task) else {}
+        model = lora.for_inference(policy)
+        out = evaluate(model, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed) if verifiable(task) else {}
         for label, other in shifted.items() if shifts else ():
             budget_other = max_new_tokens(cfg, other)
-            out[f"eval/pass@1_{label}"] = evaluate(policy, tok, other, other.examples("test", cfg.eval.n_prompts),
+            out[f"eval/pass@1_{label}"] = evaluate(model, tok, other, other.examples("test", cfg.eval.n_prompts),
                                                     max_new_tokens=budget_other)["eval/pass@1"]
         return out
 
@@ -105,13 +119,13 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     except NonFiniteError as e:  # the update that would have used the bad value never ran: the weights are good
         out.log(last.get("step", 0) + 1, error=str(e))
         if not record_divergence:
-            save_policy(policy, tok, out.path / "policy")
+            save()
             out.close()
             raise
         diverged = {"rl/diverged": 1.0, "rl/diverged_step": float(last.get("step", 0) + 1)}
     finally:
         bar.close()
-    save_policy(policy, tok, out.path / "policy")
+    save()
     after = held_out(cfg.eval.k, shifts=True)
     out.log(int(last.get("step", 0)) if diverged["rl/diverged"] else cfg.rl.steps, **after,
             **{"flops/rl": last.get("flops/rl", 0.0)})

@@ -10,7 +10,8 @@
 - Held-out: ``rm/pair_acc`` on gold-preference pairs; for a PRM also ``prm/step_acc`` and
   ``prm/step_f1`` against gold step labels (`rewards.metrics.step_metrics`).
 
-The model is saved in ``rm/`` (loads with `AutoModelForSequenceClassification` or
+With ``rm.lora.rank`` > 0 only LoRA adapters on the backbone and the score head train; ``rm_adapter/``
+holds them in peft's format. The model is saved in ``rm/`` (loads with `AutoModelForSequenceClassification` or
 `AutoModelForTokenClassification`, or `models.reward.load_reward_model`).
 """
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 
 from ..contract import view
 from ..errors import BadInput
+from ..models import lora
 from ..models.io import load_policy, save_policy
 from ..models.ladder import count_non_embedding, llama_config, preset
 from ..models.reward import RewardModel, build_reward_model, reward_model_from
@@ -108,6 +110,9 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     if cfg.rm.lm_coef and not model.config.tie_word_embeddings:
         raise BadInput("rm.lm_coef: expected a backbone with tied input and output embeddings (a reward model keeps "
                        "no separate LM head), found tie_word_embeddings=false")
+    head = "prm" if cfg.rm.kind == "prm" else "orm"
+    wrapper = lora.attach(model, cfg.rm.lora, head, "rm.lora") if cfg.rm.lora.rank else None
+    model = lora.adapted(wrapper) if wrapper is not None else model
     rm = RewardModel(model, tok, cfg.rm.aggregation, cfg.task.step_split)  # a PRM finds steps as the task writes them
     data = training_data(cfg, inputs, rm)
     out = RunDir(out_dir, cfg)
@@ -125,7 +130,10 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
             warmup=cfg.rm.warmup, weight_decay=cfg.rm.weight_decay, weight=weight, pad_id=tok.pad_token_id,
             seed=cfg.seed, schedule=cfg.rm.schedule, bf16=cfg.rm.bf16, token_level=cfg.rm.token_level,
             lm_coef=cfg.rm.lm_coef, on_step=on_step)
-    save_policy(model, tok, out.path / "rm")
+    if wrapper is None:
+        save_policy(model, tok, out.path / "rm")
+    else:  # the adapters (and the score head) in peft's format, the merged model where later stages read it
+        lora.save(wrapper, tok, out.path / "rm", out.path / "rm_adapter")
     n_params = count_non_embedding(model)
     summary = {
         "rm/loss": last.get("loss", float("nan")),
