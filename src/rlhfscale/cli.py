@@ -255,7 +255,7 @@ def bench_rl(vs: str = typer.Option("trl", "--vs", help="what to compare against
              steps: int = typer.Option(5, help="timed steps per side per round"),
              rounds: int = typer.Option(2, help="alternating rounds; each side keeps its best"),
              bf16: bool = typer.Option(True, help="bf16 autocast on our side (its learning curve is fp32's)"),
-             trl_bf16: bool = typer.Option(False, "--trl-bf16", help="bf16 autocast on TRL's side too"),
+             trl_bf16: bool = typer.Option(True, "--trl-bf16/--no-trl-bf16", help="bf16 autocast on TRL's side (TRL's default)"),
              as_json: bool = typer.Option(False, "--json", help="print only the JSON line")) -> None:
     """Our GRPO step against TRL's GRPOTrainer on the same model, task and batch (needs the `bench` extra)."""
     if vs != "trl":

@@ -68,6 +68,7 @@ def test_grpo_through_vllm_raises_held_out_accuracy_and_logs_the_log_prob_gap(tm
     sft.run(cfg, {}, tmp_path / "sft")
     summary = rl.run(cfg, {"sft": str(tmp_path / "sft")}, tmp_path / "rl")
     before, after = summary["eval/pass@1_before"], summary["eval/pass@1_after"]
+    print(f"held-out pass@1 {before} -> {after}")  # shown by pytest -rP
     assert after > before + 0.05, (before, after)
     rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     gaps = [r["rl/logprob_gap_max"] for r in rows if "rl/logprob_gap_max" in r]

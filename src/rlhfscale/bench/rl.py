@@ -5,10 +5,9 @@ loaded by each) on the arithmetic task with the verifier as the reward, and
 take the same steps: P prompts × n samples, at most `new_tokens` new tokens at
 temperature 1, one optimizer step per batch (AdamW, the same constant learning
 rate), the group-normalised advantage, token-level loss aggregation, and the
-same KL setting (β·k3 to a reference model, in the loss). Precision is set per side: by
-default our side runs bf16 autocast (allowed where it keeps the learning curve, which
-`tests/test_rl_e2e.py` checks) and TRL its fp32 default; ``trl_bf16`` gives TRL bf16 autocast
-too, for a same-precision comparison. Each side runs
+same KL setting (β·k3 to a reference model, in the loss). Precision is TRL's default on both sides: bf16
+autocast (ours keeps the learning curve with it, which `tests/test_rl_e2e.py` checks); ``trl_bf16=False``
+(``--no-trl-bf16``) runs TRL in fp32. Each side runs
 `warmup` steps, then `steps` timed ones; the two alternate for `rounds` rounds
 and each keeps its best round (the median step of a round), which damps the
 noise of a shared machine.
@@ -21,6 +20,9 @@ for both sides (TRL's own ``num_tokens`` count). Our side runs each distinct
 prompt through the model once per step (`models.shared_prefix`), so it does
 fewer FLOPs than this count, which charges every prompt copy: the fraction
 is of the work the step stands for, the same yardstick for both sides.
+`ours_peak_frac_run` counts only the FLOPs our side actually runs: each distinct
+prompt once, every response token. TRL logs once, after its last step (per-step
+logging costs it time), so its token count is the mean over all its steps.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Timing:
     step_s: float  # median seconds per step of the best round
     tokens: float  # non-pad prompt + response tokens per step
     response_len: float  # mean response tokens
+    tokens_run: float | None = None  # tokens that went through the model: each distinct prompt once, every response
 
 
 def time_ours(s: Setup) -> Timing:
@@ -86,7 +89,9 @@ def time_ours(s: Setup) -> Timing:
     train(policy, tok, examples, Reward(s.task, {"rule": (1.0, rule_source(s.task))}), cfg,
           max_new_tokens=s.new_tokens, on_step=on_step)
     steps = [b - a for a, b in zip(ends[s.warmup - 1:], ends[s.warmup:])]
-    return Timing(statistics.median(steps), statistics.mean(tokens[s.warmup:]), statistics.mean(lengths[s.warmup:]))
+    seq, length = statistics.mean(tokens[s.warmup:]), statistics.mean(lengths[s.warmup:])
+    responses = length * s.prompts * s.n
+    return Timing(statistics.median(steps), seq, length, tokens_run=responses + (seq - responses) / s.n)
 
 
 def time_trl(s: Setup) -> Timing:
@@ -119,17 +124,16 @@ def time_trl(s: Setup) -> Timing:
             output_dir=out, per_device_train_batch_size=s.prompts * s.n, num_generations=s.n,
             max_completion_length=s.new_tokens, temperature=1.0, learning_rate=s.lr, lr_scheduler_type="constant",
             optim="adamw_torch", beta=s.beta, loss_type="dapo", scale_rewards="group", num_iterations=1,
-            max_steps=s.warmup + s.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+            max_steps=s.warmup + s.steps, logging_steps=s.warmup + s.steps, save_strategy="no", report_to="none",
+            use_cpu=True,
             bf16=s.trl_bf16, disable_dropout=True, seed=0,
         )  # fmt: skip
         trainer = GRPOTrainer(model=str(s.model_dir), reward_funcs=verifier, args=args, train_dataset=data,
                               processing_class=load_policy(s.model_dir)[1], callbacks=[clock])
         trainer.train()
-    seen = [log["num_tokens"] for log in clock.logs if "num_tokens" in log]
-    lengths = [log["completions/mean_length"] for log in clock.logs if "completions/mean_length" in log]
+    last = next(log for log in reversed(clock.logs) if "num_tokens" in log)  # one log, after the last step
     steps = [b - a for a, b in zip(clock.ends[s.warmup - 1:], clock.ends[s.warmup:])]
-    return Timing(statistics.median(steps), (seen[-1] - seen[s.warmup - 1]) / s.steps,
-                  statistics.mean(lengths[s.warmup:]))
+    return Timing(statistics.median(steps), last["num_tokens"] / (s.warmup + s.steps), last["completions/mean_length"])
 
 
 def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta: float, warmup: int, steps: int,
@@ -147,14 +151,15 @@ def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta
     best_ours, best_trl = min(ours, key=lambda t: t.step_s), min(trl, key=lambda t: t.step_s)
     n_params = count_non_embedding(policy)
 
-    def peak_frac(t: Timing) -> float:
-        return (2 + 6 + (2 if beta > 0 else 0)) * n_params * t.tokens / t.step_s / peak
+    def peak_frac(t: Timing, tokens: float | None = None) -> float:
+        return (2 + 6 + (2 if beta > 0 else 0)) * n_params * (tokens or t.tokens) / t.step_s / peak
 
     return {
         "ours_samples_s": prompts * n / best_ours.step_s,
         "trl_samples_s": prompts * n / best_trl.step_s,
         "ratio_vs_trl": best_trl.step_s / best_ours.step_s,
         "ours_peak_frac": peak_frac(best_ours),
+        "ours_peak_frac_run": peak_frac(best_ours, best_ours.tokens_run),
         "trl_peak_frac": peak_frac(best_trl),
         "size": size, "params": n_params, "prompts": prompts, "n": n, "new_tokens": new_tokens,
         "ours_step_s": best_ours.step_s, "trl_step_s": best_trl.step_s,
@@ -166,7 +171,7 @@ def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta
 def run_rl_bench(
     sizes: tuple[str, ...] = ("micro", "tiny"), *, prompts: int = 16, n: int = 8, new_tokens: int = 0,
     lr: float = 1e-5, beta: float = 0.04, warmup: int = 2, steps: int = 5, rounds: int = 2, bf16: bool = True,
-    trl_bf16: bool = False, threads: int | None = None,
+    trl_bf16: bool = True, threads: int | None = None,
 ) -> dict:
     """`compare` at each size (new_tokens 0: `NEW_TOKENS` of the size); the first size's figures at the top
     level, the others under their size's name, the fp32 matmul peak (best of the run's start and end) beside."""
@@ -182,8 +187,8 @@ def run_rl_bench(
     finally:
         torch.set_num_threads(previous)
     for r in results:  # express every fraction against the best peak seen
-        r["ours_peak_frac"] *= peak / final_peak
-        r["trl_peak_frac"] *= peak / final_peak
+        for key in ("ours_peak_frac", "ours_peak_frac_run", "trl_peak_frac"):
+            r[key] *= peak / final_peak
     head, *rest = results
     return {**head, **{r["size"]: r for r in rest}, "peak_flops": final_peak, "bf16": bf16, "trl_bf16": trl_bf16,
             "threads": threads or previous}
