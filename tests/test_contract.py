@@ -54,7 +54,7 @@ def candidates(value, dotted: str):
         return ["micro", "tiny", "*", "+", "cuda", "rloo", "chat", "x"]
     if isinstance(value, dict):
         return [{**value, "orm": 0.5}, {"ood": {"name": "chat"}}]
-    return [1, 0.5, True, "x", "token", "/tmp/x", 1e-2]
+    return [1, 0.5, True, "x", "token", "/tmp/x", 1e-2, "cuda"]
 
 
 def base_for(dotted: str) -> dict:
@@ -134,4 +134,4 @@ def test_input_types_keep_the_config_types_and_defaults():
     rl = view(STAGES["rl"], {**project(BASE, STAGES["rl"].reads)})
     assert isinstance(rl.rl, BaseModel) and rl.rl.lr == RunConfig().rl.lr
     hints = typing.get_type_hints(type(rl))
-    assert set(hints) == {"seed", "device", "task", "sampling", "rl", "eval"}
+    assert set(hints) == {"seed", "device", "dtype", "gradient_checkpointing", "task", "sampling", "rl", "eval"}

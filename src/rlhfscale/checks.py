@@ -48,6 +48,11 @@ RL_IGNORED: list[Ignored] = [
     ("orm_path", lambda rl: not rl.reward.get("orm") and rl.critic_init != "rm",
      "nothing reads an ORM (no rl.reward.orm, no rl.critic_init=rm)"),
     ("prm_path", lambda rl: not rl.reward.get("prm"), "no prm reward source; add rl.reward.prm"),
+    ("critic_device", lambda rl: not algo(rl).critic, "{algorithm} trains no critic; use rl.algorithm=ppo"),
+    ("reward_device", lambda rl: not rl.reward.get("orm") and not rl.reward.get("prm"),
+     "no reward model to place (rl.reward has no orm or prm)"),
+    ("ref_device", lambda rl: rl.lora.rank > 0,
+     "with rl.lora.rank > 0 the reference is the policy with its adapters off, on its device; leave it unset"),
 ]
 
 
@@ -63,6 +68,13 @@ def lora(section: LoraConfig, name: str) -> None:
     if section.rank and importlib.util.find_spec("peft") is None:
         raise BadInput(f"{name}.rank={section.rank}: expected the peft package, found it not installed "
                        "(pip install 'rlhfscale[lora]')")
+
+
+def half_weights(autocast: bool, setting: str, dtype: str) -> None:
+    """bf16 autocast is a mixed-precision mode of fp32 weights; on bf16 or fp16 weights it does nothing or mixes."""
+    if autocast and dtype != "fp32":
+        raise BadInput(f"{setting}=true: does nothing here: the weights are {dtype} already (dtype={dtype}); "
+                       f"leave {setting} unset, or use dtype=fp32 for mixed precision")
 
 
 def algo(rl: RLConfig) -> Algorithm:
@@ -119,6 +131,7 @@ def rl(config: dict[str, Any]) -> list[str]:
     words = {"algorithm": r.algorithm, "fixed_norm_std": a.norm_std, "fixed_loss_agg": a.loss_agg}
     refuse_ignored(r, "rl", RLConfig(), RL_IGNORED, **words)
     lora(r.lora, "rl.lora")
+    half_weights(r.bf16, "rl.bf16", c.dtype)
     if r.lora.rank and c.sampling.backend == "vllm":
         raise BadInput(f"rl.lora.rank={r.lora.rank}: the vLLM rollout engine is pushed whole weights, not "
                        "adapters; use sampling.backend=native with LoRA")
@@ -165,6 +178,7 @@ def rm(config: dict[str, Any]) -> list[str]:
     ]
     refuse_ignored(c.rm, "rm", RMConfig(), table)
     lora(c.rm.lora, "rm.lora")
+    half_weights(c.rm.bf16, "rm.bf16", c.dtype)
     return []
 
 

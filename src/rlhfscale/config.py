@@ -216,6 +216,10 @@ class RLConfig(Section):
     lora: LoraConfig = Field(
         default_factory=LoraConfig, description="LoRA adapters on the policy (rank > 0); the reference is then the "
         "policy with its adapters off, no second copy; the critic trains whole")
+    # where the other models live (a model per GPU); the policy is on `device`
+    ref_device: str | None = Field(None, description="device of the reference policy's frozen copy; None: device")
+    reward_device: str | None = Field(None, description="device of the reward models (rl.reward orm, prm); None: device")
+    critic_device: str | None = Field(None, description="device of the PPO critic; None: device")
     eval_every: int = Field(25, ge=0, description="held-out pass@1 every this many steps (0: only at the end)")
     checkpoint_every: int = Field(
         10, ge=0, description="save the full training state every this many steps, so a killed run resumes (0: never)")
@@ -226,6 +230,11 @@ class RLConfig(Section):
         if v not in ALGORITHMS:
             raise ValueError(f"expected one of {', '.join(ALGORITHMS)}, found {v!r}")
         return v
+
+    @field_validator("ref_device", "reward_device", "critic_device")
+    @classmethod
+    def _devices(cls, v: str | None) -> str | None:
+        return check_device(v)
 
     @field_validator("reward")
     @classmethod
@@ -326,6 +335,13 @@ class RunConfig(Section):
 
     seed: int = 0
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="weights of every model a stage builds or loads (policy, reference, RM, critic): fp32; "
+        "bf16 (CPU or GPU; training updates the bf16 weights, no fp32 master copy); fp16 (CUDA only; no loss "
+        "scaling, so prefer bf16 for training)")
+    gradient_checkpointing: bool = Field(
+        False, description="training (SFT, RM, RL): keep only each layer's input and recompute its activations "
+        "in the backward pass; less memory, about a third more compute, the same gradients")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
     task: TaskConfig = TaskConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -336,6 +352,29 @@ class RunConfig(Section):
     bon: BonConfig = BonConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+    @model_validator(mode="after")
+    def _dtype_on_device(self) -> "RunConfig":
+        devices = [self.device] + [d for d in (self.rl.ref_device, self.rl.reward_device, self.rl.critic_device) if d]
+        if self.dtype == "fp16" and any(d.startswith("cpu") for d in devices):
+            raise ValueError("dtype=fp16: expected CUDA devices for fp16 weights, found a cpu device (CPU kernels "
+                             "lack fp16); use dtype=bf16 or fp32 on a CPU")
+        return self
+
+
+DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+
+
+def check_device(v: str | None) -> str | None:
+    """A torch device string (cpu, cuda, cuda:1, mps, xpu) or None."""
+    if v is not None and not DEVICE.fullmatch(v):
+        raise ValueError(f"expected a torch device (cpu, cuda, cuda:1, mps), found {v!r}")
+    return v
 
 
 # ---- loading --------------------------------------------------------------------
@@ -373,7 +412,7 @@ def describe_error(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (found {found!r})"
     msg = err["msg"].removeprefix("Value error, ")
-    if re.match(r"[a-z_]+\.[a-z_]+[:=]", msg):  # a cross-field check names its setting itself
+    if re.match(r"[a-z_]+(\.[a-z_]+)*[:=]", msg):  # a cross-field check names its setting itself
         return msg
     if msg.startswith("expected"):
         return f"{key}: {msg}"

@@ -23,7 +23,8 @@ from rlhfscale.study.keys import Pipeline, StageDef
 
 ENTRY = "rlhfscale.stages.entry"
 CHECKS = "rlhfscale.checks"
-START = ["seed", "device", "task"]  # what every stage that builds or runs a model reads
+START = ["seed", "device", "dtype", "task"]  # what every stage that builds or runs a model reads
+TRAINS = ["gradient_checkpointing"]  # what every stage that trains a model reads
 BUDGET = "sampling.max_new_tokens"  # the generation budget of any evaluation
 SAMPLING = ["sampling.temperature", "sampling.top_p", "sampling.top_k", BUDGET]  # all but the RL rollout engine
 RM_DATA_POLICY = {  # which policy samples (and Monte-Carlo labels) the RM's data: data.source rm_base keys the RM
@@ -32,9 +33,9 @@ RM_DATA_POLICY = {  # which policy samples (and Monte-Carlo labels) the RM's dat
 }
 
 GRAPH: Pipeline = [
-    StageDef(name="sft", fn=f"{ENTRY}:sft", reads=START + ["policy", "sft", "eval.n_prompts", BUDGET]),
+    StageDef(name="sft", fn=f"{ENTRY}:sft", reads=START + TRAINS + ["policy", "sft", "eval.n_prompts", BUDGET]),
     StageDef(name="rm_base", fn=f"{ENTRY}:rm_base", enabled="rm.enabled",
-             reads=START + ["rm.size", "rm.init_path", "policy.max_len", "sft", "eval.n_prompts", BUDGET]),
+             reads=START + TRAINS + ["rm.size", "rm.init_path", "policy.max_len", "sft", "eval.n_prompts", BUDGET]),
     StageDef(name="sample", fn=f"{ENTRY}:sample", optional_inputs=["sft", "rm_base"], input_when=RM_DATA_POLICY,
              enabled="rm.enabled", reads=START + [*SAMPLING, "data.prompts", "data.responses_per_prompt", "data.source",
                                                   "data.heldout_prompts"]),
@@ -42,11 +43,12 @@ GRAPH: Pipeline = [
              input_when=RM_DATA_POLICY, enabled="rm.enabled",
              reads=START + [*SAMPLING, "data.rater_temperature", "data.mc_rollouts"], check=f"{CHECKS}:label"),
     StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base"], enabled="rm.enabled",
-             reads=["seed", "device", "policy.max_len", "task.step_split", "rm"], check=f"{CHECKS}:rm"),
+             reads=["seed", "device", "dtype", *TRAINS, "policy.max_len", "task.step_split", "rm"],
+             check=f"{CHECKS}:rm"),
     StageDef(name="bon", fn=f"{ENTRY}:bon", inputs=["sft", "rm"], enabled="rm.enabled",
              reads=START + [*SAMPLING, "rm.aggregation", "bon"]),
     StageDef(name="rl", fn=f"{ENTRY}:rl", inputs=["sft"], optional_inputs=["rm"], enabled="rl.enabled",
-             reads=START + ["sampling", "rl", "eval.n_prompts", "eval.k", "eval.tasks"], check=f"{CHECKS}:rl"),
+             reads=START + TRAINS + ["sampling", "rl", "eval.n_prompts", "eval.k", "eval.tasks"], check=f"{CHECKS}:rl"),
     StageDef(name="eval", fn=f"{ENTRY}:eval", inputs=["rl"], enabled=False,
              reads=START + [*SAMPLING, "eval"], check=f"{CHECKS}:evaluation"),
 ]

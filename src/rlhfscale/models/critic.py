@@ -24,18 +24,18 @@ from .reward import head_config
 def critic_from_policy(policy: PreTrainedModel) -> PreTrainedModel:
     """A critic with the policy's backbone weights (copied) and a zero head: every value starts at 0."""
     config = head_config(policy.config, policy.config.pad_token_id)
-    critic = AutoModelForSequenceClassification.from_config(config).to(policy.device)
+    critic = AutoModelForSequenceClassification.from_config(config).to(policy.device, policy.dtype)
     critic.base_model.load_state_dict(policy.base_model.state_dict())
     torch.nn.init.zeros_(critic.score.weight)
     return critic
 
 
-def critic_from_rm(path: str | Path, device: str = "cpu") -> PreTrainedModel:
+def critic_from_rm(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A critic initialized from a reward model's HF folder: its backbone and its scalar head."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise BadInput(f"{p}: expected a reward model folder with config.json for rl.critic_init=rm, found none")
-    return AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, dtype=torch.float32).to(device)
+    return AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, dtype=dtype).to(device)
 
 
 def token_values(critic: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ padded row gets the numbers of its unpadded forward.
 Responses that share a prompt (RL samples n per prompt) reuse its keys and values: the U
 distinct prompts are prefilled once with ``use_cache=True``, the cache is expanded to the B rows
 that continue them, and the B responses run against it, U·P + B·R tokens instead of B·(P + R).
-Where no prompt repeats (U = B) that saves nothing, and the rows run as one full forward. The
+Where no prompt repeats (U = B) that saves nothing, and the rows run as one full forward; so do they
+under gradient checkpointing (`recomputes`), whose layers drop the cache. The
 gradient flows through the cache into the prompt's tokens, once per prompt.
 """
 
@@ -52,6 +53,15 @@ def _call(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, positio
     return tensor, past if past is not None else getattr(out, "past_key_values", None)
 
 
+def recomputes(model: PreTrainedModel) -> bool:
+    """Whether `model`'s layers recompute their activations in this forward (gradient checkpointing while training
+    with gradients on): transformers' layers then drop a KV cache they are given, so a shared prompt's cache cannot
+    be used."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    flag = getattr(model, "is_gradient_checkpointing", False) if flag is None else flag
+    return bool(flag) and model.training and torch.is_grad_enabled()
+
+
 def backbone_states(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """Final-normed hidden states [B, T, D] of ids [B, T] (pads: attn == 0) from `model.base_model`."""
     return _call(model.base_model, ids, attn, positions_of(attn))[0]
@@ -75,7 +85,7 @@ def response_outputs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_ma
     full_mask = torch.cat((prompt_mask, response_mask), 1)
     positions = positions_of(full_mask)
     ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)
-    if len(ids_u) == len(prompt_ids):  # nothing shared: one forward of the whole rows
+    if len(ids_u) == len(prompt_ids) or recomputes(model):  # nothing shared: one forward of the whole rows
         ids = torch.cat((prompt_ids, response_ids), 1)
         return _call(model, ids, full_mask, positions, keep=R + 1)[0][:, :R]
     last_prompt, past = _call(model, ids_u, mask_u, positions_of(mask_u), keep=1, use_cache=True)

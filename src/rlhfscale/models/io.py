@@ -18,6 +18,7 @@ from .ladder import build_model
 from .tokenizer import build_tokenizer
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the config's `dtype` names
 
 
 def new_policy(size: str, seed: int, max_len: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -27,13 +28,13 @@ def new_policy(size: str, seed: int, max_len: int) -> tuple[PreTrainedModel, Pre
     return build_model(size, len(tok), seed=seed, max_len=max_len, **ids), tok
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_policy(path: str | Path, device: str = "cpu", dtype: str = "fp32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load any causal LM `transformers` loads (a local HF folder, or a hub id such as ``Qwen/Qwen2.5-0.5B``)
-    and its tokenizer, in float32, with a pad token (the EOS when it has none) and left padding."""
+    and its tokenizer, in `dtype` (a `DTYPES` name), with a pad token (the EOS when it has none) and left padding."""
     source = model_source(path)
     try:
         tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype]).to(device)
     except (OSError, ValueError) as e:
         first_line = (str(e).splitlines() or [type(e).__name__])[0]
         raise BadInput(f"{source}: expected a causal LM that transformers loads, found: {first_line}") from e

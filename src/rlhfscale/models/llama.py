@@ -38,6 +38,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -174,7 +175,10 @@ def decoder(backbone: LlamaModel, tokens, cos, sin, attend) -> torch.Tensor:
     check_config(backbone.config)
     x = backbone.embed_tokens(tokens)
     for i, layer in enumerate(backbone.layers):
-        x = _layer(layer, x, cos, sin, partial(attend, i))
+        if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
+            x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), use_reentrant=False)  # recomputed in backward
+        else:
+            x = _layer(layer, x, cos, sin, partial(attend, i))
     return rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)
 
 

@@ -66,6 +66,15 @@ def mixed_precision(device: torch.device, enabled: bool) -> Iterator[None]:
         yield
 
 
+def checkpoint_activations(model: PreTrainedModel, enabled: bool) -> PreTrainedModel:
+    """With `enabled` (the config's gradient_checkpointing), recompute each decoder layer's activations in the
+    backward pass: transformers' own on the generic forward, `llama.decoder`'s on the fast path (it reads the
+    same per-layer flag). Returns `model`."""
+    if enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 SCHEDULES = {"cosine": 0.1, "constant": 1.0}  # name -> the final fraction of the peak learning rate
 
 

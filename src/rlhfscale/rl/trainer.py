@@ -128,10 +128,20 @@ def kl_in_reward(rl: RLConfig) -> bool:
     return (ALGORITHMS.get(rl.algorithm).kl_in if rl.kl_in == "auto" else rl.kl_in) == "reward"
 
 
-def reference(policy):
-    """The reference policy (the starting one, before any resume): a frozen copy, or, for a policy with LoRA
-    adapters, the policy itself, run with its adapters off (its base weights never change), no second copy."""
-    return policy if has_adapters(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
+def reference(policy, device: str | None = None):
+    """The reference policy (the starting one, before any resume): a frozen copy (on `device`, rl.ref_device), or,
+    for a policy with LoRA adapters, the policy itself, run with its adapters off (its base weights never change),
+    no second copy."""
+    if has_adapters(policy):
+        return policy
+    return copy.deepcopy(policy).to(device or policy.device).eval().requires_grad_(False)
+
+
+def on_device_of(model, fn, ids: Tensor, attn: Tensor, *args, **kwargs) -> Tensor:
+    """fn(model, ids, attn, ...) with the inputs on the model's device (rl.ref_device, rl.critic_device); the
+    result back on the inputs' device (gradients flow through the move)."""
+    dev = forward.input_device(model)
+    return fn(model, ids.to(dev), attn.to(dev), *args, **kwargs).to(ids.device)
 
 
 def make_actor(policy, bf16: bool):
@@ -231,7 +241,7 @@ def train(
     kl_ctl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target else FixedKLController(rl.kl_coef)
     loop = LoopState(random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed), RunningMeanStd(),
                      kl_ctl)
-    ref = reference(policy)
+    ref = reference(policy, rl.ref_device)
     opt, schedule = make_optimizer(policy, critic, rl)
     if resume is not None:
         restore_state(resume, loop, policy, critic, opt, schedule)
@@ -271,8 +281,8 @@ def train(
         # 3. KL to the reference policy (a per-token penalty in the reward, or a loss term), critic values
         with torch.no_grad(), amp():
             with adapters_off(policy) if ref is policy else nullcontext():
-                ref_logprobs = response_logprobs(ref, ids, attn, Lp, temperature)
-            values = response_values(critic, ids, attn, Lp) if critic is not None else None
+                ref_logprobs = on_device_of(ref, response_logprobs, ids, attn, Lp, temperature)
+            values = on_device_of(critic, response_values, ids, attn, Lp) if critic is not None else None
         kl = kl_penalty(ro.logprobs, ref_logprobs, rl.kl_estimator, mask)
         if kl_in_reward(rl):
             rewards = rewards - loop.kl_ctl.value * kl
@@ -348,7 +358,7 @@ def update(policy, critic, opt, b: Batch, kl_coef: float, cfg: RLSettings, step:
                    "rl/clipfrac": pg_stats["clipfrac"].item(), "rl/approx_kl": pg_stats["approx_kl"].item()}
             if critic is not None:
                 with amp():
-                    new_values = response_values(critic, b.ids[idx], b.attn[idx], b.prompt_len)
+                    new_values = on_device_of(critic, response_values, b.ids[idx], b.attn[idx], b.prompt_len)
                 v_loss, v_stats = value_loss(new_values, b.values[idx], b.returns[idx], m,
                                              clip_coef_value=rl.clip_coef_value, agg=loss_agg, n=group)
                 loss = loss + v_loss

@@ -29,6 +29,8 @@ from torch import Tensor
 from ..config import RLConfig
 from ..errors import BadInput
 from ..models.ladder import count_non_embedding
+from ..models.forward import input_device
+from ..models.io import DTYPES
 from ..models.reward import RewardModel, load_reward_model
 from ..rollout.sampler import Rollout
 from ..tasks import score_all, verifiable
@@ -69,9 +71,17 @@ def orm_source(rm: RewardModel) -> Source:
 
     @torch.no_grad()
     def score(examples, responses, rollout):
-        return rm.score(rollout.sequences, rollout.attention_mask, rollout.response_mask).float()
+        return on_rm(rm, rm.score, rollout)[0].float()
 
     return Source(score, params=count_non_embedding(rm.model))
+
+
+def on_rm(rm: RewardModel, fn, rollout) -> tuple[torch.Tensor, ...]:
+    """fn(ids, attn, response_mask) of the rollout on the RM's device (rl.reward_device); its outputs back on the
+    rollout's."""
+    dev, home = input_device(rm.model), rollout.sequences.device
+    out = fn(rollout.sequences.to(dev), rollout.attention_mask.to(dev), rollout.response_mask.to(dev))
+    return tuple(t.to(home) for t in (out if isinstance(out, tuple) else (out,)))
 
 
 def prm_source(rm: RewardModel, mode: str) -> Source:
@@ -79,12 +89,12 @@ def prm_source(rm: RewardModel, mode: str) -> Source:
 
     @torch.no_grad()
     def dense(examples, responses, rollout):
-        logits, ends = rm.step_scores(rollout.sequences, rollout.attention_mask, rollout.response_mask)
+        logits, ends = on_rm(rm, rm.step_scores, rollout)
         return torch.where(ends, torch.sigmoid(logits.float()), 0.0)
 
     @torch.no_grad()
     def aggregate(examples, responses, rollout):
-        return rm.score(rollout.sequences, rollout.attention_mask, rollout.response_mask).float()
+        return on_rm(rm, rm.score, rollout)[0].float()
 
     return Source(dense if mode == "dense" else aggregate, dense=mode == "dense", params=count_non_embedding(rm.model))
 
@@ -131,11 +141,12 @@ def rm_path(rl: RLConfig, kind: str, rm_run: str | None) -> Path:
                    f"(or an rm input run), found none")
 
 
-def load_rm(rl: RLConfig, kind: str, tok, rm_run: str | None, device: str) -> RewardModel:
+def load_rm(rl: RLConfig, kind: str, tok, rm_run: str | None, device: str, dtype: str = "fp32") -> RewardModel:
     """Load the `kind` RM ("orm" also takes the multi-task RM, which scores like one); it must be of that kind
     and share the policy's tokenizer, since it scores the policy's token ids."""
     path = rm_path(rl, kind, rm_run)
     rm = load_reward_model(path, device, aggregation=rl.prm_agg)
+    rm.model.to(DTYPES[dtype])
     if rm.kind != kind:
         raise BadInput(f"{path}: expected an {kind.upper()} for rl.reward.{kind}, found a {rm.kind.upper()}")
     if rm.tok.get_vocab() != tok.get_vocab():
@@ -143,8 +154,8 @@ def load_rm(rl: RLConfig, kind: str, tok, rm_run: str | None, device: str) -> Re
     return rm
 
 
-def build_reward(rl: RLConfig, task: Task, tok, device: str, rm_run: str | None = None) -> Reward:
-    """The reward `rl.reward` describes (sources with non-zero weights), its RMs loaded onto `device`."""
+def build_reward(rl: RLConfig, task: Task, tok, device: str, rm_run: str | None = None, dtype: str = "fp32") -> Reward:
+    """The reward `rl.reward` describes (sources with non-zero weights), its RMs loaded onto `device` in `dtype`."""
     sources = {}
     for name, weight in rl.reward.items():
         if weight == 0:
@@ -154,7 +165,7 @@ def build_reward(rl: RLConfig, task: Task, tok, device: str, rm_run: str | None 
                 raise BadInput(f"rl.reward.rule: task {task.name} has no verifier to reward with; use rl.reward.orm")
             sources[name] = (weight, rule_source(task))
         elif name == "orm":
-            sources[name] = (weight, orm_source(load_rm(rl, "orm", tok, rm_run, device)))
+            sources[name] = (weight, orm_source(load_rm(rl, "orm", tok, rm_run, device, dtype)))
         else:
-            sources[name] = (weight, prm_source(load_rm(rl, "prm", tok, rm_run, device), rl.prm_mode))
+            sources[name] = (weight, prm_source(load_rm(rl, "prm", tok, rm_run, device, dtype), rl.prm_mode))
     return Reward(task, sources)

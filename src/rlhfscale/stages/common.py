@@ -11,8 +11,10 @@ import torch
 from pydantic import BaseModel
 from transformers.utils import logging as hf_logging
 
+from ..errors import BadInput
 from ..models.checkpoint import Checkpointer
-from ..models.io import load_policy, new_policy
+from ..models.io import DTYPES, load_policy, new_policy
+from ..models.train import checkpoint_activations
 from ..study.keys import canonical_json
 from ..tasks import Task, make_task
 from .rundir import in_study
@@ -25,8 +27,18 @@ def start(cfg: Any) -> None:
         hf_logging.disable_progress_bar()
     threads = int(os.environ.get("RLHFSCALE_THREADS", "0")) or os.cpu_count() or 1
     torch.set_num_threads(threads)
+    available(cfg.device, "device")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+
+
+def available(device: str | None, setting: str) -> None:
+    """BadInput when `device` (a config's device string) names an accelerator this machine lacks."""
+    kind = (device or "cpu").partition(":")[0]
+    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+               "xpu": hasattr(torch, "xpu") and torch.xpu.is_available()}
+    if not present[kind]:
+        raise BadInput(f"{setting}={device}: expected a {kind} device on this machine, found none; use cpu")
 
 
 def setup(cfg: Any) -> Task:
@@ -38,9 +50,10 @@ def setup(cfg: Any) -> Task:
 def fresh_policy(cfg: Any):
     """The policy SFT starts from: ``policy.path``, else a fresh ladder model of ``policy.size``."""
     if cfg.policy.path:
-        return load_policy(cfg.policy.path, cfg.device)
-    model, tok = new_policy(cfg.policy.size, cfg.seed, cfg.policy.max_len)
-    return model.to(cfg.device), tok
+        model, tok = load_policy(cfg.policy.path, cfg.device, cfg.dtype)
+    else:
+        model, tok = new_policy(cfg.policy.size, cfg.seed, cfg.policy.max_len)
+    return checkpoint_activations(model.to(cfg.device, DTYPES[cfg.dtype]), cfg.gradient_checkpointing), tok
 
 
 def policy_folder(run: str | Path) -> Path:
@@ -50,8 +63,8 @@ def policy_folder(run: str | Path) -> Path:
 
 
 def input_policy(cfg: Any, run: str | Path):
-    """(model, tokenizer) of an input run's policy, on ``cfg.device``."""
-    return load_policy(policy_folder(run), cfg.device)
+    """(model, tokenizer) of an input run's policy, on ``cfg.device`` in ``cfg.dtype``."""
+    return load_policy(policy_folder(run), cfg.device, cfg.dtype)
 
 
 def max_new_tokens(cfg: Any, task: Task) -> int:

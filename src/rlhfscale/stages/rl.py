@@ -23,13 +23,14 @@ from ..contract import view
 from ..errors import BadInput
 from ..models.critic import critic_from_policy, critic_from_rm
 from ..models import lora
-from ..models.io import save_policy
+from ..models.io import DTYPES, save_policy
+from ..models.train import checkpoint_activations
 from ..pipeline import STAGES
 from ..rl.trainer import NonFiniteError, train
 from ..rm.sources import build_reward, rm_path
 from ..rollout.evaluate import evaluate
 from ..tasks import make_task, verifiable
-from .common import checkpointer, input_policy, max_new_tokens, setup
+from .common import available, checkpointer, input_policy, max_new_tokens, setup
 from .rundir import Progress, RunDir
 
 
@@ -37,9 +38,12 @@ def make_critic(cfg: BaseModel, policy, rm_run: str | None):
     """The PPO critic (None for the critic-free algorithms), from the policy or from the ORM."""
     if not ALGORITHMS.get(cfg.rl.algorithm).critic:
         return None
+    device = cfg.rl.critic_device or cfg.device
     if cfg.rl.critic_init == "rm":
-        return critic_from_rm(rm_path(cfg.rl, "orm", rm_run), cfg.device)
-    return critic_from_policy(policy)
+        critic = critic_from_rm(rm_path(cfg.rl, "orm", rm_run), device, DTYPES[cfg.dtype])
+    else:
+        critic = critic_from_policy(policy).to(device)
+    return checkpoint_activations(critic, cfg.gradient_checkpointing)
 
 
 def rollout_engine(cfg: BaseModel, policy, tok):
@@ -57,8 +61,11 @@ def rollout_engine(cfg: BaseModel, policy, tok):
 def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_divergence: bool = False) -> dict[str, float]:
     cfg = view(STAGES["rl"], cfg)
     task = setup(cfg)
+    for setting in ("ref_device", "reward_device", "critic_device"):
+        available(getattr(cfg.rl, setting), f"rl.{setting}")
     policy, tok = input_policy(cfg, inputs["sft"])
-    reward = build_reward(cfg.rl, task, tok, cfg.device, inputs.get("rm"))
+    checkpoint_activations(policy, cfg.gradient_checkpointing)
+    reward = build_reward(cfg.rl, task, tok, cfg.rl.reward_device or cfg.device, inputs.get("rm"), cfg.dtype)
     critic = make_critic(cfg, policy, inputs.get("rm"))  # from the weights as loaded, before any adapters
     wrapper = lora.attach(policy, cfg.rl.lora, "policy", "rl.lora") if cfg.rl.lora.rank else None
     policy = lora.adapted(wrapper) if wrapper is not None else policy

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from ..contract import view
 from ..errors import BadInput
 from ..models import lora
-from ..models.io import load_policy, save_policy
+from ..models.io import DTYPES, load_policy, save_policy
+from ..models.train import checkpoint_activations
 from ..models.ladder import count_non_embedding, llama_config, preset
 from ..models.reward import RewardModel, build_reward_model, reward_model_from
 from ..models.tokenizer import build_tokenizer
@@ -95,9 +96,11 @@ def heldout_metrics(inputs: dict[str, str], rm: RewardModel) -> dict[str, float]
         prompts = [p.prompt for p in pairs]
         chosen = rm.score_texts(prompts, [p.chosen for p in pairs])
         metrics["rm/pair_acc"] = pair_accuracy(chosen, rm.score_texts(prompts, [p.rejected for p in pairs]))
+        metrics["rm/heldout_pairs"] = float(len(pairs))  # what the accuracy rests on
     if rm.kind == "prm" and (path := heldout_file(inputs, "heldout_steps")):
         examples = load_step_labels(path)
-        logits = rm.step_logits_texts([e.prompt for e in examples], ["\n".join(e.steps) for e in examples])
+        joiner = "\n" if rm.step_split == "line" else "\n\n"
+        logits = rm.step_logits_texts([e.prompt for e in examples], [joiner.join(e.steps) for e in examples])
         gold = [[y > 0.5 for y in e.labels] for e in examples]
         metrics |= {f"prm/{k}": v for k, v in step_metrics(logits, gold).items()}
     return metrics
@@ -107,6 +110,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     cfg = view(STAGES["rm"], cfg)
     start(cfg)
     model, tok, from_policy = initial_model(cfg, inputs)
+    model = checkpoint_activations(model.to(DTYPES[cfg.dtype]), cfg.gradient_checkpointing)
     if cfg.rm.lm_coef and not model.config.tie_word_embeddings:
         raise BadInput("rm.lm_coef: expected a backbone with tied input and output embeddings (a reward model keeps "
                        "no separate LM head), found tie_word_embeddings=false")
