@@ -143,7 +143,8 @@ class _Sim:
         n_pairs = t.heldout_pairs
         pair = float(np.float32(self.rng.binomial(n_pairs, np.clip(acc + size, 0, 1)) / n_pairs))
         return {"rm.params": PARAMS[get("rm.size")], "rm_base/pass@1": 0.3, "sample/responses": prompts * rpp,
-                "rm/loss": 0.6, "rm/pair_acc": pair, "rm/pairs": prompts * rpp, "flops/rm": 1e12 * prompts * rpp,
+                "rm/loss": 0.6, "rm/pair_acc": pair, "rm/heldout_pairs": float(n_pairs), "rm/pairs": prompts * rpp,
+                "flops/rm": 1e12 * prompts * rpp,
                 "bon/oracle@16": 0.6, "bon/rm@16": _binomial(self.rng, bon + size + self.rng.normal(0, t.train_sd),
                                                               t.bon_prompts), "flops/bon": 1e12}
 

@@ -78,3 +78,9 @@ def test_the_step_zero_point_of_a_curve_is_read_at_zero_rl_compute():
     rm_only = table[table["rl.enabled"].eq(False)]
     assert len(rm_only) == 5
     assert rm_only[FLOPS_RL].isna().all() and (rm_only[STEP] == 0).all()  # no curve: nothing to change
+
+
+def test_the_rm_checks_say_how_many_held_out_pairs_each_accuracy_rests_on():
+    table = to_table(quickstart_rows(replace(PRECISE, heldout_pairs=140), seeds=2))
+    for check in ("rm_data_volume", "prompt_diversity"):
+        assert "each RM's accuracy on 140-140 held-out pairs" in claims.check(check, table).detail

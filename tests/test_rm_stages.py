@@ -89,6 +89,8 @@ def test_rm_stage_saves_an_hf_reward_model_and_counts_flops(chat_runs):
     hf = AutoModelForSequenceClassification.from_pretrained(chat_runs / "orm" / "rm")
     assert hf.config.num_labels == 1 and hf.config.pad_token_id is not None
     assert 0.0 <= summary["rm/pair_acc"] <= 1.0 and summary["rm/pairs"] > 0 and summary["rm/init_from_policy"] == 0.0
+    heldout = (chat_runs / "label" / "heldout_pairs.jsonl").read_text().splitlines()
+    assert summary["rm/heldout_pairs"] == len(heldout) > 0  # what rm/pair_acc rests on
     tokens_per_step = 2 * 32 * 40  # 32 pairs of two sequences of at least ~40 tokens each
     assert summary["flops/rm"] > 6 * summary["rm/params"] * tokens_per_step * 30
     prm_summary = assert_run_dir(chat_runs / "prm", **{"rm.kind": "prm"})

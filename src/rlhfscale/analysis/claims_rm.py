@@ -18,6 +18,15 @@ from rlhfscale.analysis.table import (
 )
 
 SHORTFALL = "_bon_minus_rl_gain"
+HELDOUT_PAIRS = "rm/heldout_pairs"
+
+
+def pairs_note(final: pd.DataFrame, metric: str) -> str:
+    """How many held-out pairs each RM's accuracy rests on (when the rm stage logged it)."""
+    if metric != RM_PAIR_ACC or not has(final, HELDOUT_PAIRS):
+        return ""
+    n = final[HELDOUT_PAIRS].dropna()
+    return f"; each RM's accuracy on {int(n.min())}-{int(n.max())} held-out pairs" if len(n) else ""
 
 
 def _rm_keys(table: pd.DataFrame, *extra: str) -> list[str]:
@@ -31,7 +40,7 @@ def rm_data_volume(table: pd.DataFrame) -> Claim:
         return not_tested("rm_data_volume", reason)
     final = shared_final_points(table)
     est = estimate(final, _rm_keys(final), ByLevel(DATA_VOLUME, slope), metric, points=True)
-    detail = f"slope of {metric} per doubling of labelled volume (prompts x responses): {est}"
+    detail = f"slope of {metric} per doubling of labelled volume (prompts x responses): {est}{pairs_note(final, metric)}"
     return make_claim("rm_data_volume", est, directional(est, SESOI["rm_data_volume"]), detail)
 
 
@@ -42,7 +51,7 @@ def prompt_diversity(table: pd.DataFrame) -> Claim:
     final = shared_final_points(table)
     est = estimate(final, _rm_keys(final, DATA_VOLUME), ByLevel(DATA_PROMPTS, last_minus_first), metric)
     detail = (f"{metric} with the most prompts minus with the fewest (more responses each), "
-              f"at equal labelled volume: {est}")
+              f"at equal labelled volume: {est}{pairs_note(final, metric)}")
     return make_claim("prompt_diversity", est, directional(est, SESOI["prompt_diversity"]), detail)
 
 
