@@ -58,27 +58,38 @@ def rollout_engine(cfg: BaseModel, policy, tok):
                       dtype="bfloat16" if cfg.rl.bf16 else "float32")
 
 
-def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_divergence: bool = False) -> dict[str, float]:
-    cfg = view(STAGES["rl"], cfg)
-    task = setup(cfg)
+def models(cfg: BaseModel, task, inputs: dict[str, str]):
+    """(policy, its peft wrapper or None, tokenizer, reward, critic or None), each on its device; with rl.lora the
+    policy is the adapted transformers model, and the critic is built from the weights as loaded."""
     for setting in ("ref_device", "reward_device", "critic_device"):
         available(getattr(cfg.rl, setting), f"rl.{setting}")
     policy, tok = input_policy(cfg, inputs["sft"])
     checkpoint_activations(policy, cfg.gradient_checkpointing)
     reward = build_reward(cfg.rl, task, tok, cfg.rl.reward_device or cfg.device, inputs.get("rm"), cfg.dtype)
-    critic = make_critic(cfg, policy, inputs.get("rm"))  # from the weights as loaded, before any adapters
+    critic = make_critic(cfg, policy, inputs.get("rm"))
     wrapper = lora.attach(policy, cfg.rl.lora, "policy", "rl.lora") if cfg.rl.lora.rank else None
-    policy = lora.adapted(wrapper) if wrapper is not None else policy
+    return (lora.adapted(wrapper) if wrapper is not None else policy), wrapper, tok, reward, critic
+
+
+def save_trained(policy, wrapper, tok, path: Path):
+    """Save ``policy/`` (with LoRA: the merged model, and the adapters in ``adapter/``); returns the model to
+    evaluate from here on (the merged one with LoRA)."""
+    if wrapper is None:
+        save_policy(policy, tok, path / "policy")
+        return policy
+    return lora.save(wrapper, tok, path / "policy", path / "adapter")
+
+
+def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_divergence: bool = False) -> dict[str, float]:
+    cfg = view(STAGES["rl"], cfg)
+    task = setup(cfg)
+    policy, wrapper, tok, reward, critic = models(cfg, task, inputs)
     out = RunDir(out_dir, cfg)
 
     def save() -> None:
-        """``policy/`` (with LoRA: the merged model, and the adapters in ``adapter/``); evaluation after it runs
-        the merged model."""
         nonlocal policy
-        if wrapper is None:
-            save_policy(policy, tok, out.path / "policy")
-        else:
-            policy = lora.save(wrapper, tok, out.path / "policy", out.path / "adapter")
+        policy = save_trained(policy, wrapper, tok, out.path)
+
     budget = max_new_tokens(cfg, task)
     test = task.examples("test", cfg.eval.n_prompts)
     prompts = task.examples("train", cfg.rl.n_train_prompts)
