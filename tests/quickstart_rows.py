@@ -36,8 +36,9 @@ EXTRA_TRIALS = {  # what each faithful check needs beyond the quickstart's trial
     "policy_size": [{"rm.enabled": True, "data.source": "rm_base", "rl.reward": {"orm": 1.0}},
                     {"rm.enabled": True, "data.source": "rm_base", "rl.reward": {"orm": 1.0}, "policy.size": "nano"}],
     "diminishing_returns": [{"sft.steps": 75, "rl.enabled": False}, {"sft.steps": 150, "rl.enabled": False}],
-}
-DEFAULTS = {"rl.shaping": "none", "rl.reward": {"rule": 1.0}, "data.source": "policy", "eval.tasks": {}}
+}  # and for samples_fixed_compute, the n sweep at the base's samples per step (``fixed_samples_trials``)
+DEFAULTS = {"rl.shaping": "none", "rl.reward": {"rule": 1.0}, "data.source": "policy", "eval.tasks": {},
+            "rl.prompts_per_step": 128, "rl.n_samples": 4}
 # resolved values of keys the base leaves out
 PARAMS = {"nano": 1.1e5, "micro": 5.2e5}
 STEPS = (0, 8, 16, 24)
@@ -62,6 +63,8 @@ class Truth:
     prm_rl_edge: float = 0.0  # PRM- minus ORM-rewarded policy's pass@1 on the targeted task
     prm_ood_loss: float = 0.0  # ORM- minus PRM-rewarded policy's pass@1 on the shifted task
     sft_minus_rl: float = 0.0  # SFT pass@1 per doubling of SFT steps minus the base RL curve's per doubling
+    budget_n_gain: dict | None = None  # gain by rl.n_samples of trials that change rl.prompts_per_step with it
+    # (at the base's samples per step; the base's n keeps n_gain's value); None: n_gain's
     eval_prompts: int = 100
     heldout_pairs: int = 96
     bon_prompts: int = 32
@@ -73,6 +76,19 @@ class Truth:
 @functools.cache
 def _spec() -> dict:
     return yaml.safe_load(QUICKSTART.read_text())
+
+
+def _base(key: str):
+    """The quickstart base's resolved value of ``key``."""
+    return _resolved(_spec()["base"], {}, key)
+
+
+def fixed_samples_trials() -> list[dict]:
+    """n halved and doubled at the base's samples per step (prompts per step doubled and halved): the n sweep of
+    the reviewers, beside the quickstart's at a fixed prompts per step."""
+    n, prompts = _base("rl.n_samples"), _base("rl.prompts_per_step")
+    return [{"rl.n_samples": n // 2, "rl.prompts_per_step": prompts * 2},
+            {"rl.n_samples": n * 2, "rl.prompts_per_step": prompts // 2}]
 
 
 def quickstart_trials() -> tuple[dict, list[int], list[dict]]:
@@ -150,7 +166,8 @@ class _Sim:
 
     def gain(self, get) -> float:
         t = self.t
-        gain = t.n_gain[get("rl.n_samples")]
+        moved = get("rl.prompts_per_step") != _base("rl.prompts_per_step")
+        gain = (t.budget_n_gain if moved and t.budget_n_gain is not None else t.n_gain)[get("rl.n_samples")]
         gain += t.ppo_minus_grpo * (get("rl.algorithm") == "ppo")
         gain += t.shaping_gain * (get("rl.shaping") != "none")
         gain += t.policy_gap * (get("policy.size") == "nano")
@@ -158,9 +175,10 @@ class _Sim:
             gain += t.rm_size_gain * (get("rm.size") == "micro")
         return gain + t.prm_rl_edge * ("prm" in get("rl.reward"))
 
-    def curve(self, start: float, gain: float, n: int) -> list[dict]:
-        """Eval points at STEPS: the gain rises linearly in log2 RL compute, bent by the concavity."""
-        t, flops_per_step = self.t, 2e11 * n
+    def curve(self, start: float, gain: float, n: int, prompts: float = 1.0) -> list[dict]:
+        """Eval points at STEPS: the gain rises linearly in log2 RL compute, bent by the concavity; the compute of
+        a step grows with the samples it draws (n x ``prompts``, the prompts per step relative to the base's)."""
+        t, flops_per_step = self.t, 2e11 * n * prompts
         x = np.log2(np.array(STEPS[1:], float) / STEPS[-1])  # doublings before the end: -1.58, -0.58, 0
         span = x.max() - x.min()
         bend = -t.concavity / (2 * span) * (x - x.min()) * (x - x.max())  # 0 at both ends; early minus late slope = c
@@ -176,7 +194,8 @@ class _Sim:
     def rl_metrics(self, seed: int, get) -> tuple[dict, list[dict]]:
         t = self.t
         true_start, before = self.start(seed, get("policy.size"))
-        points = self.curve(true_start, self.gain(get), get("rl.n_samples"))
+        prompts = get("rl.prompts_per_step") / _base("rl.prompts_per_step")
+        points = self.curve(true_start, self.gain(get), get("rl.n_samples"), prompts)
         points[0]["eval/pass@1"] = before
         log_std = np.log(0.2) - t.shaping_log_std * (get("rl.shaping") != "none") + self.rng.normal(0, 0.1)
         after = points[-1]["eval/pass@1"]
@@ -193,8 +212,9 @@ class _Sim:
 
 
 def faithful_trials(*checks: str) -> list[dict]:
-    """The quickstart's trials plus those ``EXTRA_TRIALS`` names for ``checks`` (all three by default)."""
-    return quickstart_trials()[2] + [t for c in (checks or FAITHFUL_CLAIMS) for t in EXTRA_TRIALS[c]]
+    """The quickstart's trials plus those ``EXTRA_TRIALS`` names for ``checks`` (the three faithful ones by default)."""
+    extra = {**EXTRA_TRIALS, "samples_fixed_compute": fixed_samples_trials()}
+    return quickstart_trials()[2] + [t for c in (checks or FAITHFUL_CLAIMS) for t in extra[c]]
 
 
 def quickstart_rows(truth: Truth = Truth(), seeds: int | list[int] | None = None, draw: int = 0,

@@ -48,8 +48,8 @@ def assert_tested(claim, verdict, effect, tol):
 
 def test_registry_order_and_lookup():
     assert list(claims.CLAIMS) == [
-        "rm_data_volume", "prompt_diversity", "prm_vs_orm", "samples_plateau", "rm_size_modest",
-        "policy_size", "ppo_vs_grpo", "shaping_stability", "diminishing_returns", "overoptimization_peak",
+        "rm_data_volume", "prompt_diversity", "prm_vs_orm", "samples_plateau", "samples_fixed_compute",
+        "rm_size_modest", "policy_size", "ppo_vs_grpo", "shaping_stability", "diminishing_returns", "overoptimization_peak",
         "rl_kl_cost", "prm_reward", "prm_reward_samples", "prm_reward_training",
     ]
     with pytest.raises(KeyError, match="rm_data_volume, prompt_diversity"):

@@ -1,9 +1,10 @@
 """What every claim check shares: the ``Claim`` record, smallest effects of interest, titles, the
 reasons a check cannot run, and the per-``check_all`` cache of final points and shared tables.
 
-The checks live in ``claims_rm`` (reward-model data, PRM vs ORM, RM size), ``claims_rl`` (samples per
-prompt, policy size, PPO vs GRPO, shaping, returns to compute), ``claims_gao`` (over-optimization,
-Gao et al. 2022) and ``claims_prm`` (a PRM as the RL reward); ``claims`` holds the registry.
+The checks live in ``claims_rm`` (reward-model data, PRM vs ORM, RM size), ``claims_samples`` (samples per
+prompt, at a fixed prompts per step and at a fixed samples per step), ``claims_rl`` (policy size, PPO vs GRPO,
+shaping, returns to compute), ``claims_gao`` (over-optimization, Gao et al. 2022) and ``claims_prm`` (a PRM as
+the RL reward); ``claims`` holds the registry.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SESOI = {  # smallest effect of interest, in each effect's units
     "prompt_diversity": 0.02,  # RM accuracy, most prompts minus fewest at equal volume
     "prm_vs_orm": 0.02,  # PRM- minus ORM-rewarded policy's pass@1, targeted task (and ORM minus PRM, shifted)
     "samples_plateau": 0.01,  # gain per doubling of n, early rise and early-minus-late drop
+    "samples_fixed_compute": 0.01,  # gain per doubling of n at a fixed number of samples per RL step
     "rm_size_modest": 0.05,  # pass@1 gain of the largest RM over the smallest: "modest" within +-0.05
     "policy_size": 0.02,  # smallest minus largest policy's pass@1 gain (the paper: 4.4 vs 1.9 points)
     "ppo_vs_grpo": 0.05,  # PPO minus GRPO final pass@1: "similar" within +-0.05
@@ -185,7 +187,10 @@ TITLES = {
     "prompt_diversity": "At equal budget, more prompts beat more responses per prompt",
     "prm_vs_orm": "Process supervision is stronger on the targeted task (and scales better with data) but "
                   "generalizes worse than outcome supervision",
-    "samples_plateau": "More samples per prompt in RL help at first, then plateau",
+    "samples_plateau": "More samples per prompt in RL help at first, then plateau (prompts per step fixed, as the "
+                       "paper swept them)",
+    "samples_fixed_compute": "More samples per prompt in RL help at a fixed compute per step (samples per step "
+                             "fixed: fewer prompts for more samples)",
     "rm_size_modest": "A larger reward model gives modest policy gains",
     "policy_size": "A larger policy gains less from RLHF with one reward model shared by every size",
     "ppo_vs_grpo": "PPO and GRPO reach similar final accuracy",

@@ -18,7 +18,11 @@ Beyond Hou et al.'s eight findings: reward over-optimization as Gao et al. (2022
 results about a PRM as the RL reward (``prm_reward``, ``prm_reward_samples``, ``prm_reward_training``:
 RL trials rewarded by an ORM and by a PRM, dense or aggregated, compared within cells).
 
-The checks are grouped by subject (``claims_rm``, ``claims_rl``, ``claims_gao``, ``claims_prm``) and
+Finding 4 is checked twice: as the paper swept n (prompts per step fixed, so more n is more compute a step:
+``samples_plateau``) and as its reviewers asked (samples per step fixed, with the paper's sweep at equal RL
+FLOPs and per FLOP beside it: ``samples_fixed_compute``).
+
+The checks are grouped by subject (``claims_rm``, ``claims_rl``, ``claims_samples``, ``claims_gao``, ``claims_prm``) and
 share ``claim_base``; every public name stays importable from here.
 """
 
@@ -39,8 +43,9 @@ from rlhfscale.analysis.claims_prm import (  # noqa: F401
     late_slope, prm_minus_orm, prm_reward, prm_reward_samples, prm_reward_training, with_reward,
 )
 from rlhfscale.analysis.claims_rl import (  # noqa: F401
-    LOG_STD, STABILITY, diminishing_returns, policy_size, ppo_vs_grpo, samples_plateau, shaping_stability,
+    LOG_STD, STABILITY, diminishing_returns, policy_size, ppo_vs_grpo, shaping_stability,
 )
+from rlhfscale.analysis.claims_samples import samples_fixed_compute, samples_plateau  # noqa: F401
 from rlhfscale.analysis.claims_rm import (  # noqa: F401
     SHORTFALL, prm_vs_orm, prompt_diversity, rm_data_volume, rm_size_modest,
 )
@@ -50,6 +55,7 @@ CLAIMS: dict[str, Callable[[pd.DataFrame], Claim]] = {
     "prompt_diversity": prompt_diversity,
     "prm_vs_orm": prm_vs_orm,
     "samples_plateau": samples_plateau,
+    "samples_fixed_compute": samples_fixed_compute,
     "rm_size_modest": rm_size_modest,
     "policy_size": policy_size,
     "ppo_vs_grpo": ppo_vs_grpo,

@@ -1,5 +1,5 @@
-"""Claim checks on policy optimization: samples per prompt, policy size, PPO vs GRPO, reward shaping,
-and RL's returns to compute (findings 4, 6, 7, 8 and the shaping switches of Hou et al. 2024)."""
+"""Claim checks on policy optimization: policy size, PPO vs GRPO, reward shaping, and RL's returns to compute
+(findings 6, 7, 8 and the shaping switches of Hou et al. 2024; samples per prompt, finding 4: ``claims_samples``)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from rlhfscale.analysis.claim_base import (
 )
 from rlhfscale.analysis.claims_prm import learned_rm_final
 from rlhfscale.analysis.effects import (
-    ByLevel, concavity, difference, early, early_minus_late, estimate, first_minus_last, last_minus_first,
+    ByLevel, concavity, difference, estimate, first_minus_last, last_minus_first,
     others_minus, slope,
 )
 from rlhfscale.analysis.stats import ALPHA, Estimate, combine_codes, directional, equivalent
 from rlhfscale.analysis.table import (
     DATA_PROMPTS, DATA_RPP, DIVERGED, FLOPS_RL, FLOPS_SFT, GAIN, GAIN_REL, PASS, PASS_BEFORE, POLICY_PARAMS,
-    POLICY_SIZE, REWARD_STD, RL_ALGORITHM, RL_LR, RL_N_SAMPLES, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS,
+    POLICY_SIZE, REWARD_STD, RL_ALGORITHM, RL_LR, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS,
     RM_SIZE, SEED, STEP, TASK, TRIAL, has, levels,
 )
 
@@ -32,27 +32,6 @@ STABILITY = (  # (column, sign that makes "shaping helps" positive, smallest eff
     (DIVERGED, -1.0, 0.10, "divergence rate, none minus shaped"),
     (LOG_STD, -1.0, float(np.log(1.25)), f"log {REWARD_STD}, none minus shaped"),
 )
-
-
-def samples_plateau(table: pd.DataFrame) -> Claim:
-    metric = pick(table, GAIN, PASS)
-    if reason := untested_reason(table, [RL_N_SAMPLES], [metric]):
-        return not_tested("samples_plateau", reason)
-    if levels(table, RL_N_SAMPLES) < 3:
-        return not_tested("samples_plateau", f"a plateau needs three values of '{RL_N_SAMPLES}'")
-    final = shared_final_points(table)
-    fixed = held_fixed(final, (RL_N_SAMPLES, RL_LR))
-    rise = estimate(final, fixed, ByLevel(RL_N_SAMPLES, early), metric)
-    drop = estimate(final, fixed, ByLevel(RL_N_SAMPLES, early_minus_late), metric)
-    sesoi = SESOI["samples_plateau"]
-    verdicts = {directional(rise, sesoi), directional(drop, sesoi)}
-    plateau = ("not supported" if "not supported" in verdicts else
-               "supported" if verdicts == {"supported"} else "inconclusive")
-    lr = f"pooled over {RL_LR} {sorted(final[RL_LR].dropna().unique())}" if has(final, RL_LR) else "no lr axis"
-    detail = (f"{metric} per doubling of n, smallest to middle n: {rise}; "
-              f"how much less it rises from middle to largest n (effect): {drop}; both must exceed 0, "
-              f"either below the smallest effect of interest is not supported; {lr}")
-    return make_claim("samples_plateau", drop, plateau, detail)
 
 
 def _across_starts(final: pd.DataFrame, fixed: list[str], gap: Estimate) -> Estimate:

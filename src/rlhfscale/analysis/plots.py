@@ -29,6 +29,7 @@ from scipy.optimize import OptimizeWarning  # noqa: E402
 
 from rlhfscale.analysis import overopt  # noqa: E402
 from rlhfscale.analysis.claims import REWARD, Claim, with_reward, pick  # noqa: E402
+from rlhfscale.analysis.claims_samples import SWEEP, labelled_sweeps  # noqa: E402
 from rlhfscale.analysis.fits import fit_log_linear, fit_rl_gold  # noqa: E402
 from rlhfscale.analysis.stats import mean_interval, metric_bounds, metric_items  # noqa: E402
 from rlhfscale.analysis.table import (  # noqa: E402
@@ -148,9 +149,10 @@ def plot_prm_vs_orm(table: pd.DataFrame) -> Figure:
     return _rm_quality(table, DATA_VOLUME, RM_KIND, (BON_RM, RM_PAIR_ACC))
 
 
-def plot_samples_plateau(table: pd.DataFrame) -> Figure:
-    final = final_points(table)
-    return _versus(final, RL_N_SAMPLES, pick(final, GAIN, PASS), None, _flops(final, FLOPS_RL, FLOPS_TOTAL))
+def plot_samples_sweeps(table: pd.DataFrame) -> Figure:
+    """Both n sweeps (prompts per step fixed, samples per step fixed) against n, and against RL compute."""
+    final = labelled_sweeps(table)
+    return _versus(final, RL_N_SAMPLES, pick(final, GAIN, PASS), SWEEP, _flops(final, FLOPS_RL, FLOPS_TOTAL))
 
 
 def _sizes(table: pd.DataFrame, size: str, params: str, metrics: list[str]) -> Figure:
@@ -353,7 +355,8 @@ PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "rm_data_volume": plot_rm_data_volume,
     "prompt_diversity": plot_prompt_diversity,
     "prm_vs_orm": plot_prm_vs_orm,
-    "samples_plateau": plot_samples_plateau,
+    "samples_plateau": plot_samples_sweeps,
+    "samples_fixed_compute": plot_samples_sweeps,
     "rm_size_modest": plot_rm_size_modest,
     "policy_size": plot_policy_size,
     "ppo_vs_grpo": plot_ppo_vs_grpo,

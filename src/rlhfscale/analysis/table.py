@@ -27,6 +27,10 @@ Axes
     ``rm.size`` / ``rm.params``    RM ladder size name / parameter count
     ``policy.size`` / ``policy.params``  the same for the policy
     ``rl.n_samples``               responses sampled per prompt during RL
+    ``rl.prompts_per_step``        distinct prompts in each RL step's batch
+    ``rl.samples_per_step``        prompts per step x samples per prompt: the responses (and about the compute)
+                                   of each RL step (derived when absent; not an axis the checks hold fixed:
+                                   prompts and samples per step are)
     ``rl.algorithm``               ``ppo`` | ``grpo`` | ``rloo`` | ``reinforce++``
     ``rl.shaping``                 ``none`` | ``normalize`` | ``asymmetric``
     ``rl.lr``                      RL learning rate
@@ -87,6 +91,8 @@ RM_PARAMS = "rm.params"
 POLICY_SIZE = "policy.size"
 POLICY_PARAMS = "policy.params"
 RL_N_SAMPLES = "rl.n_samples"
+RL_PPS = "rl.prompts_per_step"
+RL_SPS = "rl.samples_per_step"
 RL_ALGORITHM = "rl.algorithm"
 RL_SHAPING = "rl.shaping"
 RL_LR = "rl.lr"
@@ -95,8 +101,9 @@ RL_REWARD = "rl.reward"
 RL_PRM_MODE = "rl.prm_mode"
 AXES = (
     DATA_PROMPTS, DATA_RPP, DATA_VOLUME, RM_KIND, RM_SIZE, RM_PARAMS,
-    POLICY_SIZE, POLICY_PARAMS, RL_N_SAMPLES, RL_ALGORITHM, RL_SHAPING, RL_LR, TASK,
+    POLICY_SIZE, POLICY_PARAMS, RL_N_SAMPLES, RL_PPS, RL_ALGORITHM, RL_SHAPING, RL_LR, TASK,
 )
+DERIVED_AXES = (RL_SPS,)
 EVAL_N = "eval.n_prompts"
 BON_N = "bon.prompts"
 CATEGORICAL_AXES = (RM_KIND, RM_SIZE, POLICY_SIZE, RL_ALGORITHM, RL_SHAPING, TASK)
@@ -125,7 +132,7 @@ METRICS = (
     FLOPS_TOTAL, FLOPS_SFT, FLOPS_RM, FLOPS_RL,
 )
 
-KNOWN = IDENTIFIERS + AXES + (EVAL_N, BON_N) + METRICS
+KNOWN = IDENTIFIERS + AXES + DERIVED_AXES + (EVAL_N, BON_N) + METRICS
 SEED_SUFFIX = r"(^|,)seed=[^,]*$"
 
 
@@ -133,7 +140,7 @@ def to_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     """Build the tidy table from flat row dicts.
 
     Fills ``seed`` and ``step`` with 0 where absent, derives ``data.volume``,
-    ``eval/gain`` and ``eval/gain_rel`` where their inputs exist, checks that
+    ``rl.samples_per_step``, ``eval/gain`` and ``eval/gain_rel`` where their inputs exist, checks that
     numeric columns hold numbers, and orders columns identifiers, axes,
     metrics, then any others. Raises ValueError when ``trial`` is missing.
     """
@@ -172,6 +179,8 @@ def _derive(cols: dict) -> None:
     """Fill derived columns (where missing) from their inputs."""
     if DATA_PROMPTS in cols and DATA_RPP in cols:
         _fill(cols, DATA_VOLUME, cols[DATA_PROMPTS] * cols[DATA_RPP])
+    if RL_PPS in cols and RL_N_SAMPLES in cols:
+        _fill(cols, RL_SPS, cols[RL_PPS] * cols[RL_N_SAMPLES])
     if PASS in cols and PASS_BEFORE in cols:
         _fill(cols, GAIN, cols[PASS] - cols[PASS_BEFORE])
     if GAIN in cols and PASS_BEFORE in cols:
