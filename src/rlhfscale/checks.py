@@ -86,7 +86,8 @@ def refuse_ignored(section: Any, name: str, defaults: Any, table: list[Ignored],
     for setting, ignored, why in table:
         value = getattr(section, setting)
         if value != getattr(defaults, setting) and ignored(section):
-            raise BadInput(f"{name}.{setting}={value}: does nothing here: {why.format(**words)}")
+            shown = repr(value) if isinstance(value, str) and not value.isprintable() else value  # one line
+            raise BadInput(f"{name}.{setting}={shown}: does nothing here: {why.format(**words)}")
 
 
 def effective_norm_std(rl: RLConfig) -> bool:
@@ -171,8 +172,11 @@ def rm(config: dict[str, Any]) -> list[str]:
     table: list[Ignored] = [
         ("loss", lambda m: m.kind != "orm", "only an ORM picks its loss (a multitask RM mixes both)"),
         ("multitask_weight", lambda m: m.kind != "multitask", "only rm.kind=multitask reads it"),
-        ("token_level", lambda m: m.kind == "prm" or (m.kind == "orm" and m.loss == "bt"),
+        ("token_level", lambda m: m.kind in ("prm", "generative") or (m.kind == "orm" and m.loss == "bt"),
          "only the BCE objective has per-token labels (rm.loss=bce or rm.kind=multitask)"),
+        ("genrm_question", lambda m: m.kind != "generative", "only rm.kind=generative asks a verification question"),
+        ("genrm_yes", lambda m: m.kind != "generative", "only rm.kind=generative predicts verdict tokens"),
+        ("genrm_no", lambda m: m.kind != "generative", "only rm.kind=generative predicts verdict tokens"),
         ("labels", lambda m: m.kind != "prm", "only a PRM is trained on step labels"),
         ("aggregation", lambda m: m.kind != "prm", "only a PRM aggregates step scores"),
     ]

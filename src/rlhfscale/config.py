@@ -280,10 +280,14 @@ class DataConfig(Section):
 
 
 class RMConfig(Section):
-    """The reward model: outcome (ORM), process (PRM) or multi-task."""
+    """The reward model: outcome (ORM), process (PRM), multi-task, or generative (a verifier that predicts a
+    Yes / No token after the solution, Zhang et al. 2024)."""
 
     enabled: bool = Field(False, description="study trials: sample, label, train and Best-of-N-evaluate an RM")
-    kind: Literal["orm", "prm", "multitask"] = "orm"
+    kind: Literal["orm", "prm", "multitask", "generative"] = Field(
+        "orm", description="orm: a scalar head; prm: a head per step; multitask: an ORM on pairs and labels; "
+        "generative: the causal LM itself, trained with the next-token loss of a Yes / No verdict after "
+        "rm.genrm_question on the correctness labels, scored log p(Yes) - log p(No)")
     size: str = Field("tiny", description=f"ladder size: {', '.join(LADDER)}")
     init: Literal["auto", "policy", "scratch"] = Field(
         "auto", description="policy: copy the backbone of rm.init_path, else of the SFT policy; scratch: a fresh "
@@ -299,7 +303,15 @@ class RMConfig(Section):
     lm_coef: float = Field(
         0.0, ge=0, description="weight of an auxiliary next-token loss (through the tied embeddings) on the text "
         "the labels call right: chosen and correct sequences, a PRM one up to its first wrong step (the verifier "
-        "objective of Cobbe et al. 2021); 0: off")
+        "objective of Cobbe et al. 2021); for rm.kind=generative the SFT loss on the correct sequences (GenRM's "
+        "unified variant, through its own LM head); 0: off")
+    genrm_question: str = Field(
+        "\nIs the answer correct? ", min_length=1,
+        description="rm.kind=generative: the text appended after prompt + response, before the verdict token")
+    genrm_yes: str = Field(
+        "Y", min_length=1, description="rm.kind=generative: the Yes verdict token as text; it must be one token of "
+        "the tokenizer (a single character is, in the ladder's character tokenizer and in byte-level BPE ones)")
+    genrm_no: str = Field("N", min_length=1, description="rm.kind=generative: the No verdict token, as rm.genrm_yes")
     labels: Literal["gold", "mc_hard", "mc_soft"] = Field(
         "mc_hard", description="PRM step labels: the gold step checker, or Monte-Carlo: whether any completion / "
         "the fraction of completions from the step reaches the right answer")
@@ -320,6 +332,13 @@ class RMConfig(Section):
     @classmethod
     def _size(cls, v: str) -> str:
         return PolicyConfig._size(v)
+
+    @model_validator(mode="after")
+    def _verdicts(self) -> "RMConfig":
+        if self.genrm_yes == self.genrm_no:
+            raise ValueError(f"rm.genrm_no: expected a verdict token other than rm.genrm_yes, found {self.genrm_no!r} "
+                             "for both")
+        return self
 
 
 class BonConfig(Section):

@@ -1,4 +1,5 @@
-"""Reward models: an outcome RM (one score per response) and a process RM (one score per step).
+"""Reward models: an outcome RM (one score per response), a process RM (one score per step) and a
+generative verifier (a causal LM's Yes / No verdict, `models.genrm`; it scores like an ORM).
 
 Both are Hugging Face classification heads on any causal LM's backbone (Llama, Qwen2, Qwen3,
 Mistral, Gemma 2, ...), one output each, so a saved folder loads with
@@ -16,7 +17,8 @@ classifier with num_labels=1) loads as a reward source:
 h are the final-normed hidden states of `models.forward.hidden_states` (the fast Llama forward for
 the ladder's models, the model's own forward otherwise). Sequences follow the rollout layout:
 prompt left-padded, response right-padded; ``ids, attn [B, T]`` with ``response_mask [B, R]``
-over the last R columns. A PRM's response score aggregates σ(step logits) with
+over the last R columns. A generative RM (``kind`` "generative": a ``*ForCausalLM`` whose config holds
+``genrm``) scores log p(Yes) − log p(No) after its question. A PRM's response score aggregates σ(step logits) with
 `rewards.aggregate.aggregate_steps` (min, last, mean or prod).
 """
 
@@ -29,6 +31,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -39,7 +42,7 @@ from transformers import (
 
 from ..errors import BadInput
 from ..rewards.aggregate import aggregate_steps
-from . import steps
+from . import genrm, steps
 from .forward import hidden_states
 from .text import encode_prompts, encode_responses
 from .train import left_pad
@@ -97,7 +100,8 @@ def pack(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
 
 @dataclass
 class RewardModel:
-    """A trained ORM or PRM with its tokenizer; `kind` is "orm" or "prm" (from the head class).
+    """A trained ORM, PRM or generative RM with its tokenizer; `kind` is "orm" or "prm" (from the head class),
+    or "generative" (a causal LM whose config names its question and verdict tokens, `models.genrm`).
 
     step_split: how a PRM's steps are found in the text ("line" or "paragraph", `models.steps`); it is
     written into the model's config, so a saved PRM folder splits the same way when loaded."""
@@ -111,9 +115,12 @@ class RewardModel:
         steps.check_step_split(self.step_split)
         if self.kind == "prm":
             self.model.config.step_split = self.step_split
+        self.verdict = genrm.model_verdict(self.model, self.tok) if self.kind == "generative" else None
 
     @property
     def kind(self) -> str:
+        if genrm.is_generative(self.model.config):
+            return "generative"
         return head_kind(type(self.model).__name__) or "orm"
 
     def step_scores(self, ids: torch.Tensor, attn: torch.Tensor, response_mask: torch.Tensor):
@@ -123,9 +130,12 @@ class RewardModel:
         return logits, steps.step_end_mask(self.tok, ids[:, -R:], response_mask, self.step_split)
 
     def score(self, ids: torch.Tensor, attn: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-        """One score per response [B]: the ORM logit, or the PRM's aggregated step probabilities."""
+        """One score per response [B]: the ORM logit, the generative RM's log p(Yes) − log p(No), or the PRM's
+        aggregated step probabilities."""
         if self.kind == "orm":
             return orm_scores(self.model, ids, attn)
+        if self.kind == "generative":
+            return genrm.genrm_scores(self.model, ids, attn, self.verdict, self.tok.pad_token_id)
         return aggregate_steps(*self.step_scores(ids, attn, response_mask), self.aggregation)
 
     @torch.inference_mode()
@@ -149,17 +159,24 @@ class RewardModel:
 
 
 def load_reward_model(path: str | Path, device: str = "cpu", aggregation: str = "min") -> RewardModel:
-    """Load an ORM or PRM folder (the head class in config.json decides which, any architecture) and its
-    tokenizer; a PRM's step split comes from ``step_split`` in its config ("line" when absent)."""
+    """Load an ORM, PRM or generative RM folder (the head class in config.json decides which, any architecture;
+    a causal LM with ``genrm`` in its config is a generative RM) and its tokenizer; a PRM's step split comes
+    from ``step_split`` in its config ("line" when absent)."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise BadInput(f"{p}: expected a reward model folder with config.json, found none")
     config = AutoConfig.from_pretrained(p)
     architectures = config.architectures or []
     kinds = [kind for kind in map(head_kind, architectures) if kind]
+    if genrm.is_generative(config) and any(a.endswith("ForCausalLM") for a in architectures):
+        tok = AutoTokenizer.from_pretrained(p)
+        tok.pad_token = tok.pad_token or tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).to(device).eval()
+        return RewardModel(model, tok, aggregation)
     if not kinds:
-        raise BadInput(f"{p}/config.json: field 'architectures': expected a *ForSequenceClassification (outcome RM) "
-                       f"or *ForTokenClassification (process RM) class, found {architectures}")
+        raise BadInput(f"{p}/config.json: field 'architectures': expected a *ForSequenceClassification (outcome RM), "
+                       f"*ForTokenClassification (process RM) or *ForCausalLM with a 'genrm' field (generative RM) "
+                       f"class, found {architectures}")
     if config.num_labels != 1:
         raise BadInput(f"{p}/config.json: field 'num_labels': expected 1 (a scalar reward), found {config.num_labels}")
     tok = AutoTokenizer.from_pretrained(p)

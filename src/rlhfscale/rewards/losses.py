@@ -1,6 +1,7 @@
 """Reward-model losses: Bradley–Terry on preference pairs, BCE on correctness labels (at the last
 token, or at every response token), their multi-task mix, the process (per-step) BCE, and the
-auxiliary next-token loss of a verifier trained with the LM objective. Pure functions on tensors.
+auxiliary next-token loss of a verifier trained with the LM objective, and the verdict loss and score of a
+generative verifier. Pure functions on tensors.
 
 Symbols: r_c, r_r are the scalar rewards of the chosen and rejected response of a pair,
 m an optional margin, σ the logistic function. Scores are logits (unbounded rewards);
@@ -112,6 +113,31 @@ def next_token_loss(hidden: Tensor, out_weight: Tensor, ids: Tensor, target_mask
         return hidden.sum() * 0.0
     logits = hidden[:, :-1][targets].float() @ out_weight.float().T  # [N, V]
     return F.cross_entropy(logits, ids[:, 1:][targets])
+
+
+def genrm_loss(hidden: Tensor, out_weight: Tensor, verdict_mask: Tensor, labels: Tensor, yes: int, no: int) -> Tensor:
+    """Generative-verifier loss (Zhang et al. 2024): the next-token loss of the verdict token,
+    -[y log p(Yes | x) + (1 - y) log p(No | x)],  p = softmax(h Wᵀ) over the whole vocabulary,
+    read at the position that predicts the verdict, averaged over responses (a soft label y mixes both).
+
+    hidden: [B, T, D] final-normed hidden states; out_weight: [V, D] the LM head; verdict_mask: [B, T]
+    bool, exactly one True per row (the question's last token); labels: [B] in [0, 1]; yes, no: token
+    ids. Masked-out positions (pads, prompt, response) change nothing. Returns a scalar.
+    """
+    rows, cols = verdict_mask.bool().nonzero(as_tuple=True)
+    if rows.numel() != labels.numel() or not torch.equal(rows, torch.arange(labels.numel(), device=rows.device)):
+        raise ValueError("genrm_loss: expected exactly one verdict position per row")
+    logp = torch.log_softmax(hidden[rows, cols].float() @ out_weight.float().T, -1)  # [B, V]
+    y = labels.to(logp.dtype)
+    return -(y * logp[:, yes] + (1 - y) * logp[:, no]).mean()
+
+
+def genrm_score(verdict_logits: Tensor, yes: int, no: int) -> Tensor:
+    """A generative verifier's reward  log p(Yes) − log p(No) = z_Yes − z_No  (the softmax's normalizer cancels).
+
+    verdict_logits: [..., V] logits at the verdict position (or any slice holding the two ids). Returns [...].
+    """
+    return verdict_logits[..., yes].float() - verdict_logits[..., no].float()
 
 
 def pair_accuracy(chosen: Tensor, rejected: Tensor) -> float:

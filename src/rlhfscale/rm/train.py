@@ -7,8 +7,11 @@ response token (`token_bce_loss`). A process RM step reads its logits at the ste
 step-labelled sequences and takes `prm_loss`. With `lm_coef` > 0 either adds lm_coef times the
 next-token loss (`next_token_loss`, through the tied embeddings) of the text the labels call right:
 chosen and correct sequences whole, a step-labelled one up to its first wrong step (prompt tokens
-included). Batches are drawn with replacement; AdamW with linear warm-up, then cosine decay or a
-constant rate, gradients clipped to norm 1, as in SFT; optionally under bf16 autocast.
+included). A generative verifier ("generative") reads each labelled sequence followed by its verification
+question and takes `genrm_loss`, the next-token loss of the Yes / No verdict (with `lm_coef`, plus the
+next-token loss of the correct sequences: GenRM's unified variant). Batches are drawn with replacement;
+AdamW with linear warm-up, then cosine decay or a constant rate, gradients clipped to norm 1, as in SFT;
+optionally under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ..models.forward import hidden_states
+from ..models.genrm import Verdict
 from ..models.train import adamw, final_ratio, left_pad, mixed_precision, warmup_cosine
-from ..rewards.losses import multitask_loss, next_token_loss, prm_loss
+from ..rewards.losses import genrm_loss, genrm_score, multitask_loss, next_token_loss, prm_loss
 
 Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
 Labelled = tuple[list[int], float, int]  # token sequence, correctness label in [0, 1], prompt length
@@ -82,6 +86,28 @@ def orm_loss(model: PreTrainedModel, pairs: list[Pair], outcomes: list[Labelled]
     return loss, stats, int(attn.sum())
 
 
+def generative_loss(model: PreTrainedModel, outcomes: list[Labelled], verdict: Verdict, pad_id: int,
+                    lm_coef: float = 0.0):
+    """Generative-verifier loss of one batch: each sequence + the question, the verdict predicted at the last
+    column; returns (loss, stats, tokens in the batch)."""
+    seqs = [s + verdict.question for s, _, _ in outcomes]
+    ids, attn = left_pad(seqs, pad_id, model.device)
+    h = hidden_states(model, ids, attn)  # [C, T, D]
+    w = model.get_output_embeddings().weight
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, -1] = True  # left-padded: the question's last token, whose next token is the verdict
+    labels = torch.tensor([label for _, label, _ in outcomes], device=model.device)
+    loss = genrm_loss(h, w, mask, labels, verdict.yes, verdict.no)
+    scores = genrm_score(h[:, -1] @ w[[verdict.yes, verdict.no]].T, 0, 1)
+    stats = {"genrm": loss.item(), "label_acc": ((scores > 0) == (labels > 0.5)).float().mean().item()}
+    if lm_coef:  # the correct sequences themselves (prompt + response + EOS, not the question)
+        right = [len(s) - 1 if y >= 0.5 else -1 for s, y, _ in outcomes]
+        lm = next_token_loss(h, w, ids, lm_targets(seqs, right, ids.shape[1]).to(ids.device))
+        stats["lm"] = lm.item()
+        loss = loss + lm_coef * lm
+    return loss, stats, int(attn.sum())
+
+
 def step_targets(items: list[Stepped], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels [B, T] and step mask [B, T] of left-padded sequences of length T = `width`."""
     labels = torch.zeros(len(items), width)
@@ -132,9 +158,11 @@ def train_reward_model(
     bf16: bool = False,
     token_level: bool = False,
     lm_coef: float = 0.0,
+    verdict: Verdict | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
-    """Train an ORM (`kind` "orm": `weight` w of BT vs BCE) or a PRM ("prm") in place.
+    """Train an ORM (`kind` "orm": `weight` w of BT vs BCE), a PRM ("prm") or a generative verifier
+    ("generative", on the outcomes, its question and verdict tokens `verdict`) in place.
 
     schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant"; bf16: autocast the
     forward passes; token_level: the ORM's BCE at every response token; lm_coef: the weight of the
@@ -143,10 +171,12 @@ next-token loss on what the labels call right (needs tied embeddings). Calls on_
     trained on (for the 6·N·tokens FLOPs estimate).
     """
     min_ratio = final_ratio(schedule)
-    parts = [data.steps] if kind == "prm" else [data.pairs, data.outcomes]
+    parts = {"prm": [data.steps], "generative": [data.outcomes]}.get(kind, [data.pairs, data.outcomes])
     if not any(parts):
         raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
-    if lm_coef and not model.config.tie_word_embeddings:
+    if kind == "generative" and verdict is None:
+        raise ValueError("train_reward_model: a generative verifier needs its question and verdict tokens")
+    if lm_coef and kind != "generative" and not model.config.tie_word_embeddings:
         raise ValueError("train_reward_model: lm_coef needs a backbone with tied input and output embeddings")
     gen = torch.Generator().manual_seed(seed)
     opt = adamw(model, lr, weight_decay)
@@ -160,6 +190,8 @@ next-token loss on what the labels call right (needs tied embeddings). Calls on_
         with mixed_precision(model.device, bf16):
             if kind == "prm":
                 loss, stats, n = prm_batch_loss(model, batches[0], pad_id, lm_coef)
+            elif kind == "generative":
+                loss, stats, n = generative_loss(model, batches[0], verdict, pad_id, lm_coef)
             else:
                 loss, stats, n = orm_loss(model, *batches, weight, pad_id, token_level, lm_coef)
         opt.zero_grad(set_to_none=True)

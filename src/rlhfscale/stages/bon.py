@@ -4,15 +4,16 @@ The policy (input ``sft``: a run directory or a policy folder) samples
 ``bon.n_max`` responses to each of ``bon.prompts`` test prompts. From that one pool, for N = 1,
 2, 4, ... up to n_max, the expected gold value (accuracy; the gold rater's score for chat) of the
 response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
-- ``bon/orm@N``: by an outcome (or multi-task) RM; ``bon/prm_<agg>@N``: by a process RM under
-  each step aggregation; the RMs are the inputs whose names start with ``rm`` (rm run
-  directories or RM folders), named by kind, one of each at most;
-- ``bon/orm_proxy@N`` (``bon/prm_<agg>_proxy@N`` for the PRM's own ``rm.aggregation``): the
+- ``bon/orm@N``: by an outcome (or multi-task) RM; ``bon/genrm@N``: by a generative verifier
+  (log p(Yes) − log p(No)); ``bon/prm_<agg>@N``: by a process RM under each step aggregation;
+  the RMs are the inputs whose names start with ``rm`` (rm run directories or RM folders),
+  named by kind, one of each at most;
+- ``bon/orm_proxy@N`` (``bon/genrm_proxy@N``, ``bon/prm_<agg>_proxy@N`` for the PRM's own ``rm.aggregation``): the
   expected RM (proxy) score of that picked response, the proxy side of over-optimization (Gao et
   al. 2022: gold and proxy against sqrt(KL), KL = log N - (N - 1) / N);
 - ``bon/majority@N``: by majority vote over final answers (tasks with answers);
 - ``bon/oracle@N``: by the gold value itself.
-Also ``orm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
+Also ``orm/pair_acc``, ``genrm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
 ``prm/step_acc`` and ``prm/step_f1`` against gold step labels (with ``prm/step_f1_all_errors``,
 the F1 of calling every step wrong, and ``prm/step_error_rate``), the policy's greedy
 ``eval/pass@1``, and the names ``bon/policy`` and ``bon/rm`` (in summary.json only: the
@@ -40,6 +41,9 @@ from ..rollout.evaluate import evaluate, generate
 from ..tasks import score_all
 from .common import input_policy, max_new_tokens, policy_folder, setup
 from .rundir import RunDir
+
+
+CURVES = {"orm": "orm", "generative": "genrm"}  # outcome-level RM kind -> its curves' name
 
 
 def reward_models(cfg: BaseModel, inputs: dict[str, str]) -> dict[str, tuple[str, RewardModel]]:
@@ -106,10 +110,10 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
         summary |= {f"bon/majority@{n}": majority_of_n(answers, [e.answer for e in examples], n, cfg.bon.draws, gen)
                     for n in ns}
     for kind, (_, rm) in rms.items():
-        if kind == "orm":
-            scores = rm.score_texts(prompts, responses).view_as(values)
-            summary |= curve("orm", scores, values, ns) | proxy_curve("orm", scores, ns)
-            summary["orm/pair_acc"] = pool_pair_accuracy(scores, values)
+        if kind in CURVES:  # one score per response
+            name, scores = CURVES[kind], rm.score_texts(prompts, responses).view_as(values)
+            summary |= curve(name, scores, values, ns) | proxy_curve(name, scores, ns)
+            summary[f"{name}/pair_acc"] = pool_pair_accuracy(scores, values)
         else:
             gold_steps = [task.step_labels(e, r) for e, rs in zip(examples, pool) for r in rs]
             summary |= prm_metrics(rm, prompts, responses, gold_steps, values, ns)

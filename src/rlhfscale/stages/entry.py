@@ -64,8 +64,10 @@ def rm(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str
 
 def bon(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:
     summary = bon_stage.run(config, inputs, out_dir)
-    rms = [kind for kind in ("orm", "prm") if f"{kind}/pair_acc" in summary]
-    own = f"prm_{view(STAGES['bon'], config).rm.aggregation}" if rms == ["prm"] else "orm"
+    rms = [kind for kind in ("orm", "genrm", "prm") if f"{kind}/pair_acc" in summary]
+    own = "genrm" if rms == ["genrm"] else "orm"
+    if rms == ["prm"]:
+        own = f"prm_{view(STAGES['bon'], config).rm.aggregation}"
     extra = {"bon/rm@16": summary.get(f"bon/{own}@{BON_N}"), "rm/step_f1": summary.get("prm/step_f1"),
              "eval/pass@1_sft": summary.get("eval/pass@1")}
     summary = {k: v for k, v in summary.items() if k != "eval/pass@1" and isinstance(v, (int, float))}

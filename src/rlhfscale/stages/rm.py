@@ -3,7 +3,8 @@
 - ``rm.kind=orm``: Bradley–Terry on preference pairs (``rm.loss=bt``) or BCE on correctness labels
   (``bce``; at every response token with ``rm.token_level``); ``multitask``: both, mixed by
   ``rm.multitask_weight``; ``prm``: per-step BCE on the step labels ``rm.labels`` (gold, mc_hard,
-  mc_soft).
+  mc_soft); ``generative``: the causal LM itself, the next-token loss of a Yes / No verdict token
+  (``rm.genrm_yes`` / ``rm.genrm_no``) after ``rm.genrm_question`` on the correctness labels (`models.genrm`).
 - Data: the files of the ``label`` input; an input named after a file replaces it (``pairs``,
   ``outcomes``, ``steps``, ``heldout_pairs``, ``heldout_steps``: jsonl paths).
 - Start: see ``rm.init`` (the backbone of an SFT policy, or a fresh ladder model).
@@ -11,8 +12,9 @@
   ``prm/step_f1`` against gold step labels (`rewards.metrics.step_metrics`).
 
 With ``rm.lora.rank`` > 0 only LoRA adapters on the backbone and the score head train; ``rm_adapter/``
-holds them in peft's format. The model is saved in ``rm/`` (loads with `AutoModelForSequenceClassification` or
-`AutoModelForTokenClassification`, or `models.reward.load_reward_model`).
+holds them in peft's format. The model is saved in ``rm/`` (loads with `AutoModelForSequenceClassification`,
+`AutoModelForTokenClassification`, or for a generative RM `AutoModelForCausalLM` with ``genrm`` in its config,
+or `models.reward.load_reward_model`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from pydantic import BaseModel
 
 from ..contract import view
 from ..errors import BadInput
-from ..models import lora
+from ..models import genrm, lora
 from ..models.io import DTYPES, load_policy, save_policy
 from ..models.train import checkpoint_activations
-from ..models.ladder import count_non_embedding, llama_config, preset
+from ..models.ladder import build_model, count_non_embedding, llama_config, preset
 from ..models.reward import RewardModel, build_reward_model, reward_model_from
 from ..models.tokenizer import build_tokenizer
 from ..pipeline import STAGES
@@ -41,19 +43,24 @@ from .rundir import Progress, RunDir
 
 def initial_model(cfg: BaseModel, inputs: dict[str, str]):
     """(model, tokenizer, whether the backbone came from a policy), as ``rm.init`` says. The backbone is
-    the ``rm_base`` input's policy (an SFT run at ``rm.size``), else ``rm.init_path``."""
-    head = "prm" if cfg.rm.kind == "prm" else "orm"
+    the ``rm_base`` input's policy (an SFT run at ``rm.size``), else ``rm.init_path``. A generative RM is the
+    causal LM whole (its LM head predicts the verdict)."""
+    head = {"prm": "prm", "generative": "generative"}.get(cfg.rm.kind, "orm")
     path = str(policy_folder(inputs["rm_base"])) if "rm_base" in inputs else cfg.rm.init_path
     policy, tok = load_policy(path, cfg.device) if path else (None, build_tokenizer())
     if policy is not None and cfg.rm.init != "scratch":
         p, c = preset(cfg.rm.size), policy.config
         of_size = (c.hidden_size, c.num_hidden_layers, c.intermediate_size) == (p.hidden, p.layers, p.ffn)
         if cfg.rm.init == "policy" or "rm_base" not in inputs or of_size:
+            if head == "generative":
+                return policy, tok, True
             return reward_model_from(head, policy, tok.pad_token_id, cfg.seed), tok, True
     if cfg.rm.init == "policy":
         raise BadInput("rm.init: expected a backbone to start from (an rm_base or sft run, or rm.init_path), "
                        "found none")
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if head == "generative":
+        return build_model(cfg.rm.size, len(tok), cfg.seed, cfg.policy.max_len, **ids).to(cfg.device), tok, False
     config = llama_config(cfg.rm.size, len(tok), cfg.policy.max_len, **ids)
     return build_reward_model(head, config, tok.pad_token_id, cfg.seed).to(cfg.device), tok, False
 
@@ -81,6 +88,9 @@ def training_data(cfg: BaseModel, inputs: dict[str, str], rm: RewardModel) -> RM
         path = data_file(inputs, "steps", f"steps_{cfg.rm.labels}")
         return RMData(steps=encode_steps(rm.tok, load_step_labels(path), str(path), rm.step_split))
     data = RMData()
+    if cfg.rm.kind == "generative":
+        data.outcomes = encode_outcomes(rm.tok, load_outcomes(data_file(inputs, "outcomes")))
+        return data
     if cfg.rm.kind == "multitask" or cfg.rm.loss == "bt":
         data.pairs = encode_preferences(rm.tok, load_preference_pairs(data_file(inputs, "pairs")))
     if cfg.rm.kind == "multitask" or cfg.rm.loss == "bce":
@@ -111,10 +121,14 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     start(cfg)
     model, tok, from_policy = initial_model(cfg, inputs)
     model = checkpoint_activations(model.to(DTYPES[cfg.dtype]), cfg.gradient_checkpointing)
-    if cfg.rm.lm_coef and not model.config.tie_word_embeddings:
+    if cfg.rm.kind == "generative":
+        words = (cfg.rm.genrm_question, cfg.rm.genrm_yes, cfg.rm.genrm_no)
+        genrm.mark(model, *words)
+        genrm.verdict_of(tok, *words)  # refuses a tokenizer where the verdicts are not single tokens
+    elif cfg.rm.lm_coef and not model.config.tie_word_embeddings:
         raise BadInput("rm.lm_coef: expected a backbone with tied input and output embeddings (a reward model keeps "
                        "no separate LM head), found tie_word_embeddings=false")
-    head = "prm" if cfg.rm.kind == "prm" else "orm"
+    head = {"prm": "prm", "generative": "policy"}.get(cfg.rm.kind, "orm")  # what lora.attach adapts
     wrapper = lora.attach(model, cfg.rm.lora, head, "rm.lora") if cfg.rm.lora.rank else None
     model = lora.adapted(wrapper) if wrapper is not None else model
     rm = RewardModel(model, tok, cfg.rm.aggregation, cfg.task.step_split)  # a PRM finds steps as the task writes them
@@ -133,7 +147,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
             model, data, kind=rm.kind, steps=cfg.rm.steps, batch_size=cfg.rm.batch_size, lr=cfg.rm.lr,
             warmup=cfg.rm.warmup, weight_decay=cfg.rm.weight_decay, weight=weight, pad_id=tok.pad_token_id,
             seed=cfg.seed, schedule=cfg.rm.schedule, bf16=cfg.rm.bf16, token_level=cfg.rm.token_level,
-            lm_coef=cfg.rm.lm_coef, on_step=on_step)
+            lm_coef=cfg.rm.lm_coef, verdict=rm.verdict, on_step=on_step)
     if wrapper is None:
         save_policy(model, tok, out.path / "rm")
     else:  # the adapters (and the score head) in peft's format, the merged model where later stages read it
