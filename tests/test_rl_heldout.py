@@ -32,17 +32,18 @@ def test_algorithm_raises_held_out_pass_at_1(start, tmp_path, algorithm):
 
 
 def test_lora_grpo_raises_held_out_pass_at_1_training_only_the_adapters(start, tmp_path):
-    """GRPO at the demo's settings with rank-16 LoRA adapters on every linear layer (their learning rate 10x the
+    """GRPO at the demo's settings with rank-16 LoRA adapters on every linear layer (their learning rate 6x the
     full model's): held-out pass@1 rises, and the saved model is the SFT start plus exactly the adapters' update
     (alpha / r) B A on the adapted layers, every other weight bit-identical: no base weight trained.
-    Measured with 2 threads: 0.47 -> 0.65 after 10 steps, 0.62 after 20."""
+    Measured with 2 threads from a 0.47 start: 0.52, 0.63, 0.69, 0.78 after 5, 10, 15, 20 steps (at lr 5e-3 it
+    stalls near 0.55, at 1e-2 it collapses)."""
     safetensors = pytest.importorskip("safetensors.torch")
     lora = {"rank": 16, "alpha": 32.0}
-    cfg = RunConfig.model_validate(merge(DEMO_DEFAULTS, {"rl": {"steps": 15, "eval_every": 0, "lr": 5e-3,
+    cfg = RunConfig.model_validate(merge(DEMO_DEFAULTS, {"rl": {"steps": 15, "eval_every": 0, "lr": 3e-3,
                                                                 "lora": lora}, "eval": EVAL}))
     summary = rl.run(cfg, {"sft": str(start)}, tmp_path)
     before, after = summary["eval/pass@1_before"], summary["eval/pass@1_after"]
-    assert after > before + 0.05, (before, after)
+    assert after > before + 0.1, (before, after)
 
     sft_w = safetensors.load_file(start / "policy" / "model.safetensors")
     merged = safetensors.load_file(tmp_path / "policy" / "model.safetensors")
