@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from ..contract import view
 from ..errors import BadInput
 from ..models.ladder import count_non_embedding
+from ..models.io import DTYPES
 from ..models.reward import RewardModel, load_reward_model
 from ..pipeline import STAGES
 from ..rewards.aggregate import AGGREGATIONS, aggregate_steps
@@ -53,6 +54,7 @@ def reward_models(cfg: BaseModel, inputs: dict[str, str]) -> dict[str, tuple[str
         path = Path(inputs[name])
         path = path / "rm" if (path / "rm" / "config.json").is_file() else path
         rm = load_reward_model(path, cfg.device, cfg.rm.aggregation)
+        rm.model.to(DTYPES[cfg.dtype])
         if rm.kind in rms:
             raise BadInput(f"{path}: expected at most one {rm.kind} reward model, found a second one")
         rms[rm.kind] = (str(path), rm)
