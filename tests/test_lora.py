@@ -144,3 +144,40 @@ def test_the_actor_of_a_ladder_policy_with_adapters_is_a_merged_copy_on_the_fast
     torch.testing.assert_close(forward.token_logprobs(actor, ids, attn), forward.token_logprobs(policy, ids, attn),
                                atol=1e-4, rtol=0)
     assert make_actor(policy, bf16=True).dtype == torch.bfloat16
+
+
+def test_the_rm_stage_with_adapters_saves_them_and_a_merged_model_whose_backbone_is_the_start_plus_their_update(
+        tmp_path):
+    """A scratch ORM (its start rebuilt here from the seed) trained through the rm stage with rm.lora: rm/ is the
+    start plus exactly (alpha / r) B A on the adapted layers, every other backbone weight bit-identical."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from rlhfscale.models.ladder import llama_config
+    from rlhfscale.models.reward import build_reward_model
+    from rlhfscale.models.tokenizer import build_tokenizer
+    from rlhfscale.stages import rm
+
+    rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a in range(9) for b in range(3)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RunConfig.model_validate({"rm": {"size": "nano", "init": "scratch", "steps": 4, "batch_size": 4,
+                                           "lr": 0.01, "lora": {"rank": 4, "alpha": 8.0}}})
+    rm.run(cfg, {"pairs": str(tmp_path / "pairs.jsonl")}, tmp_path / "run")
+
+    tok = build_tokenizer()
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    start = build_reward_model("orm", llama_config("nano", len(tok), cfg.policy.max_len, **ids), tok.pad_token_id,
+                               cfg.seed).state_dict()
+    merged = load_file(tmp_path / "run" / "rm" / "model.safetensors")
+    adapter = load_file(tmp_path / "run" / "rm_adapter" / "adapter_model.safetensors")
+    adapted = 0
+    for name, weight in start.items():
+        key = "base_model.model." + name.removesuffix(".weight")
+        if f"{key}.lora_A.weight" in adapter:
+            delta = 2.0 * adapter[f"{key}.lora_B.weight"] @ adapter[f"{key}.lora_A.weight"]
+            torch.testing.assert_close(merged[name], weight + delta, atol=1e-6, rtol=0)
+            adapted += 1
+        elif name != "score.weight":
+            assert torch.equal(merged[name], weight), name
+    assert adapted == 7 * 2 and not torch.equal(merged["score.weight"], start["score.weight"])  # the head trained
