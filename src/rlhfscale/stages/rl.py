@@ -55,7 +55,7 @@ def rollout_engine(cfg: BaseModel, policy, tok):
     if why := vllm_compatible(policy):
         raise BadInput(f"sampling.backend=vllm: expected a model vLLM's attention runs, found {why}")
     return VLLMEngine(policy, tok, max_len=policy.config.max_position_embeddings, seed=cfg.seed,
-                      dtype="bfloat16" if cfg.rl.bf16 else "float32")
+                      dtype="bfloat16" if cfg.rl.bf16 else str(DTYPES[cfg.dtype]).removeprefix("torch."))
 
 
 def models(cfg: BaseModel, task, inputs: dict[str, str]):
