@@ -84,3 +84,14 @@ def test_the_rm_checks_say_how_many_held_out_pairs_each_accuracy_rests_on():
     table = to_table(quickstart_rows(replace(PRECISE, heldout_pairs=140), seeds=2))
     for check in ("rm_data_volume", "prompt_diversity"):
         assert "each RM's accuracy on 140-140 held-out pairs" in claims.check(check, table).detail
+
+
+
+def test_a_trial_without_rl_is_never_read_as_an_rl_run():
+    """An SFT-only trial (rl.enabled false, for the SFT curve) still resolves rl.algorithm=grpo; it must not enter
+    PPO minus GRPO as a GRPO run that learned nothing (rl.reward_kind 'none' keeps it apart)."""
+    from quickstart_rows import faithful_trials
+
+    rows = quickstart_rows(replace(PRECISE, ppo_minus_grpo=0.0), seeds=3, trials=faithful_trials("diminishing_returns"))
+    claim = claims.check("ppo_vs_grpo", to_table(rows))
+    assert claim.effect == pytest.approx(0.0, abs=0.02) and claim.verdict == "supported", claim.detail

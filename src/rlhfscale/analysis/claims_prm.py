@@ -16,7 +16,7 @@ from rlhfscale.analysis.effects import Both, ByLevel, difference, estimate, last
 from rlhfscale.analysis.stats import directional
 from rlhfscale.analysis.table import (
     GAIN, PASS, POLICY_PARAMS, POLICY_SIZE, RL_LR, RL_N_SAMPLES, RL_PRM_MODE, RM_KIND, RM_PARAMS, SEED, STEP,
-    TRIAL, has, levels, reward_kind,
+    RL_REWARD_KIND, TRIAL, has, levels, reward_kind,
 )
 
 
@@ -108,7 +108,7 @@ def prm_reward(table: pd.DataFrame) -> Claim:
     final = rewarded(table, final=True)
     if reason := prm_reason(final, table, metric):
         return not_tested("prm_reward", reason)
-    fixed = held_fixed(final, (RM_KIND, RM_PARAMS))
+    fixed = held_fixed(final, (RM_KIND, RM_PARAMS, RL_REWARD_KIND))
     main = estimate(final, fixed, ByLevel(REWARD, prm_minus_orm), metric)
     sesoi = SESOI["prm_reward"]
     detail = f"PRM- minus ORM-rewarded final {metric} (PRM modes averaged): {main}"
@@ -119,7 +119,7 @@ def prm_reward(table: pd.DataFrame) -> Claim:
         order = (final[POLICY_PARAMS] if axis == POLICY_PARAMS
                  else pd.to_numeric(final[POLICY_SIZE], errors="coerce"))
         sized = final.assign(**{ORDER: order})
-        size_fixed = held_fixed(sized, (RM_KIND, RM_PARAMS, POLICY_SIZE, POLICY_PARAMS, RL_LR))
+        size_fixed = held_fixed(sized, (RM_KIND, RM_PARAMS, RL_REWARD_KIND, POLICY_SIZE, POLICY_PARAMS, RL_LR))
         bigger = estimate(sized, size_fixed, _prm_vs_orm(ORDER, last_minus_first), metric)
         if bigger.n_seeds:
             outcome = both_hold(outcome, directional(bigger, sesoi))
@@ -143,7 +143,7 @@ def prm_reward_samples(table: pd.DataFrame) -> Claim:
     if not (sides.get("prm", 0) >= 2 and sides.get("orm", 0) >= 2):
         return not_tested("prm_reward_samples", f"needs two or more values of '{RL_N_SAMPLES}' under each of the "
                           "ORM and the PRM reward")
-    fixed = held_fixed(final, (RM_KIND, RM_PARAMS, RL_N_SAMPLES, RL_LR))
+    fixed = held_fixed(final, (RM_KIND, RM_PARAMS, RL_REWARD_KIND, RL_N_SAMPLES, RL_LR))
     gap = estimate(final, fixed, _prm_vs_orm(RL_N_SAMPLES, late_slope), metric)
     prm_late, orm_late = (estimate(final, fixed, ByLevel(RL_N_SAMPLES, late_slope, where=(SIDE, side)), metric)
                           for side in ("prm", "orm"))
@@ -168,7 +168,7 @@ def prm_reward_training(table: pd.DataFrame) -> Claim:
         return not_tested("prm_reward_training", reason)
     if levels(points, STEP) < 2:
         return not_tested("prm_reward_training", "RL curves need two or more eval points after the start")
-    fixed = held_fixed(points, (RM_KIND, RM_PARAMS))
+    fixed = held_fixed(points, (RM_KIND, RM_PARAMS, RL_REWARD_KIND))
     gap = estimate(points, fixed, _prm_vs_orm(STEP, late_slope), metric, curves=True, points=True)
     prm_late, orm_late = (estimate(points, fixed, ByLevel(STEP, late_slope, where=(SIDE, side)), metric, curves=True,
                                    points=True) for side in ("prm", "orm"))

@@ -20,7 +20,7 @@ from rlhfscale.analysis.effects import (
 from rlhfscale.analysis.stats import ALPHA, Estimate, combine_codes, directional, equivalent
 from rlhfscale.analysis.table import (
     DATA_PROMPTS, DATA_RPP, DIVERGED, FLOPS_RL, FLOPS_SFT, GAIN, GAIN_REL, PASS, PASS_BEFORE, POLICY_PARAMS,
-    POLICY_SIZE, REWARD_STD, RL_ALGORITHM, RL_LR, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS,
+    POLICY_SIZE, REWARD_STD, RL_ALGORITHM, RL_LR, RL_REWARD_KIND, RL_SHAPING, RM_KIND, RM_PAIR_ACC, RM_PARAMS,
     RM_SIZE, SEED, STEP, TASK, TRIAL, has, levels,
 )
 
@@ -163,7 +163,7 @@ def _sft_slope(table: pd.DataFrame) -> tuple[Estimate, pd.DataFrame, list[str]]:
     no_rl = final[FLOPS_RL].isna() if FLOPS_RL in final else pd.Series(True, index=final.index)
     before = final[PASS_BEFORE] if PASS_BEFORE in final else pd.Series(np.nan, index=final.index)
     final = final.assign(**{PASS_BEFORE: before.fillna(final[PASS].where(no_rl))})
-    keys = held_fixed(final, ())
+    keys = held_fixed(final, (RL_REWARD_KIND,))  # SFT-only rows (none) beside RL ones
     return estimate(final, keys, ByLevel(FLOPS_SFT, slope), PASS_BEFORE), final, keys
 
 

@@ -14,7 +14,7 @@ from rlhfscale.analysis.effects import Both, ByLevel, estimate, last_minus_first
 from rlhfscale.analysis.stats import Estimate, directional, equivalent
 from rlhfscale.analysis.table import (
     BON_RM, DATA_PROMPTS, DATA_RPP, DATA_VOLUME, GAIN, PASS, PASS_OOD, RM_KIND, RM_PAIR_ACC, RM_PARAMS,
-    RM_SIZE, has,
+    RL_REWARD_KIND, RM_SIZE, has,
 )
 
 SHORTFALL = "_bon_minus_rl_gain"
@@ -95,7 +95,7 @@ def prm_vs_orm(table: pd.DataFrame) -> Claim:
         return not_tested("prm_vs_orm", "the RL trials against an ORM and a PRM record no pass@1 on a shifted task: "
                           f"evaluate them on another task variant with eval.tasks ({SHIFT_TRIALS})")
     final = final.assign(**{PASS_SHIFT: final[shifted]})
-    fixed = held_fixed(final, (RM_KIND, RM_PARAMS))
+    fixed = held_fixed(final, (RM_KIND, RM_PARAMS, RL_REWARD_KIND))
     target = estimate(final, fixed, ByLevel(REWARD, prm_minus_orm), PASS)
     shift = estimate(final, fixed, ByLevel(REWARD, prm_minus_orm, -1.0), PASS_SHIFT)
     scaling, scaling_metric = _scaling_part(table)

@@ -35,8 +35,9 @@ Axes
     ``rl.shaping``                 ``none`` | ``normalize`` | ``asymmetric``
     ``rl.lr``                      RL learning rate
     ``task.name``                  the task the RM and RL target
-    ``rl.reward``                  RL reward sources and weights (a dict, e.g. ``{orm: 1.0}``; not held fixed
-                                   by the cells of the other checks: ``reward_kind`` reads it)
+    ``rl.reward``                  RL reward sources and weights (a dict, e.g. ``{orm: 1.0}``); on final points
+                                   ``rl.reward_kind`` (rule | orm | prm | mixed | none) is an axis the
+                                   checks hold fixed, except those that compare rewards
     ``rl.prm_mode``                ``aggregate`` | ``dense``: how a PRM reward is given (default aggregate)
 
 Evaluation sizes (optional; the claim checks infer them from the values' 1/N steps when absent)
@@ -98,10 +99,11 @@ RL_SHAPING = "rl.shaping"
 RL_LR = "rl.lr"
 TASK = "task.name"
 RL_REWARD = "rl.reward"
+RL_REWARD_KIND = "rl.reward_kind"  # derived on final points: rule | orm | prm | mixed | none
 RL_PRM_MODE = "rl.prm_mode"
 AXES = (
     DATA_PROMPTS, DATA_RPP, DATA_VOLUME, RM_KIND, RM_SIZE, RM_PARAMS,
-    POLICY_SIZE, POLICY_PARAMS, RL_N_SAMPLES, RL_PPS, RL_ALGORITHM, RL_SHAPING, RL_LR, TASK,
+    POLICY_SIZE, POLICY_PARAMS, RL_N_SAMPLES, RL_PPS, RL_ALGORITHM, RL_SHAPING, RL_LR, TASK, RL_REWARD_KIND,
 )
 DERIVED_AXES = (RL_SPS,)
 EVAL_N = "eval.n_prompts"
@@ -258,9 +260,12 @@ def final_points(table: pd.DataFrame) -> pd.DataFrame:
 
     A column that the last point lacks takes the run's latest recorded value,
     so metrics logged once per run (RM accuracy, Best-of-N) reach the final row.
+    ``rl.reward_kind`` (`reward_kind`; ``none`` without RL) names what each run was rewarded by: an axis, so a
+    comparison of algorithms, shaping or n never pairs a verifier-rewarded run with an RM-rewarded one.
     """
     ordered = table.sort_values([TRIAL, SEED, STEP], kind="stable")
-    return ordered.groupby([TRIAL, SEED], sort=True).last().reset_index()
+    final = ordered.groupby([TRIAL, SEED], sort=True).last().reset_index()
+    return final.assign(**{RL_REWARD_KIND: reward_kind(final).fillna("none")})
 
 
 REWARD_SOURCES = ("rule", "orm", "prm")
