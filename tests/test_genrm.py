@@ -135,3 +135,22 @@ def test_settings_a_kind_ignores_are_refused():
     assert checks.rm(RunConfig.model_validate({"rm": {"kind": "generative", "lm_coef": 0.5}}).model_dump()) == []
     with pytest.raises(ValueError, match="rm.genrm_no: expected a verdict token other than rm.genrm_yes"):
         RunConfig.model_validate({"rm": {"kind": "generative", "genrm_no": "Y"}})
+
+
+def test_the_orm_reward_slot_takes_a_generative_rm(nano, tmp_path):
+    from types import SimpleNamespace
+
+    from rlhfscale.config import RLConfig
+    from rlhfscale.rm.sources import load_rm, orm_source
+
+    model, tok = nano
+    save_policy(model, tok, tmp_path / "rm")
+    rl = RLConfig(reward={"orm": 1.0}, orm_path=str(tmp_path / "rm"))
+    rm = load_rm(rl, "orm", tok, None, "cpu")
+    assert rm.kind == "generative"
+    ids, attn, response_mask = pack(tok, ["2+2=", "10-3="], ["4", "7\nanswer: 7"])
+    rollout = SimpleNamespace(sequences=ids, attention_mask=attn, response_mask=response_mask)
+    scores = orm_source(rm).score(None, None, rollout)
+    torch.testing.assert_close(scores, RewardModel(model, tok).score(ids, attn, response_mask).detach())
+    with pytest.raises(BadInput, match="expected an PRM for rl.reward.prm, found a GENERATIVE"):
+        load_rm(RLConfig(reward={"prm": 1.0}, prm_path=str(tmp_path / "rm")), "prm", tok, None, "cpu")
