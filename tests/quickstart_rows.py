@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+# The grid the simulated studies run: the quickstart of two seeds and 100 eval prompts as it stood when these
+# calibration scenarios were set (configs/quickstart.yaml has since gained the faithful checks' trials, a
+# third seed and 400 eval prompts); kept apart so the scenarios' thresholds do not move with the demo's budget.
+QUICKSTART = Path(__file__).resolve().parent / "data" / "quickstart_sim.yaml"
 CLAIMS = ("rm_data_volume", "prompt_diversity", "samples_plateau", "rm_size_modest", "ppo_vs_grpo",
           "shaping_stability")  # what the quickstart grid tests (no gold rater's over-optimization curves, no
 # RL against each RM kind, no RM shared by policy sizes, no SFT curve: those checks run on ``FAITHFUL``)
