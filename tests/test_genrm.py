@@ -154,3 +154,20 @@ def test_the_orm_reward_slot_takes_a_generative_rm(nano, tmp_path):
     torch.testing.assert_close(scores, RewardModel(model, tok).score(ids, attn, response_mask).detach())
     with pytest.raises(BadInput, match="expected an PRM for rl.reward.prm, found a GENERATIVE"):
         load_rm(RLConfig(reward={"prm": 1.0}, prm_path=str(tmp_path / "rm")), "prm", tok, None, "cpu")
+
+
+def test_a_generative_verifier_cannot_start_a_critic(nano, tmp_path):
+    """It has no scalar head: rl.critic_init=rm on it would train a fresh value head under an RM's name."""
+    from rlhfscale.models.critic import critic_from_rm
+
+    model, tok = nano
+    save_policy(model, tok, tmp_path / "rm")
+    with pytest.raises(BadInput, match=r"rm: rl.critic_init=rm expected a scalar-head reward model .* generative"):
+        critic_from_rm(tmp_path / "rm")
+
+
+def test_best_of_n_curves_of_a_generative_verifier_are_over_optimization_curves():
+    from rlhfscale.analysis.overopt import BON_COLUMN
+
+    assert BON_COLUMN.match("bon/genrm@16")["rm"] == "genrm"
+    assert BON_COLUMN.match("bon/genrm_proxy@4")["proxy"]
