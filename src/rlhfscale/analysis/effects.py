@@ -15,14 +15,14 @@ points within a curve, however correlated, is counted through the units' spread 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from rlhfscale.analysis.stats import (
-    PRIOR_DF, SOURCE, Estimate, combine_codes, dispersion, effect_bounds, floored, group_codes, noise_model,
-    row_bounds,
+    PRIOR_DF, SOURCE, Estimate, Noise, combine_codes, config_codes, dispersion, effect_bounds, floored, group_codes,
+    noise_model, row_bounds,
 )
 from rlhfscale.analysis.table import BON_N, EVAL_N, PASS_BEFORE, SEED, STEP, TRIAL
 
@@ -174,6 +174,26 @@ def _cells(codes: np.ndarray, cols: Columns, contrast: Contrast) -> dict[object,
     return out
 
 
+def compared_noise(cols: Columns, cells: dict, metric: str, curves: bool) -> Noise:
+    """The noise model pooled over the configurations the contrast compares (every seed of each), not the whole
+    grid: a configuration whose seeds move apart in another way (RL against a reward model at chance, a policy of
+    another size from its own start) breaks the additive seed blocks, and its residuals would widen every
+    interval. Falls back to the whole grid's where the compared ones hold no seed replicates."""
+    noise = noise_model(cols, metric, curves=curves)
+    used = np.zeros(cols[SEED].size, dtype=bool)
+    for found in cells.values():
+        for dense, _ in found:
+            used |= dense != 0
+    config = config_codes(cols[TRIAL])
+    within = np.isin(config, np.unique(config[used]))
+    if within.all():
+        return noise
+    local = noise_model({k: v[within] for k, v in cols.items()}, metric, curves=curves)
+    if local.residual_df <= 0:
+        return noise
+    return replace(noise, phi=local.phi, df=local.df, residual_df=local.residual_df)
+
+
 def estimate(rows: pd.DataFrame, keys: list[str], contrast: Contrast, metric: str, *, curves: bool = False,
              points: bool = False, bounds: tuple[float, float] | None = None) -> Estimate:
     """Effect of ``contrast`` over the cells (seed x ``keys``) of ``rows`` on ``metric``, as the module says.
@@ -188,7 +208,7 @@ def estimate(rows: pd.DataFrame, keys: list[str], contrast: Contrast, metric: st
     cells = _cells(group_codes(cols, [SEED, *keys]), cols, contrast)
     if not cells:
         return Estimate.missing("no cell holds the levels to compare")
-    noise = noise_model(cols, metric, curves=curves)
+    noise = compared_noise(cols, cells, metric, curves)
     per_seed = [np.mean([w for w, _ in found], axis=0) for found in cells.values()]
     only = next(iter(cells.values()))
     units = per_seed if len(per_seed) >= 2 else [w for w, _ in only]  # one seed: its cells are the replicates
