@@ -71,7 +71,7 @@ def checkpoint_activations(model: PreTrainedModel, enabled: bool) -> PreTrainedM
     backward pass: transformers' own on the generic forward, `llama.decoder`'s on the fast path (it reads the
     same per-layer flag). Returns `model`."""
     if enabled:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
