@@ -128,8 +128,6 @@ def not_tested(claim_id: str, reason: str) -> Claim:
                  SESOI[claim_id])
 
 
-
-
 def with_size_order(table: pd.DataFrame, size: str, params: str) -> pd.DataFrame:
     """The final points with a numeric ``_order`` column ranking model sizes."""
     final = shared_final_points(table)
