@@ -14,6 +14,8 @@ train (`models.lora`): ``adapter/`` holds them in peft's format and ``policy/`` 
 
 from __future__ import annotations
 
+from functools import partial
+
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -80,6 +82,19 @@ def save_trained(policy, wrapper, tok, path: Path):
     return lora.save(wrapper, tok, path / "policy", path / "adapter")
 
 
+def held_out_metrics(cfg: BaseModel, task, tok, policy, k: int = 0, shifts: bool = False) -> dict[str, float]:
+    """Held-out metrics of `policy` on the task (none without a verifier); with `shifts`, greedy pass@1 on each task
+    of eval.tasks as eval/pass@1_<label>."""
+    model, test = lora.for_inference(policy), task.examples("test", cfg.eval.n_prompts)
+    budget = max_new_tokens(cfg, task)
+    out = evaluate(model, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed) if verifiable(task) else {}
+    for label, settings in cfg.eval.tasks.items() if shifts else ():
+        other = make_task(settings)
+        out[f"eval/pass@1_{label}"] = evaluate(model, tok, other, other.examples("test", cfg.eval.n_prompts),
+                                                max_new_tokens=max_new_tokens(cfg, other))["eval/pass@1"]
+    return out
+
+
 def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_divergence: bool = False) -> dict[str, float]:
     cfg = view(STAGES["rl"], cfg)
     task = setup(cfg)
@@ -91,21 +106,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
         policy = save_trained(policy, wrapper, tok, out.path)
 
     budget = max_new_tokens(cfg, task)
-    test = task.examples("test", cfg.eval.n_prompts)
     prompts = task.examples("train", cfg.rl.n_train_prompts)
-
-    shifted = {label: make_task(other) for label, other in cfg.eval.tasks.items()}
-
-    def held_out(k: int = 0, shifts: bool = False) -> dict[str, float]:
-        """Held-out metrics on the task (none without a verifier); with `shifts`, greedy pass@1 on each of eval.tasks
-        as eval/pass@1_<label>."""
-        model = lora.for_inference(policy)
-        out = evaluate(model, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed) if verifiable(task) else {}
-        for label, other in shifted.items() if shifts else ():
-            budget_other = max_new_tokens(cfg, other)
-            out[f"eval/pass@1_{label}"] = evaluate(model, tok, other, other.examples("test", cfg.eval.n_prompts),
-                                                    max_new_tokens=budget_other)["eval/pass@1"]
-        return out
+    held_out = partial(held_out_metrics, cfg, task, tok)
 
     ckpt = checkpointer(cfg, out_dir, cfg.rl.checkpoint_every)
     resume = ckpt.load()
@@ -114,7 +116,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
         before = resume["extra"]["before"]
         out.log(resume["step"], resumed_from=resume["step"])
     else:
-        before = held_out(cfg.eval.k, shifts=True)
+        before = held_out(policy, cfg.eval.k, shifts=True)
         out.log(0, **before, **{"flops/rl": 0.0})
     last: dict = out.rows[-1]
     bar = Progress(cfg.rl.steps, f"rl:{cfg.rl.algorithm}")
@@ -122,7 +124,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     def on_step(step: int, info: dict) -> None:
         nonlocal last
         if cfg.rl.eval_every and step % cfg.rl.eval_every == 0 and step < cfg.rl.steps:
-            info.update(held_out())
+            info.update(held_out(policy))
         if not verifiable(task):
             del info["rl/gold_reward"]  # NaN: no verifier, no gold score
         last = out.log(step, **info)
@@ -144,16 +146,11 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     finally:
         bar.close()
     save()
-    after = held_out(cfg.eval.k, shifts=True)
+    after = held_out(policy, cfg.eval.k, shifts=True)
     out.log(int(last.get("step", 0)) if diverged["rl/diverged"] else cfg.rl.steps, **after,
             **{"flops/rl": last.get("flops/rl", 0.0)})
-    summary = {
-        **{f"{k}_before": v for k, v in before.items()},
-        **{f"{k}_after": v for k, v in after.items()},
-        **{k: v for k, v in last.items() if k.startswith(("rl/", "flops/"))},
-        **diverged,
-        "wall_s": out.wall_s,
-    }
+    summary = {**{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()},
+               **{k: v for k, v in last.items() if k.startswith(("rl/", "flops/"))}, **diverged, "wall_s": out.wall_s}
     out.write_summary(summary)
     out.close()
     return summary
