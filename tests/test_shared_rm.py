@@ -48,3 +48,16 @@ def test_keys_of_the_default_data_source_are_unchanged_by_the_switch():
     _, nodes = plan_nodes([trial("nano", "policy")], GRAPH)
     sample = next(n for n in nodes if n.stage.name == "sample")
     assert sample.input_keys == {"sft": keys["sft"]}
+
+
+def test_sampling_without_a_policy_is_one_line_of_bad_input(tmp_path):
+    """By hand, data.source=rm_base without an rm_base run (or sft) names what is missing instead of a KeyError."""
+    import pytest
+
+    from rlhfscale.errors import BadInput
+    from rlhfscale.stages import entry
+
+    config = RunConfig.model_validate({"rm": {"enabled": True}, "data": {"source": "rm_base"}}).model_dump(mode="json")
+    with pytest.raises(BadInput, match=r"^sample: expected the policy that samples the RM's data"):
+        entry.sample(config, {}, str(tmp_path / "sample"))
+    assert not (tmp_path / "sample").exists()
