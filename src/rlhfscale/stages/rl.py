@@ -82,15 +82,15 @@ def save_trained(policy, wrapper, tok, path: Path):
     return lora.save(wrapper, tok, path / "policy", path / "adapter")
 
 
-def held_out_metrics(cfg: BaseModel, task, tok, policy, k: int = 0, shifts: bool = False) -> dict[str, float]:
+def held_out_metrics(cfg: BaseModel, task, shifted: dict, tok, policy, k: int = 0, shifts: bool = False
+                     ) -> dict[str, float]:
     """Held-out metrics of `policy` on the task (none without a verifier); with `shifts`, greedy pass@1 on each task
-    of eval.tasks as eval/pass@1_<label>."""
-    model, test = lora.for_inference(policy), task.examples("test", cfg.eval.n_prompts)
-    budget = max_new_tokens(cfg, task)
-    out = evaluate(model, tok, task, test, max_new_tokens=budget, k=k, seed=cfg.seed) if verifiable(task) else {}
-    for label, settings in cfg.eval.tasks.items() if shifts else ():
-        other = make_task(settings)
-        out[f"eval/pass@1_{label}"] = evaluate(model, tok, other, other.examples("test", cfg.eval.n_prompts),
+    of eval.tasks (`shifted`: label -> task, built once per run) as eval/pass@1_<label>."""
+    model, n = lora.for_inference(policy), cfg.eval.n_prompts
+    out = (evaluate(model, tok, task, task.examples("test", n), max_new_tokens=max_new_tokens(cfg, task), k=k,
+                    seed=cfg.seed) if verifiable(task) else {})
+    for label, other in shifted.items() if shifts else ():
+        out[f"eval/pass@1_{label}"] = evaluate(model, tok, other, other.examples("test", n),
                                                 max_new_tokens=max_new_tokens(cfg, other))["eval/pass@1"]
     return out
 
@@ -107,7 +107,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
 
     budget = max_new_tokens(cfg, task)
     prompts = task.examples("train", cfg.rl.n_train_prompts)
-    held_out = partial(held_out_metrics, cfg, task, tok)
+    shifted = {label: make_task(other) for label, other in cfg.eval.tasks.items()}
+    held_out = partial(held_out_metrics, cfg, task, shifted, tok)
 
     ckpt = checkpointer(cfg, out_dir, cfg.rl.checkpoint_every)
     resume = ckpt.load()
