@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from quickstart_rows import trial_id
+from quickstart_rows import resolved, trial_id
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prm-reward.yaml"
 PARAMS = {"nano": 1.07e5, "micro": 5.25e5}
@@ -43,20 +43,12 @@ class PrmTruth:
     point_sd: float = 0.01
 
 
+DEFAULTS = {"rl.prm_mode": "aggregate", "rm.labels": "mc_hard"}  # resolved values the config leaves out
+
+
 @functools.cache
 def _spec() -> dict:
     return yaml.safe_load(CONFIG.read_text())
-
-
-def _resolved(base: dict, overrides: dict, key: str):
-    if key in overrides:
-        return overrides[key]
-    node = base
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return {"rl.prm_mode": "aggregate", "rm.labels": "mc_hard"}.get(key)
-        node = node[part]
-    return node
 
 
 def _binomial(rng, p: float, n: int) -> float:
@@ -79,7 +71,7 @@ def prm_rows(truth: PrmTruth = PrmTruth(), seeds: int | list[int] | None = None,
         starts = {size: START[size] + rng.normal(0, truth.seed_sd) for size in START}
         measured = {size: _binomial(rng, p, truth.eval_prompts) for size, p in starts.items()}
         for overrides in trials:
-            get = functools.partial(_resolved, base, overrides)
+            get = functools.partial(resolved, base, overrides, defaults=DEFAULTS)
             size, n, reward = get("policy.size"), get("rl.n_samples"), get("rl.reward")
             prm = "prm" in reward
             row = {"trial": trial_id(overrides, seed), "seed": seed, **{k: get(k) for k in axes}}

@@ -83,7 +83,7 @@ def _spec() -> dict:
 
 def _base(key: str):
     """The quickstart base's resolved value of ``key``."""
-    return _resolved(_spec()["base"], {}, key)
+    return resolved(_spec()["base"], {}, key)
 
 
 def fixed_samples_trials() -> list[dict]:
@@ -100,13 +100,14 @@ def quickstart_trials() -> tuple[dict, list[int], list[dict]]:
     return spec["base"], spec["seeds"], [dict(t) for t in spec["trials"]]
 
 
-def _resolved(base: dict, overrides: dict, key: str):
+def resolved(base: dict, overrides: dict, key: str, defaults: dict = DEFAULTS):
+    """A trial's value of dotted ``key``: its override, else the base's, else ``defaults``' (None if absent)."""
     if key in overrides:
         return overrides[key]
     node = base
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return DEFAULTS.get(key)
+            return defaults.get(key)
         node = node[part]
     return node
 
@@ -231,7 +232,7 @@ def quickstart_rows(truth: Truth = Truth(), seeds: int | list[int] | None = None
     rows = []
     for overrides in trials:
         for seed in seeds:
-            get = lambda key, o=overrides: _resolved(base, o, key)  # noqa: E731
+            get = lambda key, o=overrides: resolved(base, o, key)  # noqa: E731
             size, sft_steps = get("policy.size"), get("sft.steps")
             row = {"trial": trial_id(overrides, seed), "seed": seed, **{k: get(k) for k in axes}}
             row |= {"sft/loss": 0.5, "eval/pass@1": sim.start(seed, size, sft_steps)[1], "policy/params": PARAMS[size],
