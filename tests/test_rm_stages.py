@@ -79,7 +79,7 @@ def test_sample_and_label_stages_write_consistent_data(chat_runs):
 def test_sample_stage_rejects_what_it_cannot_do(tmp_path):
     with pytest.raises(BadInput, match="data.source: expected 'policy' for the arithmetic task, found 'corrupt'"):
         sample.run(config(task={"name": "arithmetic"}), {}, tmp_path / "a")
-    with pytest.raises(BadInput, match="sample: expected a policy"):
+    with pytest.raises(BadInput, match="sample: expected the policy that samples the RM.s data"):
         sample.run(config(data={"source": "policy"}), {}, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

@@ -95,6 +95,12 @@ def test_index_counts_attempts_and_completions(tmp_path):
     assert store.metrics() == {("sft", "s1"): {"sft/loss": 0.25}}
     store.reset_running()
     assert store.stage_rows()["data", "d1"]["status"] == "pending"
+    # killed between publishing and indexing: the artifact found later counts as its one completion
+    store.record_done("data", "d1", {}, None)
+    store.record_done("data", "d1", {}, None)
+    store.record_done("sft", "s1", {"sft/loss": 0.25}, 1.5)
+    rows = store.stage_rows()
+    assert (rows["data", "d1"]["completions"], rows["sft", "s1"]["completions"]) == (1, 1)
 
 
 def _hammer(root: str, worker: int) -> None:

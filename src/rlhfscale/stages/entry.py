@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import view
-from ..errors import BadInput
 from ..pipeline import STAGES
 from .rundir import in_study
 from . import bon as bon_stage
@@ -50,9 +49,6 @@ def data_policy(inputs: dict[str, str]) -> dict[str, str]:
 
 
 def sample(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:
-    if "sft" not in inputs and "rm_base" not in inputs:
-        raise BadInput("sample: expected the policy that samples the RM's data (an sft run, or an rm_base run with "
-                       "data.source=rm_base), found neither")
     return sample_stage.run(config, data_policy(inputs), out_dir)
 
 

@@ -48,8 +48,9 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     task = setup(cfg)
     if cfg.data.source == "corrupt" and task.name != "chat":
         raise BadInput(f"data.source: expected 'policy' for the {task.name} task, found 'corrupt'")
-    if cfg.data.source == "policy" and "sft" not in inputs:
-        raise BadInput("sample: expected a policy (an sft run directory or a policy folder), found none")
+    if cfg.data.source != "corrupt" and "sft" not in inputs:
+        raise BadInput("sample: expected the policy that samples the RM's data (an sft run directory or policy "
+                       "folder, or an rm_base run with data.source=rm_base), found none")
     out = RunDir(out_dir, cfg)
     splits = {"train": task.examples("train", cfg.data.prompts),
               "heldout": task.examples("test", cfg.data.heldout_prompts) if cfg.data.heldout_prompts else []}

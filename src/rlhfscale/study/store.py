@@ -262,7 +262,8 @@ class Store:
                     self.record_done(stage_dir.name, artifact.name, meta.get("metrics", {}), meta.get("wall_s"))
 
     def record_done(self, stage: str, key: str, metrics: dict[str, float], wall_s: float | None) -> None:
-        """Index a finished artifact found in the store (a row if it has none; no completion counted)."""
+        """Index a finished artifact found in the store (a row if it has none). It was completed once at least:
+        a kill between publishing and indexing leaves a row that counted none."""
         with self._db(write=True) as db:
             db.execute("INSERT OR IGNORE INTO stages (stage, key) VALUES (?, ?)", (stage, key))
         self.mark_done(stage, key, metrics, wall_s, completed=False)
@@ -303,10 +304,11 @@ class Store:
             )
 
     def mark_done(self, stage: str, key: str, metrics: dict[str, float], wall_s: float | None, completed: bool) -> None:
-        """Record a finished artifact and its metrics; `completed` counts one more completion."""
+        """Record a finished artifact and its metrics; `completed` counts one more completion (an artifact that
+        exists counts one at least)."""
         with self._db(write=True) as db:
             db.execute(
-                "UPDATE stages SET status = 'done', error = NULL, completions = completions + ?,"
+                "UPDATE stages SET status = 'done', error = NULL, completions = MAX(completions + ?, 1),"
                 " finished = ?, wall_s = ? WHERE stage = ? AND key = ?",
                 (int(completed), time.time(), wall_s, stage, key),
             )
