@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlhfscale.rewards.losses import (
-    bce_loss, bt_loss, multitask_loss, next_token_loss, pair_accuracy, prm_loss, token_bce_loss,
+    bce_loss, bt_loss, likelihood_reward, multitask_loss, next_token_loss, pair_accuracy, prm_loss, token_bce_loss,
 )
 
 LN3 = math.log(3.0)
@@ -256,3 +256,32 @@ def test_next_token_loss_matches_reference_loop():
                 total += log_z - logits[ids[b, t]]
                 count += 1
     assert next_token_loss(hidden, weight, ids, mask).item() == pytest.approx(total / count, abs=1e-6)  # float32
+
+
+# --- the likelihood reward (SimPO) -----------------------------------------------------------------------------
+
+
+def test_likelihood_reward_hand_example():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -4.0, -9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    # beta 2: 2 * (-6 / 3) = -4; 2 * (-0.5 / 1) = -1; a row without tokens scores 0
+    torch.testing.assert_close(likelihood_reward(logprobs, mask, 2.0), torch.tensor([-4.0, -1.0]))
+    assert likelihood_reward(logprobs[:1], torch.zeros(1, 3), 2.0).item() == 0.0
+
+
+def test_likelihood_reward_masked_tokens_change_nothing():
+    logprobs, mask = -rand(3, 5, seed=5) * 4, torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    base = likelihood_reward(logprobs, mask, 1.5)
+    garbage = torch.where(mask.bool(), logprobs, torch.tensor([float("nan"), float("-inf"), 1e9, 3.0, 0.0]))
+    garbage.requires_grad_(True)
+    reward = likelihood_reward(garbage, mask, 1.5)
+    reward.sum().backward()
+    torch.testing.assert_close(reward, base.float())
+    assert torch.isfinite(garbage.grad).all() and (garbage.grad[~mask.bool()] == 0).all()
+
+
+def test_likelihood_reward_matches_reference_loop():
+    logprobs, beta = -rand(4, 6, seed=6) * 3, 2.5
+    mask = torch.arange(6) < torch.tensor([6, 2, 1, 4]).unsqueeze(-1)
+    ref = [beta * sum(logprobs[b, :n].tolist()) / n for b, n in enumerate([6, 2, 1, 4])]
+    assert likelihood_reward(logprobs, mask, beta).tolist() == pytest.approx(ref, rel=1e-6)

@@ -280,14 +280,17 @@ class DataConfig(Section):
 
 
 class RMConfig(Section):
-    """The reward model: outcome (ORM), process (PRM), multi-task, or generative (a verifier that predicts a
-    Yes / No token after the solution, Zhang et al. 2024)."""
+    """The reward model: outcome (ORM), process (PRM), multi-task, generative (a verifier that predicts a
+    Yes / No token after the solution, Zhang et al. 2024) or likelihood (SimPO's reward, Meng et al. 2024)."""
 
     enabled: bool = Field(False, description="study trials: sample, label, train and Best-of-N-evaluate an RM")
-    kind: Literal["orm", "prm", "multitask", "generative"] = Field(
+    kind: Literal["orm", "prm", "multitask", "generative", "likelihood"] = Field(
         "orm", description="orm: a scalar head; prm: a head per step; multitask: an ORM on pairs and labels; "
         "generative: the causal LM itself, trained with the next-token loss of a Yes / No verdict after "
-        "rm.genrm_question on the correctness labels, scored log p(Yes) - log p(No)")
+        "rm.genrm_question on the correctness labels, scored log p(Yes) - log p(No); likelihood: the causal LM "
+        "itself, scored beta / |y| * log p(y | x) and trained with Bradley-Terry on the pairs through that score")
+    likelihood_beta: float = Field(
+        2.0, gt=0, description="rm.kind=likelihood: beta, the scale of the mean token log-likelihood (SimPO's)")
     size: str = Field("tiny", description=f"ladder size: {', '.join(LADDER)}")
     init: Literal["auto", "policy", "scratch"] = Field(
         "auto", description="policy: copy the backbone of rm.init_path, else of the SFT policy; scratch: a fresh "

@@ -61,7 +61,7 @@ from rlhfscale.analysis.table import (
 )
 
 START_KL = 0.01  # nats: points at most this far from the initial policy measure the start
-BON_COLUMN = re.compile(r"^bon/(?P<rm>orm|genrm|prm_[a-z]+)(?P<proxy>_proxy)?@(?P<n>\d+)$")
+BON_COLUMN = re.compile(r"^bon/(?P<rm>orm|genrm|llrm|prm_[a-z]+)(?P<proxy>_proxy)?@(?P<n>\d+)$")
 FORMS = {"bon": "bon_gold", "rl": "rl_gold"}
 METHODS = {"bon": "Best-of-N", "rl": "RL"}
 POINT_COLUMNS = ["unit", "config", SEED, "d", "gold", "proxy", "gold_gain", "proxy_gain"]

@@ -23,7 +23,7 @@ Axes
     ``data.prompts``               distinct RM-training prompts
     ``data.responses_per_prompt``  labelled responses per prompt
     ``data.volume``                prompts x responses (derived when absent)
-    ``rm.kind``                    ``orm`` | ``prm`` | ``multitask`` | ``generative`` | ``rule``
+    ``rm.kind``                    ``orm`` | ``prm`` | ``multitask`` | ``generative`` | ``likelihood`` | ``rule``
     ``rm.size`` / ``rm.params``    RM ladder size name / parameter count
     ``policy.size`` / ``policy.params``  the same for the policy
     ``rl.n_samples``               responses sampled per prompt during RL

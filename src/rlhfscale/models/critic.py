@@ -37,9 +37,11 @@ def critic_from_rm(path: str | Path, device: str = "cpu", dtype: torch.dtype = t
     p = Path(path)
     if not (p / "config.json").is_file():
         raise BadInput(f"{p}: expected a reward model folder with config.json for rl.critic_init=rm, found none")
-    if "genrm" in json.loads((p / "config.json").read_text()):
-        raise BadInput(f"{p}: rl.critic_init=rm expected a scalar-head reward model (an ORM), found a generative "
-                       "verifier (its verdict is a next-token choice, no value head); use rl.critic_init=policy")
+    config = json.loads((p / "config.json").read_text())
+    if "genrm" in config or "likelihood_rm" in config:
+        what = "a generative verifier" if "genrm" in config else "a likelihood RM"
+        raise BadInput(f"{p}: rl.critic_init=rm expected a scalar-head reward model (an ORM), found {what} (it "
+                       "scores through its LM head, no value head); use rl.critic_init=policy")
     return AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, dtype=dtype).to(device)
 
 

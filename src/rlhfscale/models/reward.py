@@ -18,7 +18,8 @@ h are the final-normed hidden states of `models.forward.hidden_states` (the fast
 the ladder's models, the model's own forward otherwise). Sequences follow the rollout layout:
 prompt left-padded, response right-padded; ``ids, attn [B, T]`` with ``response_mask [B, R]``
 over the last R columns. A generative RM (``kind`` "generative": a ``*ForCausalLM`` whose config holds
-``genrm``) scores log p(Yes) − log p(No) after its question. A PRM's response score aggregates σ(step logits) with
+``genrm``) scores log p(Yes) − log p(No) after its question; a likelihood RM (``kind`` "likelihood", a causal LM whose
+config holds ``likelihood_rm``, `models.llrm`) scores β / |y| · log π(y | x). A PRM's response score aggregates σ(step logits) with
 `rewards.aggregate.aggregate_steps` (min, last, mean or prod).
 """
 
@@ -42,7 +43,7 @@ from transformers import (
 
 from ..errors import BadInput
 from ..rewards.aggregate import aggregate_steps
-from . import genrm, steps
+from . import genrm, llrm, steps
 from .forward import hidden_states
 from .text import encode_prompts, encode_responses
 from .train import left_pad
@@ -100,8 +101,9 @@ def pack(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
 
 @dataclass
 class RewardModel:
-    """A trained ORM, PRM or generative RM with its tokenizer; `kind` is "orm" or "prm" (from the head class),
-    or "generative" (a causal LM whose config names its question and verdict tokens, `models.genrm`).
+    """A trained ORM, PRM, generative or likelihood RM with its tokenizer; `kind` is "orm" or "prm" (from the head
+    class), "generative" (a causal LM whose config names its question and verdict tokens, `models.genrm`) or
+    "likelihood" (a causal LM whose config names its β, `models.llrm`).
 
     step_split: how a PRM's steps are found in the text ("line" or "paragraph", `models.steps`); it is
     written into the model's config, so a saved PRM folder splits the same way when loaded."""
@@ -121,6 +123,8 @@ class RewardModel:
     def kind(self) -> str:
         if genrm.is_generative(self.model.config):
             return "generative"
+        if llrm.is_likelihood(self.model.config):
+            return "likelihood"
         return head_kind(type(self.model).__name__) or "orm"
 
     def step_scores(self, ids: torch.Tensor, attn: torch.Tensor, response_mask: torch.Tensor):
@@ -130,12 +134,14 @@ class RewardModel:
         return logits, steps.step_end_mask(self.tok, ids[:, -R:], response_mask, self.step_split)
 
     def score(self, ids: torch.Tensor, attn: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-        """One score per response [B]: the ORM logit, the generative RM's log p(Yes) − log p(No), or the PRM's
-        aggregated step probabilities."""
+        """One score per response [B]: the ORM logit, the generative RM's log p(Yes) − log p(No), the likelihood
+        RM's β / |y| · log π(y | x), or the PRM's aggregated step probabilities."""
         if self.kind == "orm":
             return orm_scores(self.model, ids, attn)
         if self.kind == "generative":
             return genrm.genrm_scores(self.model, ids, attn, self.verdict, self.tok.pad_token_id)
+        if self.kind == "likelihood":
+            return llrm.likelihood_scores(self.model, ids, attn, response_mask)
         return aggregate_steps(*self.step_scores(ids, attn, response_mask), self.aggregation)
 
     @torch.inference_mode()
@@ -159,8 +165,9 @@ class RewardModel:
 
 
 def load_reward_model(path: str | Path, device: str = "cpu", aggregation: str = "min") -> RewardModel:
-    """Load an ORM, PRM or generative RM folder (the head class in config.json decides which, any architecture;
-    a causal LM with ``genrm`` in its config is a generative RM) and its tokenizer; a PRM's step split comes
+    """Load an ORM, PRM, generative or likelihood RM folder (the head class in config.json decides which, any
+    architecture; a causal LM with ``genrm`` / ``likelihood_rm`` in its config is a generative / likelihood RM) and
+    its tokenizer; a PRM's step split comes
     from ``step_split`` in its config ("line" when absent)."""
     p = Path(path)
     if not (p / "config.json").is_file():
@@ -168,14 +175,15 @@ def load_reward_model(path: str | Path, device: str = "cpu", aggregation: str = 
     config = AutoConfig.from_pretrained(p)
     architectures = config.architectures or []
     kinds = [kind for kind in map(head_kind, architectures) if kind]
-    if genrm.is_generative(config) and any(a.endswith("ForCausalLM") for a in architectures):
+    if (genrm.is_generative(config) or llrm.is_likelihood(config)) and any(a.endswith("ForCausalLM")
+                                                                          for a in architectures):
         tok = AutoTokenizer.from_pretrained(p)
         tok.pad_token = tok.pad_token or tok.eos_token
         model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).to(device).eval()
         return RewardModel(model, tok, aggregation)
     if not kinds:
         raise BadInput(f"{p}/config.json: field 'architectures': expected a *ForSequenceClassification (outcome RM), "
-                       f"*ForTokenClassification (process RM) or *ForCausalLM with a 'genrm' field (generative RM) "
+                       f"*ForTokenClassification (process RM) or *ForCausalLM with a 'genrm' or 'likelihood_rm' field "
                        f"class, found {architectures}")
     if config.num_labels != 1:
         raise BadInput(f"{p}/config.json: field 'num_labels': expected 1 (a scalar reward), found {config.num_labels}")

@@ -1,7 +1,7 @@
 """Reward-model losses: Bradley–Terry on preference pairs, BCE on correctness labels (at the last
 token, or at every response token), their multi-task mix, the process (per-step) BCE, and the
-auxiliary next-token loss of a verifier trained with the LM objective, and the verdict loss and score of a
-generative verifier. Pure functions on tensors.
+auxiliary next-token loss of a verifier trained with the LM objective, the verdict loss and score of a
+generative verifier, and the likelihood reward (SimPO's). Pure functions on tensors.
 
 Symbols: r_c, r_r are the scalar rewards of the chosen and rejected response of a pair,
 m an optional margin, σ the logistic function. Scores are logits (unbounded rewards);
@@ -138,6 +138,17 @@ def genrm_score(verdict_logits: Tensor, yes: int, no: int) -> Tensor:
     verdict_logits: [..., V] logits at the verdict position (or any slice holding the two ids). Returns [...].
     """
     return verdict_logits[..., yes].float() - verdict_logits[..., no].float()
+
+
+def likelihood_reward(logprobs: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """The length-normalized log-likelihood reward of SimPO (Meng et al. 2024),  r = β / |y| · Σ_t log π(y_t | x, y_<t),
+    reference-free: a causal LM that wrote the task's solutions scores a response by how likely it finds it.
+
+    logprobs: [B, T] token log-probs; mask: [B, T], 1 on the response's tokens (a row without any scores 0).
+    Returns [B], float32.
+    """
+    total = torch.where(mask.bool(), logprobs.float(), 0.0).sum(-1)  # masked columns may hold anything
+    return beta * total / mask.float().sum(-1).clamp(min=1.0)
 
 
 def pair_accuracy(chosen: Tensor, rejected: Tensor) -> float:

@@ -86,10 +86,16 @@ def load_outcomes(path: str | Path) -> list[Outcome]:
 
 def encode_preferences(tok: PreTrainedTokenizerBase, pairs: list[PreferencePair]) -> list[tuple[list[int], list[int]]]:
     """(chosen, rejected) token sequences of preference pairs."""
+    return [(pc + rc, pr + rr) for (pc, rc), (pr, rr) in encode_split_pairs(tok, pairs)]
+
+
+def encode_split_pairs(tok: PreTrainedTokenizerBase, pairs: list[PreferencePair]):
+    """((prompt, chosen), (prompt, rejected)) token lists of preference pairs: the prompt apart from each response
+    (EOS appended), for a score over the response tokens alone."""
     prompts = [p.prompt for p in pairs]
     chosen = encode_pairs(tok, prompts, [p.chosen for p in pairs])
     rejected = encode_pairs(tok, prompts, [p.rejected for p in pairs])
-    return [(pc + rc, pr + rr) for (pc, rc), (pr, rr) in zip(chosen, rejected)]
+    return list(zip(chosen, rejected))
 
 
 def encode_outcomes(tok: PreTrainedTokenizerBase, outcomes: list[Outcome]) -> list[tuple[list[int], float, int]]:

@@ -6,7 +6,8 @@ sources and their weights, e.g. ``{rule: 1.0}`` or ``{orm: 1.0, rule: 0.5}``:
 
     rule  the task's verifier: 1 for a correct final answer, 0 otherwise (outcome)
     orm   an outcome reward model, the multi-task RM (it scores like one): its logit, or a generative
-          verifier (`models.genrm`): log p(Yes) − log p(No) (outcome); the folder's config decides which
+          verifier (`models.genrm`): log p(Yes) − log p(No), or a likelihood RM (`models.llrm`):
+          β / |y| · log π(y | x) (outcome); the folder's config decides which
     prm   a process reward model: σ(step logits) aggregated into one score by `rl.prm_agg`
           (`rl.prm_mode=aggregate`, outcome), or σ(step logit) on each step's last token (`dense`)
 
@@ -143,13 +144,13 @@ def rm_path(rl: RLConfig, kind: str, rm_run: str | None) -> Path:
 
 
 def load_rm(rl: RLConfig, kind: str, tok, rm_run: str | None, device: str, dtype: str = "fp32") -> RewardModel:
-    """Load the `kind` RM ("orm" also takes the multi-task RM and a generative verifier, which score one number
-    per response); it must be of that kind and share the policy's tokenizer, since it scores the policy's token
-    ids."""
+    """Load the `kind` RM ("orm" also takes the multi-task RM, a generative verifier and a likelihood RM, which
+    score one number per response); it must be of that kind and share the policy's tokenizer, since it scores the
+    policy's token ids."""
     path = rm_path(rl, kind, rm_run)
     rm = load_reward_model(path, device, aggregation=rl.prm_agg)
     rm.model.to(DTYPES[dtype])
-    if rm.kind != kind and not (kind == "orm" and rm.kind == "generative"):
+    if rm.kind != kind and not (kind == "orm" and rm.kind in ("generative", "likelihood")):
         raise BadInput(f"{path}: expected an {kind.upper()} for rl.reward.{kind}, found a {rm.kind.upper()}")
     if rm.tok.get_vocab() != tok.get_vocab():
         raise BadInput(f"{path}: expected the policy's tokenizer, found a different vocabulary")

@@ -9,7 +9,9 @@ next-token loss (`next_token_loss`, through the tied embeddings) of the text the
 chosen and correct sequences whole, a step-labelled one up to its first wrong step (prompt tokens
 included). A generative verifier ("generative") reads each labelled sequence followed by its verification
 question and takes `genrm_loss`, the next-token loss of the Yes / No verdict (with `lm_coef`, plus the
-next-token loss of the correct sequences: GenRM's unified variant). Batches are drawn with replacement;
+next-token loss of the correct sequences: GenRM's unified variant). A likelihood RM ("likelihood") scores the
+chosen and rejected responses of B pairs by β / |y| · log π(y | x) and takes the Bradley–Terry loss on those
+scores (SimPO's objective without its margin). Batches are drawn with replacement;
 AdamW with linear warm-up, then cosine decay or a constant rate, gradients clipped to norm 1, as in SFT;
 optionally under bf16 autocast.
 """
@@ -22,23 +24,29 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from ..models.forward import hidden_states
+from ..models.forward import hidden_states, token_logprobs
 from ..models.genrm import Verdict
-from ..models.train import adamw, final_ratio, left_pad, mixed_precision, warmup_cosine
-from ..rewards.losses import genrm_loss, genrm_score, multitask_loss, next_token_loss, prm_loss
+from ..models.train import adamw, final_ratio, left_pad, mixed_precision, response_batch, warmup_cosine
+from ..rewards.losses import (
+    bt_loss, genrm_loss, genrm_score, likelihood_reward, multitask_loss, next_token_loss, prm_loss,
+)
 
 Pair = tuple[list[int], list[int]]  # chosen, rejected token sequences
 Labelled = tuple[list[int], float, int]  # token sequence, correctness label in [0, 1], prompt length
 Stepped = tuple[list[int], list[int], list[float]]  # token sequence, step-end indices, step labels
+Split = tuple[list[int], list[int]]  # prompt tokens, response tokens
+SplitPair = tuple[Split, Split]  # chosen, rejected of one prompt
 
 
 @dataclass
 class RMData:
-    """Encoded training data (see `rm.data`); an ORM uses pairs and outcomes, a PRM steps."""
+    """Encoded training data (see `rm.data`); an ORM uses pairs and outcomes, a PRM steps, a likelihood RM
+    split pairs (the prompt apart from each response)."""
 
     pairs: list[Pair] = field(default_factory=list)
     outcomes: list[Labelled] = field(default_factory=list)
     steps: list[Stepped] = field(default_factory=list)
+    split_pairs: list[SplitPair] = field(default_factory=list)
 
 
 def response_token_mask(outcomes: list[Labelled], width: int) -> torch.Tensor:
@@ -108,6 +116,17 @@ def generative_loss(model: PreTrainedModel, outcomes: list[Labelled], verdict: V
     return loss, stats, int(attn.sum())
 
 
+def likelihood_loss(model: PreTrainedModel, pairs: list[SplitPair], beta: float, pad_id: int):
+    """Likelihood-RM loss of one batch: Bradley–Terry on β / |y| · log π(y | x) of the chosen and the rejected
+    responses (one forward over both); returns (loss, stats, tokens in the batch)."""
+    ids, attn, response = response_batch([c for c, _ in pairs] + [r for _, r in pairs], pad_id, model.device)
+    scores = likelihood_reward(token_logprobs(model, ids, attn), response, beta)  # [2B]
+    chosen, rejected = scores[:len(pairs)], scores[len(pairs):]
+    loss = bt_loss(chosen, rejected)
+    stats = {"bt": loss.item(), "pair_acc": (chosen > rejected).float().mean().item()}
+    return loss, stats, int(attn.sum())
+
+
 def step_targets(items: list[Stepped], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels [B, T] and step mask [B, T] of left-padded sequences of length T = `width`."""
     labels = torch.zeros(len(items), width)
@@ -159,10 +178,12 @@ def train_reward_model(
     token_level: bool = False,
     lm_coef: float = 0.0,
     verdict: Verdict | None = None,
+    beta: float = 1.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
-    """Train an ORM (`kind` "orm": `weight` w of BT vs BCE), a PRM ("prm") or a generative verifier
-    ("generative", on the outcomes, its question and verdict tokens `verdict`) in place.
+    """Train an ORM (`kind` "orm": `weight` w of BT vs BCE), a PRM ("prm"), a generative verifier
+    ("generative", on the outcomes, its question and verdict tokens `verdict`) or a likelihood RM ("likelihood",
+    on the split pairs, its score scaled by `beta`) in place.
 
     schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant"; bf16: autocast the
     forward passes; token_level: the ORM's BCE at every response token; lm_coef: the weight of the
@@ -171,11 +192,14 @@ next-token loss on what the labels call right (needs tied embeddings). Calls on_
     trained on (for the 6·N·tokens FLOPs estimate).
     """
     min_ratio = final_ratio(schedule)
-    parts = {"prm": [data.steps], "generative": [data.outcomes]}.get(kind, [data.pairs, data.outcomes])
+    parts = {"prm": [data.steps], "generative": [data.outcomes], "likelihood": [data.split_pairs]}.get(
+        kind, [data.pairs, data.outcomes])
     if not any(parts):
         raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
     if kind == "generative" and verdict is None:
         raise ValueError("train_reward_model: a generative verifier needs its question and verdict tokens")
+    if lm_coef and kind == "likelihood":
+        raise ValueError("train_reward_model: a likelihood RM takes no auxiliary LM loss (its score is the LM's)")
     if lm_coef and kind != "generative" and not model.config.tie_word_embeddings:
         raise ValueError("train_reward_model: lm_coef needs a backbone with tied input and output embeddings")
     gen = torch.Generator().manual_seed(seed)
@@ -192,6 +216,8 @@ next-token loss on what the labels call right (needs tied embeddings). Calls on_
                 loss, stats, n = prm_batch_loss(model, batches[0], pad_id, lm_coef)
             elif kind == "generative":
                 loss, stats, n = generative_loss(model, batches[0], verdict, pad_id, lm_coef)
+            elif kind == "likelihood":
+                loss, stats, n = likelihood_loss(model, batches[0], beta, pad_id)
             else:
                 loss, stats, n = orm_loss(model, *batches, weight, pad_id, token_level, lm_coef)
         opt.zero_grad(set_to_none=True)

@@ -5,7 +5,7 @@ The policy (input ``sft``: a run directory or a policy folder) samples
 2, 4, ... up to n_max, the expected gold value (accuracy; the gold rater's score for chat) of the
 response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
 - ``bon/orm@N``: by an outcome (or multi-task) RM; ``bon/genrm@N``: by a generative verifier
-  (log p(Yes) − log p(No)); ``bon/prm_<agg>@N``: by a process RM under each step aggregation;
+  (log p(Yes) − log p(No)); ``bon/llrm@N``: by a likelihood RM; ``bon/prm_<agg>@N``: by a process RM under each step aggregation;
   the RMs are the inputs whose names start with ``rm`` (rm run directories or RM folders),
   named by kind, one of each at most;
 - ``bon/orm_proxy@N`` (``bon/genrm_proxy@N``, ``bon/prm_<agg>_proxy@N`` for the PRM's own ``rm.aggregation``): the
@@ -13,7 +13,7 @@ response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
   al. 2022: gold and proxy against sqrt(KL), KL = log N - (N - 1) / N);
 - ``bon/majority@N``: by majority vote over final answers (tasks with answers);
 - ``bon/oracle@N``: by the gold value itself.
-Also ``orm/pair_acc``, ``genrm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
+Also ``orm/pair_acc``, ``genrm/pair_acc``, ``llrm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
 ``prm/step_acc`` and ``prm/step_f1`` against gold step labels (with ``prm/step_f1_all_errors``,
 the F1 of calling every step wrong, and ``prm/step_error_rate``), the policy's greedy
 ``eval/pass@1``, and the names ``bon/policy`` and ``bon/rm`` (in summary.json only: the
@@ -44,7 +44,7 @@ from .common import input_policy, max_new_tokens, policy_folder, setup
 from .rundir import RunDir
 
 
-CURVES = {"orm": "orm", "generative": "genrm"}  # outcome-level RM kind -> its curves' name
+CURVES = {"orm": "orm", "generative": "genrm", "likelihood": "llrm"}  # outcome-level RM kind -> its curves' name
 
 
 def reward_models(cfg: BaseModel, inputs: dict[str, str]) -> dict[str, tuple[str, RewardModel]]:

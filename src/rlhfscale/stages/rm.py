@@ -4,7 +4,9 @@
   (``bce``; at every response token with ``rm.token_level``); ``multitask``: both, mixed by
   ``rm.multitask_weight``; ``prm``: per-step BCE on the step labels ``rm.labels`` (gold, mc_hard,
   mc_soft); ``generative``: the causal LM itself, the next-token loss of a Yes / No verdict token
-  (``rm.genrm_yes`` / ``rm.genrm_no``) after ``rm.genrm_question`` on the correctness labels (`models.genrm`).
+  (``rm.genrm_yes`` / ``rm.genrm_no``) after ``rm.genrm_question`` on the correctness labels (`models.genrm`);
+  ``likelihood``: the causal LM itself, scored ``rm.likelihood_beta`` / |y| · log π(y | x) and trained with
+  Bradley–Terry on the pairs through that score (`models.llrm`).
 - Data: the files of the ``label`` input; an input named after a file replaces it (``pairs``,
   ``outcomes``, ``steps``, ``heldout_pairs``, ``heldout_steps``: jsonl paths).
 - Start: see ``rm.init`` (the backbone of an SFT policy, or a fresh ladder model).
@@ -13,7 +15,8 @@
 
 With ``rm.lora.rank`` > 0 only LoRA adapters on the backbone and the score head train; ``rm_adapter/``
 holds them in peft's format. The model is saved in ``rm/`` (loads with `AutoModelForSequenceClassification`,
-`AutoModelForTokenClassification`, or for a generative RM `AutoModelForCausalLM` with ``genrm`` in its config,
+`AutoModelForTokenClassification`, or for a generative or likelihood RM `AutoModelForCausalLM` with ``genrm`` or
+``likelihood_rm`` in its config,
 or `models.reward.load_reward_model`).
 """
 
@@ -25,14 +28,14 @@ from pydantic import BaseModel
 
 from ..contract import view
 from ..errors import BadInput
-from ..models import genrm, lora
+from ..models import genrm, llrm, lora
 from ..models.io import DTYPES, load_policy, save_policy
 from ..models.train import checkpoint_activations
 from ..models.ladder import build_model, count_non_embedding, llama_config, preset
 from ..models.reward import RewardModel, build_reward_model, reward_model_from
 from ..models.tokenizer import build_tokenizer
 from ..pipeline import STAGES
-from ..rm.data import encode_outcomes, encode_preferences, encode_steps, load_outcomes
+from ..rm.data import encode_outcomes, encode_preferences, encode_split_pairs, encode_steps, load_outcomes
 from ..rewards.losses import pair_accuracy
 from ..rewards.metrics import step_metrics
 from ..rm.train import RMData, train_reward_model
@@ -45,21 +48,21 @@ def initial_model(cfg: BaseModel, inputs: dict[str, str]):
     """(model, tokenizer, whether the backbone came from a policy), as ``rm.init`` says. The backbone is
     the ``rm_base`` input's policy (an SFT run at ``rm.size``), else ``rm.init_path``. A generative RM is the
     causal LM whole (its LM head predicts the verdict)."""
-    head = {"prm": "prm", "generative": "generative"}.get(cfg.rm.kind, "orm")
+    head = {"prm": "prm", "generative": "lm", "likelihood": "lm"}.get(cfg.rm.kind, "orm")
     path = str(policy_folder(inputs["rm_base"])) if "rm_base" in inputs else cfg.rm.init_path
     policy, tok = load_policy(path, cfg.device) if path else (None, build_tokenizer())
     if policy is not None and cfg.rm.init != "scratch":
         p, c = preset(cfg.rm.size), policy.config
         of_size = (c.hidden_size, c.num_hidden_layers, c.intermediate_size) == (p.hidden, p.layers, p.ffn)
         if cfg.rm.init == "policy" or "rm_base" not in inputs or of_size:
-            if head == "generative":
+            if head == "lm":
                 return policy, tok, True
             return reward_model_from(head, policy, tok.pad_token_id, cfg.seed), tok, True
     if cfg.rm.init == "policy":
         raise BadInput("rm.init: expected a backbone to start from (an rm_base or sft run, or rm.init_path), "
                        "found none")
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    if head == "generative":
+    if head == "lm":
         return build_model(cfg.rm.size, len(tok), cfg.seed, cfg.policy.max_len, **ids).to(cfg.device), tok, False
     config = llama_config(cfg.rm.size, len(tok), cfg.policy.max_len, **ids)
     return build_reward_model(head, config, tok.pad_token_id, cfg.seed).to(cfg.device), tok, False
@@ -90,6 +93,9 @@ def training_data(cfg: BaseModel, inputs: dict[str, str], rm: RewardModel) -> RM
     data = RMData()
     if cfg.rm.kind == "generative":
         data.outcomes = encode_outcomes(rm.tok, load_outcomes(data_file(inputs, "outcomes")))
+        return data
+    if cfg.rm.kind == "likelihood":
+        data.split_pairs = encode_split_pairs(rm.tok, load_preference_pairs(data_file(inputs, "pairs")))
         return data
     if cfg.rm.kind == "multitask" or cfg.rm.loss == "bt":
         data.pairs = encode_preferences(rm.tok, load_preference_pairs(data_file(inputs, "pairs")))
@@ -125,10 +131,12 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
         words = (cfg.rm.genrm_question, cfg.rm.genrm_yes, cfg.rm.genrm_no)
         genrm.mark(model, *words)
         genrm.verdict_of(tok, *words)  # refuses a tokenizer where the verdicts are not single tokens
+    elif cfg.rm.kind == "likelihood":
+        llrm.mark(model, cfg.rm.likelihood_beta)
     elif cfg.rm.lm_coef and not model.config.tie_word_embeddings:
         raise BadInput("rm.lm_coef: expected a backbone with tied input and output embeddings (a reward model keeps "
                        "no separate LM head), found tie_word_embeddings=false")
-    head = {"prm": "prm", "generative": "policy"}.get(cfg.rm.kind, "orm")  # what lora.attach adapts
+    head = {"prm": "prm", "generative": "policy", "likelihood": "policy"}.get(cfg.rm.kind, "orm")  # what lora adapts
     wrapper = lora.attach(model, cfg.rm.lora, head, "rm.lora") if cfg.rm.lora.rank else None
     model = lora.adapted(wrapper) if wrapper is not None else model
     rm = RewardModel(model, tok, cfg.rm.aggregation, cfg.task.step_split)  # a PRM finds steps as the task writes them
@@ -147,7 +155,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
             model, data, kind=rm.kind, steps=cfg.rm.steps, batch_size=cfg.rm.batch_size, lr=cfg.rm.lr,
             warmup=cfg.rm.warmup, weight_decay=cfg.rm.weight_decay, weight=weight, pad_id=tok.pad_token_id,
             seed=cfg.seed, schedule=cfg.rm.schedule, bf16=cfg.rm.bf16, token_level=cfg.rm.token_level,
-            lm_coef=cfg.rm.lm_coef, verdict=rm.verdict, on_step=on_step)
+            lm_coef=cfg.rm.lm_coef, verdict=rm.verdict, beta=cfg.rm.likelihood_beta, on_step=on_step)
     if wrapper is None:
         save_policy(model, tok, out.path / "rm")
     else:  # the adapters (and the score head) in peft's format, the merged model where later stages read it
@@ -156,7 +164,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     summary = {
         "rm/loss": last.get("loss", float("nan")),
         **heldout_metrics(inputs, rm),
-        "rm/pairs": len(data.pairs), "rm/outcomes": len(data.outcomes), "rm/step_responses": len(data.steps),
+        "rm/pairs": len(data.pairs) + len(data.split_pairs), "rm/outcomes": len(data.outcomes), "rm/step_responses": len(data.steps),
         "rm/params": n_params, "rm/init_from_policy": float(from_policy),
         "flops/rm": 6.0 * n_params * tokens,
         "wall_s": out.wall_s,
