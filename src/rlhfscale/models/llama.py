@@ -8,8 +8,10 @@ parameters of a `LlamaModel` backbone in place (`model.model` of a
 `LlamaForCausalLM` or of a `LlamaForSequenceClassification`), so gradients
 flow into the HF model and `save_pretrained` saves what was trained. What we
 gain over calling the HF model: a short, fixed sequence of tensor ops (no mask
-factories or output objects), and decoding into a cache written in place
-(HF's default cache concatenates every layer's keys and values at every step).
+factories or output objects), decoding into a cache written in place
+(HF's default cache concatenates every layer's keys and values at every step),
+and for the sampler's forwards (`prefill`, `decode_step`) on a CPU, the oneDNN
+matmuls of `models.kernels.FAST` instead of MKL's.
 
 One decoder layer on tokens x [N, D], with H query heads and Hkv key/value
 heads of size Dh (query head i reads key/value head i // (H / Hkv)):
@@ -43,6 +45,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from rlhfscale.errors import BadInput
+
+from . import kernels
 
 # RoPE variants whose frequencies do not depend on the sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -155,22 +159,24 @@ def self_attention(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def _layer(layer, x, cos, sin, attend):
-    """One HF `LlamaDecoderLayer` on tokens x [N, D]; attend(q, k, v) -> [N, H·Dh] is its attention."""
+def _layer(layer, x, cos, sin, attend, ops=kernels.PLAIN):
+    """One HF `LlamaDecoderLayer` on tokens x [N, D]; attend(q, k, v) -> [N, H·Dh] is its attention.
+
+    ops: the kernels of its projections (`kernels.PLAIN`, or `kernels.FAST` for inference)."""
     attn, mlp = layer.self_attn, layer.mlp
     N, Dh = x.shape[0], attn.head_dim
     h = rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-    q = apply_rope(attn.q_proj(h).view(N, -1, Dh), cos, sin)  # [N, H, Dh]
-    k = apply_rope(attn.k_proj(h).view(N, -1, Dh), cos, sin)  # [N, Hkv, Dh]
-    x = x + attn.o_proj(attend(q, k, attn.v_proj(h).view(N, -1, Dh)))
+    q = apply_rope(ops.linear(attn.q_proj, h).view(N, -1, Dh), cos, sin)  # [N, H, Dh]
+    k = apply_rope(ops.linear(attn.k_proj, h).view(N, -1, Dh), cos, sin)  # [N, Hkv, Dh]
+    x = x + ops.linear(attn.o_proj, attend(q, k, ops.linear(attn.v_proj, h).view(N, -1, Dh)))
     h = rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-    return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+    return x + ops.linear(mlp.down_proj, ops.linear_mul(mlp.up_proj, h, ops.linear_silu(mlp.gate_proj, h)))
 
 
-def decoder(backbone: LlamaModel, tokens, cos, sin, attend) -> torch.Tensor:
+def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=kernels.PLAIN) -> torch.Tensor:
     """Final-normed hidden states [N, D] of tokens [N] whose RoPE angles are cos, sin [N, 1, Dh].
 
-    attend(i, q, k, v) is the attention of layer i.
+    attend(i, q, k, v) is the attention of layer i; ops: the kernels of the projections (see `_layer`).
     """
     check_config(backbone.config)
     x = backbone.embed_tokens(tokens)
@@ -178,7 +184,7 @@ def decoder(backbone: LlamaModel, tokens, cos, sin, attend) -> torch.Tensor:
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
             x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), use_reentrant=False)  # recomputed in backward
         else:
-            x = _layer(layer, x, cos, sin, partial(attend, i))
+            x = _layer(layer, x, cos, sin, partial(attend, i), ops)
     return rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)
 
 
@@ -270,7 +276,7 @@ class KVCache:
         shape = (config.num_hidden_layers, B, config.num_key_value_heads, capacity, config.head_dim)
         mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=emb.dtype, device=emb.device)
         mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
-        zeros = partial(torch.zeros, shape, dtype=emb.dtype, device=emb.device)
+        zeros = partial(kernels.zeros, shape, dtype=emb.dtype, device=emb.device)
         rope = Rope.of(config, capacity, emb.dtype, emb.device)
         return cls(zeros(), zeros(), mask, positions=attention_mask.long().sum(-1), length=P, rope=rope)
 
@@ -323,7 +329,7 @@ def prefill(
     for rows in (slice(start, start + group) for start in range(0, B, group)):
         real = attention_mask[rows].bool()
         tokens = _prefill_rows(model, cache, rows, real, causal[rows], input_ids[rows][real], positions[rows][real])
-        logits.append(model.lm_head(tokens[real.sum(-1).cumsum(0) - 1]))  # each row's last token
+        logits.append(kernels.FAST.linear(model.lm_head, tokens[real.sum(-1).cumsum(0) - 1]))  # each row's last token
     return torch.cat(logits), cache
 
 
@@ -342,7 +348,7 @@ def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.
         a = self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
         return a.transpose(1, 2)[b, p].flatten(1)
 
-    return decoder(model.model, tokens, *cache.rope.at(positions), attend)
+    return decoder(model.model, tokens, *cache.rope.at(positions), attend, ops=kernels.FAST)
 
 
 def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
@@ -350,7 +356,7 @@ def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -
     cache.open_column()
     if cache.rope is None or len(cache.rope.cos) < cache.k.shape[3]:  # a cache built elsewhere, or grown
         cache.rope = Rope.of(model.config, cache.k.shape[3], cache.k.dtype, cache.k.device)
-    h = decoder(model.model, tokens, *cache.rope.at(cache.positions), cache.attend)
+    h = decoder(model.model, tokens, *cache.rope.at(cache.positions), cache.attend, ops=kernels.FAST)
     cache.length += 1
     cache.positions += 1
-    return model.lm_head(h)
+    return kernels.FAST.linear(model.lm_head, h)

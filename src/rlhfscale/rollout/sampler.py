@@ -96,7 +96,7 @@ def next_tokens(
     than `torch.multinomial`.
     """
     logits = logits.float()
-    logp = (logits / (temperature or 1.0)).log_softmax(-1)
+    logp = (logits if temperature in (0, 1) else logits / temperature).log_softmax(-1)
     if temperature == 0:
         tokens = logits.argmax(-1)
     else:
@@ -158,7 +158,8 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(R):
         tokens, logprobs = next_tokens(logits, temperature, top_k, top_p, generator)
-        tokens_out[rows, step], logprobs_out[rows, step] = tokens, logprobs
+        at = slice(None) if len(rows) == B else rows  # a plain copy until the first compaction
+        tokens_out[at, step], logprobs_out[at, step] = tokens, logprobs
         done |= tokens == eos_id
         alive = len(done) - int(done.sum())
         if alive == 0 or step == R - 1:
