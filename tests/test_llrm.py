@@ -81,7 +81,8 @@ def test_settings_a_kind_ignores_are_refused():
     refuse({"kind": "likelihood", "lm_coef": 0.5}, r"rm.lm_coef=0.5: does nothing here: a likelihood RM's score")
     refuse({"kind": "likelihood", "token_level": True}, "rm.token_level=True: does nothing here")
     refuse({"kind": "likelihood", "loss": "bce"}, "rm.loss=bce: does nothing here")
-    assert checks.rm(RunConfig.model_validate({"rm": {"kind": "likelihood", "likelihood_beta": 1.0}}).model_dump()) == []
+    accepted = RunConfig.model_validate({"rm": {"kind": "likelihood", "likelihood_beta": 1.0}}).model_dump()
+    assert checks.rm(accepted) == []
     with pytest.raises(ValueError, match="likelihood_beta"):
         RunConfig.model_validate({"rm": {"kind": "likelihood", "likelihood_beta": 0.0}})
 

@@ -32,5 +32,5 @@ def likelihood_scores(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Ten
                       response_mask: torch.Tensor) -> torch.Tensor:
     """β / |y| · Σ log π(y_t | x, y_<t) [B] of the responses in the last R columns of ids, attn [B, T]."""
     R = response_mask.shape[1]
-    logp = token_logprobs(model, ids, attn)[:, -R:]  # [B, R]: column j predicts token j + 1, so these predict the last R
+    logp = token_logprobs(model, ids, attn)[:, -R:]  # [B, R]: entry j predicts token j + 1: these, the last R tokens
     return likelihood_reward(logp, response_mask, model.config.likelihood_rm["beta"])

@@ -18,9 +18,9 @@ h are the final-normed hidden states of `models.forward.hidden_states` (the fast
 the ladder's models, the model's own forward otherwise). Sequences follow the rollout layout:
 prompt left-padded, response right-padded; ``ids, attn [B, T]`` with ``response_mask [B, R]``
 over the last R columns. A generative RM (``kind`` "generative": a ``*ForCausalLM`` whose config holds
-``genrm``) scores log p(Yes) − log p(No) after its question; a likelihood RM (``kind`` "likelihood", a causal LM whose
-config holds ``likelihood_rm``, `models.llrm`) scores β / |y| · log π(y | x). A PRM's response score aggregates σ(step logits) with
-`rewards.aggregate.aggregate_steps` (min, last, mean or prod).
+``genrm``) scores log p(Yes) − log p(No) after its question; a likelihood RM (``kind`` "likelihood", a causal LM
+whose config holds ``likelihood_rm``, `models.llrm`) scores β / |y| · log π(y | x). A PRM's response score
+aggregates σ(step logits) with `rewards.aggregate.aggregate_steps` (min, last, mean or prod).
 """
 
 from __future__ import annotations

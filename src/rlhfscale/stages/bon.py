@@ -5,16 +5,16 @@ The policy (input ``sft``: a run directory or a policy folder) samples
 2, 4, ... up to n_max, the expected gold value (accuracy; the gold rater's score for chat) of the
 response picked among N drawn without replacement (`rewards.metrics.best_of_n`):
 - ``bon/orm@N``: by an outcome (or multi-task) RM; ``bon/genrm@N``: by a generative verifier
-  (log p(Yes) − log p(No)); ``bon/llrm@N``: by a likelihood RM; ``bon/prm_<agg>@N``: by a process RM under each step aggregation;
-  the RMs are the inputs whose names start with ``rm`` (rm run directories or RM folders),
+  (log p(Yes) − log p(No)); ``bon/llrm@N``: by a likelihood RM; ``bon/prm_<agg>@N``: by a process RM
+  under each step aggregation; the RMs are the inputs whose names start with ``rm`` (rm run directories or RM folders),
   named by kind, one of each at most;
 - ``bon/orm_proxy@N`` (``bon/genrm_proxy@N``, ``bon/prm_<agg>_proxy@N`` for the PRM's own ``rm.aggregation``): the
   expected RM (proxy) score of that picked response, the proxy side of over-optimization (Gao et
   al. 2022: gold and proxy against sqrt(KL), KL = log N - (N - 1) / N);
 - ``bon/majority@N``: by majority vote over final answers (tasks with answers);
 - ``bon/oracle@N``: by the gold value itself.
-Also ``orm/pair_acc``, ``genrm/pair_acc``, ``llrm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal gold value,
-``prm/step_acc`` and ``prm/step_f1`` against gold step labels (with ``prm/step_f1_all_errors``,
+Also ``orm/pair_acc``, ``genrm/pair_acc``, ``llrm/pair_acc`` and ``prm/pair_acc`` on the pool's pairs with unequal
+gold value, ``prm/step_acc`` and ``prm/step_f1`` against gold step labels (with ``prm/step_f1_all_errors``,
 the F1 of calling every step wrong, and ``prm/step_error_rate``), the policy's greedy
 ``eval/pass@1``, and the names ``bon/policy`` and ``bon/rm`` (in summary.json only: the
 returned metrics are numbers).

@@ -164,7 +164,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
     summary = {
         "rm/loss": last.get("loss", float("nan")),
         **heldout_metrics(inputs, rm),
-        "rm/pairs": len(data.pairs) + len(data.split_pairs), "rm/outcomes": len(data.outcomes), "rm/step_responses": len(data.steps),
+        "rm/pairs": len(data.pairs) + len(data.split_pairs), "rm/outcomes": len(data.outcomes),
+        "rm/step_responses": len(data.steps),
         "rm/params": n_params, "rm/init_from_policy": float(from_policy),
         "flops/rm": 6.0 * n_params * tokens,
         "wall_s": out.wall_s,
