@@ -10,8 +10,9 @@ Its results equal MKL's up to the float32 summation order.
 `FAST` uses it only where that is a plain product: float32 on a CPU, without
 autograd (the op has no backward) or autocast (which would not cast it), an
 `nn.Linear` without bias, and a product of at least `MIN_MACS` multiply-adds
-(below about that, oneDNN's fixed cost per call, some 10 µs, makes it the slower). Every other call runs the module itself, exactly as
-`PLAIN` does, so GPUs, bf16 models and training forwards are unchanged.
+(below about that, oneDNN's fixed cost per call, 10-20 µs, makes it the slower).
+Every other call runs the module itself, exactly as `PLAIN` does, so GPUs, bf16
+models and training forwards are unchanged.
 """
 
 from __future__ import annotations
