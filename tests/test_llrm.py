@@ -133,3 +133,26 @@ def test_a_likelihood_rm_learns_to_rank_held_out_pairs_through_the_stages(tmp_pa
     summary = bon.run(stage_config(), {"sft": str(tmp_path / "trained" / "rm"), "rm": str(tmp_path / "trained")},
                       tmp_path / "bon")
     assert {"bon/llrm@4", "bon/llrm_proxy@4", "llrm/pair_acc"} <= set(summary)
+
+
+def test_rm_init_sft_starts_from_the_trials_own_policy_of_its_size(tmp_path):
+    """rm.init=sft: the rm stage's backbone is its sft input (no rm_base); another size, or no sft, is refused."""
+    from safetensors.torch import load_file
+
+    policy, tok = new_policy("nano", 3, 128)
+    save_policy(policy, tok, tmp_path / "policy")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"{a}+1=", "chosen": str(a + 1), "rejected": str(a + 2)}) + "\n"
+                             for a in range(8)))
+    inputs = {"sft": str(tmp_path / "policy"), "pairs": str(pairs)}
+    settings = {"threads": 1, "policy": {"size": "nano"}, "rm": {"kind": "likelihood", "size": "nano", "init": "sft",
+                                                                  "steps": 0}}
+    summary = rm.run(RunConfig.model_validate(settings), inputs, tmp_path / "rm")
+    assert summary["rm/init_from_policy"] == 1.0 and summary["rm/pairs"] == 8
+    saved, start = load_file(tmp_path / "rm" / "rm" / "model.safetensors"), policy.state_dict()
+    assert all(torch.equal(saved[k], start[k]) for k in saved)  # the policy's own weights (the seed differs: 3, not 0)
+    settings["rm"]["size"] = "micro"
+    with pytest.raises(BadInput, match=r"^rm.size=micro: rm.init=sft starts the RM from the trial's SFT policy"):
+        rm.run(RunConfig.model_validate(settings), inputs, tmp_path / "rm_micro")
+    with pytest.raises(BadInput, match=r"^rm.init=sft: expected the trial's SFT policy"):
+        rm.run(RunConfig.model_validate(settings), {"pairs": str(pairs)}, tmp_path / "rm_none")

@@ -10,9 +10,9 @@ from rlhfscale.pipeline import GRAPH
 from rlhfscale.study.keys import plan_nodes, trial_keys
 
 
-def trial(size: str, source: str, **rm) -> dict:
+def trial(policy_size: str, source: str, **rm) -> dict:
     config = RunConfig().model_dump(mode="json")
-    config["policy"]["size"] = size
+    config["policy"]["size"] = policy_size
     config["data"]["source"] = source
     config["rm"] |= {"enabled": True, **rm}
     config["rl"]["reward"] = {"orm": 1.0}
@@ -61,3 +61,31 @@ def test_sampling_without_a_policy_is_one_line_of_bad_input(tmp_path):
     with pytest.raises(BadInput, match=r"^sample: expected the policy that samples the RM's data"):
         entry.sample(config, {}, str(tmp_path / "sample"))
     assert not (tmp_path / "sample").exists()
+
+
+def test_an_rm_started_from_the_trials_sft_runs_no_rm_base_of_its_own():
+    """rm.init=sft: the rm node takes the trial's sft (and its label) as inputs and the trial has no rm_base node;
+    every other init keeps rm_base."""
+    own = trial("micro", "policy", size="micro", init="sft")
+    keys = trial_keys(own, GRAPH)
+    assert "rm_base" not in keys and {"sample", "label", "rm", "bon"} <= set(keys)
+    _, nodes = plan_nodes([own], GRAPH)
+    rm = next(n for n in nodes if n.stage.name == "rm")
+    assert rm.input_keys == {"label": keys["label"], "sft": keys["sft"]}
+    for init in ("auto", "policy", "scratch"):
+        _, nodes = plan_nodes([trial("micro", "policy", size="micro", init=init)], GRAPH)
+        rm = next(n for n in nodes if n.stage.name == "rm")
+        assert set(rm.input_keys) == {"label", "rm_base"}, init
+
+
+def test_an_rm_from_the_trials_sft_cannot_take_its_data_from_rm_base():
+    import pytest
+
+    from rlhfscale import checks
+    from rlhfscale.errors import BadInput
+
+    with pytest.raises(ValueError, match=r"rm.init=sft: expected an RM data source other than rm_base"):
+        RunConfig.model_validate({"rm": {"init": "sft"}, "data": {"source": "rm_base"}})
+    config = RunConfig.model_validate({"rm": {"init": "sft", "init_path": "some/policy"}}).model_dump()
+    with pytest.raises(BadInput, match=r"rm.init_path=some/policy: does nothing here: rm.init=sft starts"):
+        checks.rm(config)

@@ -179,6 +179,7 @@ def rm(config: dict[str, Any]) -> list[str]:
         ("genrm_no", lambda m: m.kind != "generative", "only rm.kind=generative predicts verdict tokens"),
         ("likelihood_beta", lambda m: m.kind != "likelihood", "only rm.kind=likelihood scales a log-likelihood"),
         ("lm_coef", lambda m: m.kind == "likelihood", "a likelihood RM's score is its LM's log-likelihood already"),
+        ("init_path", lambda m: m.init == "sft", "rm.init=sft starts the RM from the trial's SFT policy"),
         ("labels", lambda m: m.kind != "prm", "only a PRM is trained on step labels"),
         ("aggregation", lambda m: m.kind != "prm", "only a PRM aggregates step scores"),
     ]

@@ -292,9 +292,10 @@ class RMConfig(Section):
     likelihood_beta: float = Field(
         2.0, gt=0, description="rm.kind=likelihood: beta, the scale of the mean token log-likelihood (SimPO's)")
     size: str = Field("tiny", description=f"ladder size: {', '.join(LADDER)}")
-    init: Literal["auto", "policy", "scratch"] = Field(
-        "auto", description="policy: copy the backbone of rm.init_path, else of the SFT policy; scratch: a fresh "
-        "rm.size model; auto: policy when rm.init_path is set or the SFT policy is of rm.size, else scratch")
+    init: Literal["auto", "policy", "scratch", "sft"] = Field(
+        "auto", description="policy: copy the backbone of rm.init_path, else of the RM's own SFT start (rm_base); "
+        "scratch: a fresh rm.size model; auto: policy when rm.init_path is set or rm_base is of rm.size, else "
+        "scratch; sft: the trial's own SFT policy (rm.size must be the policy's), with no rm_base run of its own")
     init_path: str | None = Field(
         None, description="causal LM folder whose backbone starts the RM (e.g. an SFT run of rm.size)")
     loss: Literal["bt", "bce"] = Field(
@@ -381,7 +382,10 @@ class RunConfig(Section):
         return check_device(v)
 
     @model_validator(mode="after")
-    def _dtype_on_device(self) -> "RunConfig":
+    def _combinations(self) -> "RunConfig":
+        if self.rm.init == "sft" and self.data.source == "rm_base":
+            raise ValueError("rm.init=sft: expected an RM data source other than rm_base (the RM's own SFT start, "
+                             "which rm.init=sft does not run), found data.source=rm_base; use rm.init=auto")
         devices = [self.device] + [d for d in (self.rl.ref_device, self.rl.reward_device, self.rl.critic_device) if d]
         if self.dtype == "fp16" and any(d.startswith("cpu") for d in devices):
             raise ValueError("dtype=fp16: expected CUDA devices for fp16 weights, found a cpu device (CPU kernels "

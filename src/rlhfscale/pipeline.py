@@ -12,7 +12,8 @@ holds; `check` refuses settings that would do nothing in the stage. An optional 
 the trial runs it (or a command pins it) and its `input_when` holds: `sample` needs no policy for
 corrupted chat responses, `label` writes Monte-Carlo step labels only with one; with
 `data.source: rm_base` both take the RM's own SFT start (rm_base) in place of the trial's policy, so
-the RM's key does not depend on `policy` and RL runs of every policy size share one RM. Bump a stage's `version` to
+the RM's key does not depend on `policy` and RL runs of every policy size share one RM; with `rm.init: sft` the RM
+starts from the trial's own SFT policy and no rm_base runs (`enabled_when`). Bump a stage's `version` to
 invalidate its artifacts on purpose. Torch-free: the stage code lives in `rlhfscale.stages`.
 """
 
@@ -32,9 +33,11 @@ RM_DATA_POLICY = {  # which policy samples (and Monte-Carlo labels) the RM's dat
     "rm_base": ("data.source", ["rm_base"]),
 }
 
+RM_BASE_INITS = ["auto", "policy", "scratch"]  # rm.init=sft starts the RM from the trial's own SFT: no rm_base run
+
 GRAPH: Pipeline = [
     StageDef(name="sft", fn=f"{ENTRY}:sft", reads=START + TRAINS + ["policy", "sft", "eval.n_prompts", BUDGET]),
-    StageDef(name="rm_base", fn=f"{ENTRY}:rm_base", enabled="rm.enabled",
+    StageDef(name="rm_base", fn=f"{ENTRY}:rm_base", enabled="rm.enabled", enabled_when=("rm.init", RM_BASE_INITS),
              reads=START + TRAINS + ["rm.size", "rm.init_path", "policy.max_len", "sft", "eval.n_prompts", BUDGET]),
     StageDef(name="sample", fn=f"{ENTRY}:sample", optional_inputs=["sft", "rm_base"], input_when=RM_DATA_POLICY,
              enabled="rm.enabled", reads=START + [*SAMPLING, "data.prompts", "data.responses_per_prompt", "data.source",
@@ -42,7 +45,8 @@ GRAPH: Pipeline = [
     StageDef(name="label", fn=f"{ENTRY}:label", inputs=["sample"], optional_inputs=["sft", "rm_base"],
              input_when=RM_DATA_POLICY, enabled="rm.enabled",
              reads=START + [*SAMPLING, "data.rater_temperature", "data.mc_rollouts"], check=f"{CHECKS}:label"),
-    StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base"], enabled="rm.enabled",
+    StageDef(name="rm", fn=f"{ENTRY}:rm", optional_inputs=["label", "rm_base", "sft"], enabled="rm.enabled",
+             input_when={"sft": ("rm.init", ["sft"])},
              reads=["seed", "device", "dtype", *TRAINS, "policy.max_len", "task.step_split", "rm"],
              check=f"{CHECKS}:rm"),
     StageDef(name="bon", fn=f"{ENTRY}:bon", inputs=["sft", "rm"], enabled="rm.enabled",

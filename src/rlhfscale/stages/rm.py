@@ -44,17 +44,28 @@ from .common import policy_folder, start
 from .rundir import Progress, RunDir
 
 
+def of_size(config, size: str) -> bool:
+    """Whether a model config has the shape of the ladder size `size`."""
+    p = preset(size)
+    return (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (p.hidden, p.layers, p.ffn)
+
+
 def initial_model(cfg: BaseModel, inputs: dict[str, str]):
     """(model, tokenizer, whether the backbone came from a policy), as ``rm.init`` says. The backbone is
-    the ``rm_base`` input's policy (an SFT run at ``rm.size``), else ``rm.init_path``. A generative RM is the
-    causal LM whole (its LM head predicts the verdict)."""
+    the ``rm_base`` input's policy (an SFT run at ``rm.size``), else ``rm.init_path``; with ``rm.init=sft``
+    the trial's own SFT policy (input ``sft``, of ``rm.size``). A generative or likelihood RM is the causal
+    LM whole (its LM head predicts the verdict, or scores the response)."""
     head = {"prm": "prm", "generative": "lm", "likelihood": "lm"}.get(cfg.rm.kind, "orm")
-    path = str(policy_folder(inputs["rm_base"])) if "rm_base" in inputs else cfg.rm.init_path
+    if cfg.rm.init == "sft" and "sft" not in inputs:
+        raise BadInput("rm.init=sft: expected the trial's SFT policy (an sft run) to start the RM from, found none")
+    start = "sft" if cfg.rm.init == "sft" else "rm_base"
+    path = str(policy_folder(inputs[start])) if start in inputs else cfg.rm.init_path
     policy, tok = load_policy(path, cfg.device) if path else (None, build_tokenizer())
+    if cfg.rm.init == "sft" and not of_size(policy.config, cfg.rm.size):
+        raise BadInput(f"rm.size={cfg.rm.size}: rm.init=sft starts the RM from the trial's SFT policy, which is of "
+                       f"another size; set rm.size to the policy's size, or rm.init=auto")
     if policy is not None and cfg.rm.init != "scratch":
-        p, c = preset(cfg.rm.size), policy.config
-        of_size = (c.hidden_size, c.num_hidden_layers, c.intermediate_size) == (p.hidden, p.layers, p.ffn)
-        if cfg.rm.init == "policy" or "rm_base" not in inputs or of_size:
+        if cfg.rm.init in ("policy", "sft") or "rm_base" not in inputs or of_size(policy.config, cfg.rm.size):
             if head == "lm":
                 return policy, tok, True
             return reward_model_from(head, policy, tok.pad_token_id, cfg.seed), tok, True

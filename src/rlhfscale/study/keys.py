@@ -56,6 +56,11 @@ class StageDef(BaseModel):
         description="Dotted config key; where it is false the stage and its dependents are skipped. "
         "False: never part of a study (a stage only commands run, pinned by hand).",
     )
+    enabled_when: tuple[str, list[Any]] | None = Field(
+        default=None,
+        description="(dotted config key, values): besides `enabled`, the stage runs only where the key takes one of "
+        "the values, e.g. rm_base: ('rm.init', ['auto', 'scratch']) (an RM that starts from the trial's SFT needs none).",
+    )
     check: str | None = Field(
         default=None,
         description="Import path 'module:function' of `check(config) -> list[str]`: refuses (raises) settings "
@@ -129,11 +134,23 @@ def stage_key(stage: str, settings: dict[str, Any], input_keys: dict[str, str], 
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
 
 
+def disabled_reason(stage: StageDef, config: dict[str, Any]) -> str | None:
+    """Why a study trial does not run `stage` (its `enabled` key false, or its `enabled_when` key off its values);
+    None where it runs."""
+    if stage.enabled is False:
+        return "run by commands only"
+    if isinstance(stage.enabled, str) and not get_dotted(config, stage.enabled):
+        return f"{stage.enabled} is false"
+    if stage.enabled_when is not None:
+        dotted, values = stage.enabled_when
+        if (value := get_dotted(config, dotted)) not in values:
+            return f"{dotted} is {value}, not one of {values}"
+    return None
+
+
 def is_enabled(stage: StageDef, config: dict[str, Any]) -> bool:
-    """Whether a study trial runs `stage` (its `enabled` key true, or no key)."""
-    if isinstance(stage.enabled, bool):
-        return stage.enabled
-    return stage.enabled is None or bool(get_dotted(config, stage.enabled))
+    """Whether a study trial runs `stage` (its `enabled` key true, or no key, and its `enabled_when` holds)."""
+    return disabled_reason(stage, config) is None
 
 
 def check_pipeline(pipeline: Pipeline) -> None:

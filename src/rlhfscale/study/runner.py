@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rlhfscale.errors import BadInput
 from rlhfscale.study.executors import Executor, StageCall, StageOutcome, make_executor, one_line, resolve
-from rlhfscale.study.keys import Node, Pipeline, get_dotted, is_enabled, plan_nodes
+from rlhfscale.study.keys import Node, Pipeline, disabled_reason, get_dotted, plan_nodes
 from rlhfscale.study.spec import StudySpec, Trial, Validate, expand, load_spec
 from rlhfscale.study.store import Store
 from rlhfscale.version import code_version, describe
@@ -335,8 +335,8 @@ def plan_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pi
 
 def _skip_reason(trial: Trial, pipeline: Pipeline, stage_name: str) -> str:
     stage = next(s for s in pipeline if s.name == stage_name)
-    if not is_enabled(stage, trial.config):
-        return f"disabled ({stage.enabled} is false)"
+    if why := disabled_reason(stage, trial.config):
+        return f"disabled ({why})"
     return "an input stage is skipped"
 
 
