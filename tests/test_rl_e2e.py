@@ -93,6 +93,11 @@ def test_grpo_against_a_saved_orm_raises_its_proxy_reward_and_logs_gold_beside_i
     assert all(0 <= r["rl/gold_reward"] <= 1 for r in rows)
     assert any(abs(r["rl/proxy_reward"] - r["rl/gold_reward"]) > 0.05 for r in rows)
     assert summary["flops/rl"] > rows[0]["flops/rl"] * 19  # the RM forward is counted every step
+    # stability: the spread of the proxy reward's step-to-step changes over the run (before shaping)
+    changes = [b - a for a, b in zip(proxy, proxy[1:])]
+    mean = sum(changes) / len(changes)
+    spread = (sum((d - mean) ** 2 for d in changes) / len(changes)) ** 0.5
+    assert summary["rl/reward_std"] == pytest.approx(spread, rel=1e-9) and "rl/reward_batch_std" in rows[0]
 
 
 @pytest.mark.parametrize("mode", ["dense", "aggregate"])

@@ -60,8 +60,9 @@ Metrics
     ``rl/reward_<source>``   the batch mean of each reward source (rule, orm, prm): which sources RL used
     ``rl/gold_reward``       mean gold (verifier or gold-rater) reward
     ``rl/kl``                KL(policy || initial policy), nats per response
-    ``rl/reward_std``        std of the mean proxy reward across training steps,
-                             before shaping (higher = less stable)
+    ``rl/reward_std``        std of the step-to-step change of the mean proxy reward
+                             (before shaping) up to this point: how erratic training
+                             is, a steady climb scores 0 (higher = less stable)
     ``rl/diverged``          1 if the run diverged, else 0
     ``flops/total``          all compute up to this point: SFT + RM + RL
     ``flops/sft`` / ``flops/rm`` / ``flops/rl``  each stage's compute up to this

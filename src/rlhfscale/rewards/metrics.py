@@ -1,5 +1,5 @@
 """Judging reward models on a pool of sampled responses: pair accuracy, step accuracy and F1,
-Best-of-N and majority-vote curves.
+Best-of-N and majority-vote curves; and how erratic a training run's reward is (`fluctuation`).
 
 A pool holds M responses to each of P prompts: ``scores [P, M]`` from a reward model and
 ``values [P, M]`` the gold value of each response (1 / 0 correctness, or the gold rater's score).
@@ -93,3 +93,15 @@ def step_metrics(step_logits: Sequence[Tensor], gold: Sequence[Sequence[bool]]) 
     return {"step_acc": m["accuracy"], "step_f1": m["f1"],
             "step_f1_all_errors": step_f1(torch.zeros_like(ref_all), ref_all)["f1"],
             "step_error_rate": 1.0 - ref_all.float().mean().item()}
+
+
+def fluctuation(series: Sequence[float]) -> float:
+    """How erratic a training curve is: the standard deviation of its step-to-step changes,
+    sqrt(mean((d_t - mean d)^2)) with d_t = x_t - x_{t-1}. A steady climb (constant d_t) scores 0, however fast,
+    so learning is not mistaken for instability; NaN with fewer than two points.
+
+    series: the per-step values x_1..x_T (e.g. the batch-mean proxy reward of each RL step).
+    """
+    if len(series) < 2:
+        return float("nan")
+    return torch.tensor(series, dtype=torch.float64).diff().std(correction=0).item()

@@ -307,7 +307,7 @@ def train(
         loop.step = step
         info = {
             "rl/proxy_reward": proxy.mean().item(), "rl/reward": shaped.mean().item(),
-            "rl/reward_std": shaped.std(correction=0).item(), "rl/gold_reward": r.gold.mean().item(), **r.parts,
+            "rl/reward_batch_std": shaped.std(correction=0).item(), "rl/gold_reward": r.gold.mean().item(), **r.parts,
             "rl/kl": kl_seq, "rl/kl_coef": loop.kl_ctl.value, **stats,
             "rl/response_len": n_tokens / len(examples), "rl/samples_per_s": len(examples) / elapsed,
             "rl/tokens_per_s": n_tokens / elapsed, "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": seq_tokens,

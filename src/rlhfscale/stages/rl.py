@@ -30,6 +30,7 @@ from ..models.train import checkpoint_activations
 from ..pipeline import STAGES
 from ..rl.trainer import NonFiniteError, train
 from ..rm.sources import build_reward, rm_path
+from ..rewards.metrics import fluctuation
 from ..rollout.evaluate import evaluate
 from ..tasks import make_task, verifiable
 from .common import available, checkpointer, input_policy, max_new_tokens, setup
@@ -128,6 +129,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
             info.update(held_out(policy))
         if not verifiable(task):
             del info["rl/gold_reward"]  # NaN: no verifier, no gold score
+        proxies = [r["rl/proxy_reward"] for r in out.rows if "rl/proxy_reward" in r] + [info["rl/proxy_reward"]]
+        info["rl/reward_std"] = fluctuation(proxies)  # so far: the run's stability (before shaping)
         last = out.log(step, **info)
         gold = f" gold {info['rl/gold_reward']:.3f}" if "rl/gold_reward" in info else ""
         bar.advance(f"reward {info['rl/reward']:.3f}{gold}")
