@@ -206,6 +206,16 @@ def test_policy_size_absolute_and_relative_gain_with_one_shared_rm():
     assert claims.policy_size(grid(one, policy_metrics({1e6: 0.1}))).verdict == "not tested"
 
 
+def test_policy_size_a_larger_policy_that_collapses_against_the_rm_supports_nothing():
+    """The smallest policy loses less than the largest (gap +0.58), but only because RL against the RM destroyed
+    the largest one's start: that is no smaller benefit, so the verdict stays inconclusive."""
+    collapse = claims.policy_size(grid(POLICIES, policy_metrics({1e6: -0.02, 1e7: -0.3, 1e8: -0.6}), noise=0.001))
+    assert collapse.verdict == "inconclusive" and collapse.effect == pytest.approx(0.58, abs=0.01)
+    assert detail_value(collapse, "the largest policy's own eval/gain") == pytest.approx(-0.6, abs=0.01)
+    gaining = claims.policy_size(grid(POLICIES, policy_metrics({1e6: 0.3, 1e7: 0.2, 1e8: 0.05}), noise=0.001))
+    assert gaining.verdict == "supported"  # both gain, the larger less: the paper's finding
+
+
 def test_policy_size_untested_without_one_rm_shared_by_every_size():
     gains = policy_metrics({1e6: 0.10, 1e7: 0.06, 1e8: 0.02})
     rule = grid(product(policy__params=[1e6, 1e7, 1e8]), gains)  # the verifier as reward: no reward model

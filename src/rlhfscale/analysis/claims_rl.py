@@ -14,7 +14,7 @@ from rlhfscale.analysis.claim_base import (
 )
 from rlhfscale.analysis.claims_prm import learned_rm_final
 from rlhfscale.analysis.effects import (
-    ByLevel, concavity, difference, estimate, first_minus_last, last_minus_first,
+    ByLevel, concavity, difference, estimate, first_minus_last, largest, last_minus_first,
     others_minus, slope,
 )
 from rlhfscale.analysis.stats import ALPHA, Estimate, combine_codes, directional, equivalent
@@ -76,7 +76,9 @@ def policy_size(table: pd.DataFrame) -> Claim:
     (the noise of both starts counted), directional; beside it the same gap relative to the start (gain / before),
     since bigger policies start stronger: where that lies below its SESOI (at 97.5 %) the claim is not supported
     whatever the absolute gap. (Where the larger policy starts stronger, a smaller absolute gain is a smaller
-    relative one too, so the relative gap cannot be asked to confirm what the absolute one shows.)"""
+    relative one too, so the relative gap cannot be asked to confirm what the absolute one shows.) Where RL
+    lowered the largest policy's accuracy (its gain below 0 at 97.5 %) a smaller gain is a collapse against the
+    RM, not a smaller benefit, and evidence neither way: a "supported" becomes inconclusive."""
     rows, reason = shared_rm_rows(table)
     if reason:
         return not_tested("policy_size", reason)
@@ -93,6 +95,11 @@ def policy_size(table: pd.DataFrame) -> Claim:
             outcome = "not supported"
         detail += (f"; relative to the starting accuracy ({GAIN_REL}): {rel} (below {sesoi:g} at "
                    f"{100 * (1 - ALPHA / 2):g}%: not supported whatever the absolute gap)")
+    top = estimate(final, fixed, ByLevel(ORDER, largest), GAIN)
+    if top.n_seeds and top.interval(ALPHA / 2)[1] < 0:
+        outcome = "inconclusive" if outcome == "supported" else outcome
+    detail += (f"; the largest policy's own {GAIN}: {top} (below 0 at {100 * (1 - ALPHA / 2):g}%: RL lowered its "
+               "accuracy, a collapse against the RM rather than a smaller benefit: not supported by it)")
     if has(final, PASS_BEFORE):
         start = estimate(final, fixed, ByLevel(ORDER, last_minus_first), PASS_BEFORE)
         detail += f"; largest minus smallest starting accuracy: {start}"

@@ -101,6 +101,15 @@ def last_minus_first(levels: np.ndarray) -> np.ndarray | None:
     return weights
 
 
+def largest(levels: np.ndarray) -> np.ndarray | None:
+    """The largest level's own mean (in a cell that compares at least two levels)."""
+    if len(levels) < 2:
+        return None
+    weights = np.zeros(len(levels))
+    weights[-1] = 1.0
+    return weights
+
+
 def first_minus_last(levels: np.ndarray) -> np.ndarray | None:
     weights = last_minus_first(levels)
     return None if weights is None else -weights
