@@ -130,7 +130,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
         if not verifiable(task):
             del info["rl/gold_reward"]  # NaN: no verifier, no gold score
         proxies = [r["rl/proxy_reward"] for r in out.rows if "rl/proxy_reward" in r] + [info["rl/proxy_reward"]]
-        info["rl/reward_std"] = fluctuation(proxies)  # so far: the run's stability (before shaping)
+        if len(proxies) > 1:  # so far: how erratic the run is (before shaping); one step has no change yet
+            info["rl/reward_std"] = fluctuation(proxies)
         last = out.log(step, **info)
         gold = f" gold {info['rl/gold_reward']:.3f}" if "rl/gold_reward" in info else ""
         bar.advance(f"reward {info['rl/reward']:.3f}{gold}")
