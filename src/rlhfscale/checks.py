@@ -172,7 +172,8 @@ def rm(config: dict[str, Any]) -> list[str]:
     table: list[Ignored] = [
         ("loss", lambda m: m.kind != "orm", "only an ORM picks its loss (a multitask RM mixes both)"),
         ("multitask_weight", lambda m: m.kind != "multitask", "only rm.kind=multitask reads it"),
-        ("token_level", lambda m: m.kind in ("prm", "generative", "likelihood") or (m.kind == "orm" and m.loss == "bt"),
+        ("token_level", lambda m: m.kind in ("prm", "generative", "likelihood")
+         or (m.kind == "orm" and m.loss == "bt"),
          "only the BCE objective has per-token labels (rm.loss=bce or rm.kind=multitask)"),
         ("genrm_question", lambda m: m.kind != "generative", "only rm.kind=generative asks a verification question"),
         ("genrm_yes", lambda m: m.kind != "generative", "only rm.kind=generative predicts verdict tokens"),

@@ -59,7 +59,8 @@ class StageDef(BaseModel):
     enabled_when: tuple[str, list[Any]] | None = Field(
         default=None,
         description="(dotted config key, values): besides `enabled`, the stage runs only where the key takes one of "
-        "the values, e.g. rm_base: ('rm.init', ['auto', 'scratch']) (an RM that starts from the trial's SFT needs none).",
+        "the values, e.g. rm_base: ('rm.init', ['auto', 'policy', 'scratch']) (an RM that starts from the trial's "
+        "own SFT needs none).",
     )
     check: str | None = Field(
         default=None,
