@@ -128,6 +128,7 @@ def test_a_likelihood_rm_learns_to_rank_held_out_pairs_through_the_stages(tmp_pa
     untrained = rm.run(stage_config(steps=0), inputs, tmp_path / "untrained")
     trained = rm.run(stage_config(), inputs, tmp_path / "trained")
     assert trained["rm/heldout_pairs"] >= 250 and trained["rm/pairs"] > 0 and trained["rm/outcomes"] == 0
+    # measured: 0.648 trained, 0.537 untrained (a random LM; from a policy that writes the task it starts near 0.88)
     assert trained["rm/pair_acc"] > max(0.6, untrained["rm/pair_acc"] + 0.08), (trained, untrained)
     assert load_reward_model(tmp_path / "trained" / "rm").kind == "likelihood"
     summary = bon.run(stage_config(), {"sft": str(tmp_path / "trained" / "rm"), "rm": str(tmp_path / "trained")},
