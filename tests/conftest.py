@@ -17,3 +17,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def corrupt_chat_labels(tmp_path_factory):
+    """Corrupted chat responses and their labels (`corrupt_chat.labelled`), shared by the RM kinds' tests."""
+    from corrupt_chat import labelled
+
+    return labelled(tmp_path_factory.mktemp("corrupt_chat"))

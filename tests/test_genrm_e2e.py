@@ -1,37 +1,18 @@
 """A generative verifier learns, end to end through the stages: sample (corrupted gold responses, no
 policy) -> label -> rm with rm.kind=generative -> bon; judged on held-out gold-preference pairs."""
 
-import json
+from functools import partial
 
-import pytest
+from corrupt_chat import config as chat_config
 
-from rlhfscale.config import RunConfig
 from rlhfscale.models.reward import load_reward_model
-from rlhfscale.stages import bon, label, rm, sample
+from rlhfscale.stages import bon, rm
 
-BASE = {"threads": 1, "task": {"name": "chat"}, "policy": {"size": "nano", "max_len": 128},
-        "sampling": {"max_new_tokens": 40},
-        "data": {"source": "corrupt", "prompts": 64, "responses_per_prompt": 4, "heldout_prompts": 48},
-        "rm": {"kind": "generative", "size": "nano", "init": "scratch", "steps": 150, "lr": 3e-3, "warmup": 5},
-        "bon": {"prompts": 8, "n_max": 4, "draws": 2}}
+config = partial(chat_config, "generative")
 
 
-def config(**rm_settings) -> RunConfig:
-    data = json.loads(json.dumps(BASE))
-    data["rm"] |= rm_settings
-    return RunConfig.model_validate(data)
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
-    root = tmp_path_factory.mktemp("genrm")
-    sample.run(config(), {}, root / "sample")
-    label.run(config(), {"sample": str(root / "sample")}, root / "label")
-    return root
-
-
-def test_a_generative_rm_learns_to_rank_held_out_pairs(labelled, tmp_path):
-    inputs = {"label": str(labelled / "label")}
+def test_a_generative_rm_learns_to_rank_held_out_pairs(corrupt_chat_labels, tmp_path):
+    inputs = {"label": str(corrupt_chat_labels / "label")}
     untrained = rm.run(config(steps=0), inputs, tmp_path / "untrained")
     trained = rm.run(config(), inputs, tmp_path / "trained")
     assert trained["rm/heldout_pairs"] >= 250  # the accuracy rests on enough pairs to be known to ~3 points

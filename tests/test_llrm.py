@@ -2,9 +2,11 @@
 refusals, and end to end through the stages."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
+from corrupt_chat import config as chat_config
 from transformers import AutoModelForCausalLM
 
 from rlhfscale import checks
@@ -15,7 +17,7 @@ from rlhfscale.models.io import new_policy, save_policy
 from rlhfscale.models.reward import RewardModel, load_reward_model, pack
 from rlhfscale.rm.data import encode_split_pairs
 from rlhfscale.rm.train import RMData, train_reward_model
-from rlhfscale.stages import bon, label, rm, sample
+from rlhfscale.stages import bon, rm
 from rlhfscale.tasks.jsonl import PreferencePair
 
 BETA = 2.0
@@ -107,24 +109,10 @@ def test_the_orm_reward_slot_takes_it_and_it_cannot_start_a_critic(nano, tmp_pat
     assert BON_COLUMN.match("bon/llrm_proxy@16")["rm"] == "llrm"
 
 
-STAGE_BASE = {"threads": 1, "task": {"name": "chat"}, "policy": {"size": "nano", "max_len": 128},
-              "sampling": {"max_new_tokens": 40},
-              "data": {"source": "corrupt", "prompts": 64, "responses_per_prompt": 4, "heldout_prompts": 48},
-              "rm": {"kind": "likelihood", "size": "nano", "init": "scratch", "steps": 150, "lr": 3e-3, "warmup": 5},
-              "bon": {"prompts": 8, "n_max": 4, "draws": 2}}
-
-
-def stage_config(**rm_settings) -> RunConfig:
-    data = json.loads(json.dumps(STAGE_BASE))
-    data["rm"] |= rm_settings
-    return RunConfig.model_validate(data)
-
-
-def test_a_likelihood_rm_learns_to_rank_held_out_pairs_through_the_stages(tmp_path):
+def test_a_likelihood_rm_learns_to_rank_held_out_pairs_through_the_stages(corrupt_chat_labels, tmp_path):
     """sample (corrupted gold responses, no policy) -> label -> rm with rm.kind=likelihood -> bon."""
-    sample.run(stage_config(), {}, tmp_path / "sample")
-    label.run(stage_config(), {"sample": str(tmp_path / "sample")}, tmp_path / "label")
-    inputs = {"label": str(tmp_path / "label")}
+    stage_config = partial(chat_config, "likelihood")
+    inputs = {"label": str(corrupt_chat_labels / "label")}
     untrained = rm.run(stage_config(steps=0), inputs, tmp_path / "untrained")
     trained = rm.run(stage_config(), inputs, tmp_path / "trained")
     assert trained["rm/heldout_pairs"] >= 250 and trained["rm/pairs"] > 0 and trained["rm/outcomes"] == 0
