@@ -48,6 +48,8 @@ from .forward import hidden_states
 from .text import encode_prompts, encode_responses
 from .train import left_pad
 
+# the kinds that score one number per response (a PRM scores steps), with the short name of their metrics
+OUTCOME_KINDS = {"orm": "orm", "generative": "genrm", "likelihood": "llrm"}
 HEAD_SUFFIXES = {"orm": "ForSequenceClassification", "prm": "ForTokenClassification"}
 AUTO_HEADS = {"orm": AutoModelForSequenceClassification, "prm": AutoModelForTokenClassification}
 

@@ -33,7 +33,7 @@ from ..errors import BadInput
 from ..models.ladder import count_non_embedding
 from ..models.forward import input_device
 from ..models.io import DTYPES
-from ..models.reward import RewardModel, load_reward_model
+from ..models.reward import OUTCOME_KINDS, RewardModel, load_reward_model
 from ..rollout.sampler import Rollout
 from ..tasks import score_all, verifiable
 from ..tasks.base import Example, Task
@@ -150,7 +150,7 @@ def load_rm(rl: RLConfig, kind: str, tok, rm_run: str | None, device: str, dtype
     path = rm_path(rl, kind, rm_run)
     rm = load_reward_model(path, device, aggregation=rl.prm_agg)
     rm.model.to(DTYPES[dtype])
-    if rm.kind != kind and not (kind == "orm" and rm.kind in ("generative", "likelihood")):
+    if rm.kind != kind and not (kind == "orm" and rm.kind in OUTCOME_KINDS):
         raise BadInput(f"{path}: expected an {kind.upper()} for rl.reward.{kind}, found a {rm.kind.upper()}")
     if rm.tok.get_vocab() != tok.get_vocab():
         raise BadInput(f"{path}: expected the policy's tokenizer, found a different vocabulary")

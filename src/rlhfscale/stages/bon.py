@@ -33,7 +33,7 @@ from ..contract import view
 from ..errors import BadInput
 from ..models.ladder import count_non_embedding
 from ..models.io import DTYPES
-from ..models.reward import RewardModel, load_reward_model
+from ..models.reward import OUTCOME_KINDS, RewardModel, load_reward_model
 from ..pipeline import STAGES
 from ..rewards.aggregate import AGGREGATIONS, aggregate_steps
 from ..rm.data import count_tokens
@@ -42,9 +42,6 @@ from ..rollout.evaluate import evaluate, generate
 from ..tasks import score_all
 from .common import input_policy, max_new_tokens, policy_folder, setup
 from .rundir import RunDir
-
-
-CURVES = {"orm": "orm", "generative": "genrm", "likelihood": "llrm"}  # outcome-level RM kind -> its curves' name
 
 
 def reward_models(cfg: BaseModel, inputs: dict[str, str]) -> dict[str, tuple[str, RewardModel]]:
@@ -112,8 +109,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path) -> dict[str
         summary |= {f"bon/majority@{n}": majority_of_n(answers, [e.answer for e in examples], n, cfg.bon.draws, gen)
                     for n in ns}
     for kind, (_, rm) in rms.items():
-        if kind in CURVES:  # one score per response
-            name, scores = CURVES[kind], rm.score_texts(prompts, responses).view_as(values)
+        if kind in OUTCOME_KINDS:  # one score per response, its curves named by the kind's short name
+            name, scores = OUTCOME_KINDS[kind], rm.score_texts(prompts, responses).view_as(values)
             summary |= curve(name, scores, values, ns) | proxy_curve(name, scores, ns)
             summary[f"{name}/pair_acc"] = pool_pair_accuracy(scores, values)
         else:

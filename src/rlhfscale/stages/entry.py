@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import view
+from ..models.reward import OUTCOME_KINDS
 from ..pipeline import STAGES
 from .rundir import in_study
 from . import bon as bon_stage
@@ -64,8 +65,8 @@ def rm(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str
 
 def bon(config: dict[str, Any], inputs: dict[str, str], out_dir: str) -> dict[str, float]:
     summary = bon_stage.run(config, inputs, out_dir)
-    rms = [kind for kind in ("orm", "genrm", "llrm", "prm") if f"{kind}/pair_acc" in summary]
-    own = rms[0] if rms in (["genrm"], ["llrm"]) else "orm"
+    rms = [kind for kind in (*OUTCOME_KINDS.values(), "prm") if f"{kind}/pair_acc" in summary]
+    own = rms[0] if len(rms) == 1 and rms[0] != "prm" else "orm"
     if rms == ["prm"]:
         own = f"prm_{view(STAGES['bon'], config).rm.aggregation}"
     extra = {"bon/rm@16": summary.get(f"bon/{own}@{BON_N}"), "rm/step_f1": summary.get("prm/step_f1"),
