@@ -11,14 +11,13 @@ away, so the head is applied here to every position.
 
 from __future__ import annotations
 
-import json
-
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..errors import BadInput
+from . import genrm, llrm
 from .forward import hidden_states, response_hidden_states
 from .reward import head_config
 
@@ -37,9 +36,9 @@ def critic_from_rm(path: str | Path, device: str = "cpu", dtype: torch.dtype = t
     p = Path(path)
     if not (p / "config.json").is_file():
         raise BadInput(f"{p}: expected a reward model folder with config.json for rl.critic_init=rm, found none")
-    config = json.loads((p / "config.json").read_text())
-    if "genrm" in config or "likelihood_rm" in config:
-        what = "a generative verifier" if "genrm" in config else "a likelihood RM"
+    config = AutoConfig.from_pretrained(p)
+    if genrm.is_generative(config) or llrm.is_likelihood(config):
+        what = "a generative verifier" if genrm.is_generative(config) else "a likelihood RM"
         raise BadInput(f"{p}: rl.critic_init=rm expected a scalar-head reward model (an ORM), found {what} (it "
                        "scores through its LM head, no value head); use rl.critic_init=policy")
     return AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, dtype=dtype).to(device)
