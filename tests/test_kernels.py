@@ -41,12 +41,6 @@ def test_fast_falls_back_to_the_module_where_onednn_does_not_apply():
         torch.testing.assert_close(kernels.FAST.linear(with_bias, x), with_bias(x), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("shape", [(3, 5), (2, 64, 4, 47, 32)])  # small, and several MiB (huge-page advice)
-def test_zeros_are_zeros(shape):
-    z = kernels.zeros(shape, torch.float32, torch.device("cpu"))
-    assert z.shape == shape and z.dtype == torch.float32 and not z.any()
-
-
 class Counting:
     """A stand-in for the oneDNN op that counts its calls."""
 

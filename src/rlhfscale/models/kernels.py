@@ -17,42 +17,12 @@ models and training forwards are unchanged.
 
 from __future__ import annotations
 
-import ctypes
-import sys
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MIN_MACS = 1 << 20  # rows · D_in · D_out: e.g. x [64, 128] by a 128 × 128 weight
 _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-HUGE_PAGE = 2 << 20  # bytes
-MADV_HUGEPAGE = 14  # Linux
-
-
-def _libc_madvise():
-    try:
-        return ctypes.CDLL(None, use_errno=True).madvise if sys.platform == "linux" else None
-    except (OSError, AttributeError):
-        return None
-
-
-_MADVISE = _libc_madvise()
-
-
-def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`torch.zeros(shape)`; on a Linux CPU, a buffer of several MiB is asked to sit on 2 MiB pages.
-
-    A fresh buffer costs one page fault per page on its first write: for the sampler's KV cache at
-    `micro` (25 MB) about 10 ms on 4 KiB pages, 2 ms on 2 MiB ones (where the kernel's transparent
-    huge pages are enabled, even in `madvise` mode; elsewhere the advice is ignored).
-    """
-    t = torch.empty(shape, dtype=dtype, device=device)
-    if _MADVISE is not None and t.device.type == "cpu" and t.nbytes >= 4 * HUGE_PAGE:
-        start = -(-t.data_ptr() // HUGE_PAGE) * HUGE_PAGE  # the whole huge pages inside the buffer
-        end = (t.data_ptr() + t.nbytes) // HUGE_PAGE * HUGE_PAGE
-        _MADVISE(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_HUGEPAGE)
-    return t.zero_()
 
 
 def onednn_ok(x: torch.Tensor, module: nn.Module) -> bool:

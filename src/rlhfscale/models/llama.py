@@ -276,7 +276,7 @@ class KVCache:
         shape = (config.num_hidden_layers, B, config.num_key_value_heads, capacity, config.head_dim)
         mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=emb.dtype, device=emb.device)
         mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
-        zeros = partial(kernels.zeros, shape, dtype=emb.dtype, device=emb.device)
+        zeros = partial(torch.zeros, shape, dtype=emb.dtype, device=emb.device)
         rope = Rope.of(config, capacity, emb.dtype, emb.device)
         return cls(zeros(), zeros(), mask, positions=attention_mask.long().sum(-1), length=P, rope=rope)
 
