@@ -293,7 +293,8 @@ def train(
 
         # 5. clipped policy (and value) updates
         batch = Batch(ids, attn, mask, Lp, ro.logprobs, ref_logprobs, advantages, returns, values)
-        stats = update(policy, critic, opt, batch, 0.0 if kl_in_reward(rl) else loop.kl_ctl.value, cfg, step, amp)
+        stats = update(policy, critic, opt, batch, 0.0 if kl_in_reward(rl) else loop.kl_ctl.value, cfg, step, amp,
+                       rollout_gap=engine is None)  # the engine's gap was measured above
         schedule.step()
         sync_actor(actor, policy)
         if engine is not None:
@@ -333,21 +334,29 @@ def minibatches(batch_size: int, group: int, count: int, gen: torch.Generator) -
     return [(c[:, None] * group + torch.arange(group)).flatten() for c in chunks]
 
 
-def update(policy, critic, opt, b: Batch, kl_coef: float, cfg: RLSettings, step: int, amp) -> dict[str, float]:
-    """`epochs` passes of `minibatches` optimizer steps on one rollout batch; returns mean diagnostics."""
+def update(policy, critic, opt, b: Batch, kl_coef: float, cfg: RLSettings, step: int, amp,
+           rollout_gap: bool = False) -> dict[str, float]:
+    """`epochs` passes of `minibatches` optimizer steps on one rollout batch; returns mean diagnostics.
+
+    With `rollout_gap` (b.old_logprobs are the sampler's own), also the gap between them and the trainer's
+    log-probs (`losses.logprob_gap`) on the first minibatch, where the policy is still the one that sampled.
+    """
     rl, temperature, algo = cfg.rl, cfg.sampling.temperature, ALGORITHMS.get(cfg.rl.algorithm)
     loss_agg = algo.loss_agg or rl.loss_agg or "token"
     group = rl.n_samples if loss_agg == "group" else 1
     shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
     policy.train()
     totals: dict[str, float] = {}
-    for _ in range(rl.epochs):
+    for epoch in range(rl.epochs):
         chunks = minibatches(b.ids.shape[0], group, rl.minibatches, shuffle)
-        for idx in chunks:
+        for i, idx in enumerate(chunks):
             m = b.mask[idx]
             with amp():
                 logprobs, entropy = response_logprobs(policy, b.ids[idx], b.attn[idx], b.prompt_len, temperature,
                                                       with_entropy=True)
+            if rollout_gap and epoch == 0 and i == 0:  # before the first optimizer step
+                gap = logprob_gap(b.old_logprobs[idx], logprobs, m)
+                totals |= {f"rl/logprob_{k}": v.item() for k, v in gap.items()}
             pg_loss, pg_stats = policy_loss(logprobs, b.old_logprobs[idx], b.advantages[idx], m,
                                             clip_coef=rl.clip_coef, clip_coef_high=rl.clip_coef_high,
                                             agg=loss_agg, n=group)
