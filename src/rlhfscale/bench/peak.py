@@ -20,8 +20,8 @@ from rlhfscale.models import kernels
 def matmul_kernels(device: torch.device, dtype: torch.dtype) -> dict[str, Callable]:
     """The product kernels of (a [n, n], b [n, n]) worth timing on this device and dtype, by name."""
     found = {"matmul": lambda a, b: a @ b}
-    if kernels._ONEDNN is not None and torch.device(device).type == "cpu" and dtype == torch.float32:
-        found["onednn"] = lambda a, b: kernels._ONEDNN(a, b, None, "none", [], "")  # a bᵀ: the same FLOPs
+    if kernels.onednn_available() and torch.device(device).type == "cpu" and dtype == torch.float32:
+        found["onednn"] = kernels.onednn_product  # a bᵀ: the same FLOPs
     return found
 
 

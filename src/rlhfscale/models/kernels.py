@@ -25,6 +25,16 @@ MIN_MACS = 1 << 20  # rows · D_in · D_out: e.g. x [64, 128] by a 128 × 128 we
 _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
+def onednn_available() -> bool:
+    """Whether this torch has the oneDNN linear kernel (`onednn_product`)."""
+    return _ONEDNN is not None
+
+
+def onednn_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x weightᵀ through oneDNN: x [N, D_in], weight [D_out, D_in] -> [N, D_out] (no autograd)."""
+    return _ONEDNN(x, weight, None, "none", [], "")
+
+
 def onednn_ok(x: torch.Tensor, module: nn.Module) -> bool:
     """Whether x [N, D_in] through `module` can take the oneDNN kernel (see the module docstring)."""
     return (
@@ -65,7 +75,7 @@ class FAST(PLAIN):
     @staticmethod
     def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if onednn_ok(x, module):
-            return _ONEDNN(x, module.weight, None, "none", [], "")
+            return onednn_product(x, module.weight)
         return module(x)
 
     @staticmethod
