@@ -165,21 +165,3 @@ def test_decode_step_builds_the_rope_table_of_a_cache_made_without_one():
         _, cache = llama.prefill(model, prompt, prompt_mask, capacity=8)
         bare = llama.KVCache(cache.k.clone(), cache.v.clone(), cache.mask.clone(), cache.positions.clone(), cache.length)
         torch.testing.assert_close(llama.decode_step(model, bare, nxt), llama.decode_step(model, cache, nxt))
-
-
-def test_a_bf16_model_on_a_cpu_decodes_from_a_float32_cache():
-    """bf16 batched products at decode shapes are the slower ones on a CPU: the cache and the attention are
-    float32, the projections bf16; logits stay those of the bf16 model's full forward."""
-    model = gqa_model().to(torch.bfloat16)
-    ids, mask = padded_batch(model.config.vocab_size)
-    prompt, rest, prompt_mask = ids[[0, 2, 3], :6], ids[[0, 2, 3], 6:], mask[[0, 2, 3], :6]
-    with torch.inference_mode():
-        logits, cache = llama.prefill(model, prompt, prompt_mask, capacity=6)
-        steps = [logits] + [llama.decode_step(model, cache, rest[:, t]) for t in range(rest.shape[1] - 1)]
-        full = llama.causal_lm_logits(model, ids[[0, 2, 3]], torch.cat((prompt_mask, torch.ones_like(rest)), 1))
-    assert cache.k.dtype == cache.v.dtype == cache.mask.dtype == torch.float32 and cache.k.shape[3] == 12
-    assert logits.dtype == torch.bfloat16
-    torch.testing.assert_close(torch.stack(steps, 1).float(), full[:, 5:9].float(), atol=0.05, rtol=0.02)
-    assert llama.cache_dtype(model.lm_head.weight) == torch.float32
-    assert llama.cache_dtype(model.float().lm_head.weight) == torch.float32
-    assert llama.cache_dtype(torch.empty(1, dtype=torch.float16, device="meta")) == torch.float16

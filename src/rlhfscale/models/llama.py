@@ -243,24 +243,13 @@ def select_logprobs(
     return chosen, -(logp.exp() * logp).sum(-1)
 
 
-def cache_dtype(weight: torch.Tensor) -> torch.dtype:
-    """The dtype of a KV cache for a model whose weights are `weight`'s: float32 for a bf16 or fp16 model on a
-    CPU, the weights' own dtype elsewhere. On a CPU torch's batched products at decode shapes are slower in
-    bf16 than in float32 (q kᵀ at `tiny`: 88 vs 69 µs on 2 threads), so a bf16 sampler there attends in
-    float32 (6-14% faster at `tiny`, measured against a bf16 cache in one process) while its projections
-    stay bf16."""
-    low = weight.dtype in (torch.bfloat16, torch.float16)
-    return torch.float32 if low and weight.device.type == "cpu" else weight.dtype
-
-
 @dataclass
 class KVCache:
     """Keys and values of every layer, for decoding one token at a time.
 
     k, v: [L, B, Hkv, C, Dh], C the capacity; columns [0, length) hold the
         prompt and the tokens fed so far, the others (and prompt pads) are zeros.
-        Of dtype `cache_dtype`; queries are cast to it and the attention's output back.
-    mask: [B, 1, 1, C], additive, of the same dtype: 0 on real tokens, -inf on prompt pads and
+    mask: [B, 1, 1, C], additive: 0 on real tokens, -inf on prompt pads and
         on columns not written yet.
     positions: [B], the RoPE position of each row's next token.
     rope: the RoPE table of positions 0..C-1 (`decode_step` builds it if missing).
@@ -285,10 +274,9 @@ class KVCache:
         """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns."""
         config, (B, P), emb = model.config, attention_mask.shape, model.model.embed_tokens.weight
         shape = (config.num_hidden_layers, B, config.num_key_value_heads, capacity, config.head_dim)
-        dtype = cache_dtype(emb)
-        mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=dtype, device=emb.device)
+        mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=emb.dtype, device=emb.device)
         mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
-        zeros = partial(torch.zeros, shape, dtype=dtype, device=emb.device)
+        zeros = partial(torch.zeros, shape, dtype=emb.dtype, device=emb.device)
         rope = Rope.of(config, capacity, emb.dtype, emb.device)
         return cls(zeros(), zeros(), mask, positions=attention_mask.long().sum(-1), length=P, rope=rope)
 
@@ -314,13 +302,13 @@ class KVCache:
 
         Returns [B, H·Dh].
         """
-        (B, H, Dh), dtype = q.shape, q.dtype
+        B, H, Dh = q.shape
         self.k[layer, :, :, self.length] = k
         self.v[layer, :, :, self.length] = v
         keys, values = self.k[layer], self.v[layer]  # [B, Hkv, C, Dh]
-        q = q.view(B, keys.shape[1], -1, Dh).to(keys.dtype)  # the query heads that share a key/value head
+        q = q.view(B, keys.shape[1], -1, Dh)  # the query heads that share a key/value head
         scores = (q @ keys.transpose(-2, -1)).mul_(Dh**-0.5).add_(self.mask)  # [B, Hkv, H/Hkv, C]
-        return (scores.float().softmax(-1).to(values.dtype) @ values).view(B, H * Dh).to(dtype)
+        return (scores.float().softmax(-1).to(values.dtype) @ values).view(B, H * Dh)
 
 
 def prefill(
@@ -354,11 +342,11 @@ def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.
 
     def attend(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
         keys, values = (c[i, rows, :, : real.shape[1]].transpose(1, 2) for c in (cache.k, cache.v))  # cache views
-        keys[b, p], values[b, p] = k.to(keys.dtype), v.to(values.dtype)
-        queries = keys.new_zeros(*real.shape, *q.shape[1:])  # a pad queries its own (zero) key
-        queries[b, p] = q.to(keys.dtype)
+        keys[b, p], values[b, p] = k, v
+        queries = q.new_zeros(*real.shape, *q.shape[1:])  # a pad queries its own (zero) key
+        queries[b, p] = q
         a = self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
-        return a.transpose(1, 2)[b, p].flatten(1).to(q.dtype)
+        return a.transpose(1, 2)[b, p].flatten(1)
 
     return decoder(model.model, tokens, *cache.rope.at(positions), attend, ops=kernels.FAST)
 
@@ -367,8 +355,7 @@ def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -
     """Feed one token per row, tokens [B]; returns next-token logits [B, V] and advances the cache."""
     cache.open_column()
     if cache.rope is None or len(cache.rope.cos) < cache.k.shape[3]:  # a cache built elsewhere, or grown
-        emb = model.model.embed_tokens.weight
-        cache.rope = Rope.of(model.config, cache.k.shape[3], emb.dtype, emb.device)
+        cache.rope = Rope.of(model.config, cache.k.shape[3], cache.k.dtype, cache.k.device)
     h = decoder(model.model, tokens, *cache.rope.at(cache.positions), cache.attend, ops=kernels.FAST)
     cache.length += 1
     cache.positions += 1
