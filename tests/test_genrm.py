@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from rm_checks import PROMPTS, RESPONSES, batch_scores_equal_alone
 from transformers import AutoModelForCausalLM
 
 from rlhfscale import checks
@@ -91,10 +92,7 @@ def test_verdict_tokens_map_through_the_tokenizer(nano):
 def test_scores_are_pad_invariant_and_read_the_yes_no_logits(nano):
     model, tok = nano
     rm = RewardModel(model, tok)
-    prompts, responses = ["1+2=", "10+20+30="], ["3", "60\nso 60"]
-    batch = rm.score(*pack(tok, prompts, responses))
-    alone = torch.cat([rm.score(*pack(tok, [p], [r])) for p, r in zip(prompts, responses)])
-    torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
+    batch, prompts, responses = batch_scores_equal_alone(rm, tok), PROMPTS, RESPONSES
     # by hand: the full causal LM's logits after prompt + response + EOS + question
     ids = tok(prompts[1] + responses[1], add_special_tokens=False).input_ids + [tok.eos_token_id] + rm.verdict.question
     logits = model(torch.tensor([ids])).logits[0, -1]

@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 import torch
 from corrupt_chat import config as chat_config
+from rm_checks import PROMPTS, RESPONSES, batch_scores_equal_alone
 from transformers import AutoModelForCausalLM
 
 from rlhfscale import checks
@@ -33,10 +34,7 @@ def nano():
 def test_score_is_beta_times_the_mean_token_log_likelihood_and_pad_invariant(nano):
     model, tok = nano
     rm = RewardModel(model, tok)
-    prompts, responses = ["1+2=", "10+20+30="], ["3", "60\nso 60"]
-    batch = rm.score(*pack(tok, prompts, responses))
-    alone = torch.cat([rm.score(*pack(tok, [p], [r])) for p, r in zip(prompts, responses)])
-    torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
+    batch, prompts, responses = batch_scores_equal_alone(rm, tok), PROMPTS, RESPONSES
     # by hand: the full causal LM's log-softmax at the response tokens and EOS, averaged, times beta
     p_ids = tok(prompts[1], add_special_tokens=False).input_ids
     r_ids = tok(responses[1], add_special_tokens=False).input_ids + [tok.eos_token_id]

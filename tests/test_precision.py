@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from fake_rewards import coin_flips
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rlhfscale import checks, cli
@@ -14,19 +15,8 @@ from rlhfscale.models import forward
 from rlhfscale.models.io import DTYPES, new_policy
 from rlhfscale.models.train import checkpoint_activations, response_batch, sft_loss
 from rlhfscale.rl.trainer import train
-from rlhfscale.rm.sources import Rewards
 from rlhfscale.stages.common import available
 from rlhfscale.tasks import make_task
-
-
-def coin_flips(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-
-    def reward(examples, responses, rollout):
-        scores = torch.randint(0, 2, (len(responses),), generator=gen).float()
-        return Rewards(scores, torch.zeros_like(rollout.response_mask, dtype=torch.float), scores, {})
-
-    return reward
 
 
 def test_a_bf16_grpo_step_runs_on_a_cpu_and_updates_bf16_weights():

@@ -1,24 +1,12 @@
 """The native sampler's log-probs against the trainer's, logged every RL step (`rl/logprob_*`), as the vLLM
 backend's are: the two backends compare on the same numbers."""
 
-import pytest
-import torch
+from fake_rewards import coin_flips
 
 from rlhfscale.config import RunConfig
 from rlhfscale.models.io import new_policy
 from rlhfscale.rl.trainer import train
-from rlhfscale.rm.sources import Rewards
 from rlhfscale.tasks import make_task
-
-
-def coin_flips(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-
-    def reward(examples, responses, rollout):
-        scores = torch.randint(0, 2, (len(responses),), generator=gen).float()
-        return Rewards(scores, torch.zeros_like(rollout.response_mask, dtype=torch.float), scores, {})
-
-    return reward
 
 
 def gaps(bf16: bool, minibatches: int = 1) -> list[dict]:
