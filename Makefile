@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)        # the CPU build first, so no CUDA wheels are pulled
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c 'from rlhfscale.models.decode_attention import fused_available as f; print("fused decode attention:", f())'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -154,7 +154,7 @@ def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, monkeypat
             steps.append(llama.decode_step(model, cache, rest[:, t]))
         full = llama.causal_lm_logits(model, ids[[0, 2, 3]], torch.cat((prompt_mask, torch.ones_like(rest)), 1))
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:9], atol=1e-5, rtol=0)
-    assert cache.length == 9 and cache.k.shape[3] == 12 and cache.positions.tolist() == [5, 7, 9]
+    assert cache.length == 9 and cache.capacity == 12 and cache.positions.tolist() == [5, 7, 9]
 
 
 def test_decode_step_builds_the_rope_table_of_a_cache_made_without_one():

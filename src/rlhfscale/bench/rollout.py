@@ -10,6 +10,9 @@ timed in the warm-up; `hf_attn`). Then the two are timed alternately, `repeats` 
 `ratio_vs_hf` compares the best times, which damps the noise of a shared
 machine, and `ratio_vs_hf_median` the medians.
 
+`attention` says which decode attention our sampler ran (`models.decode_attention`: the fused CPU kernel, or
+the eager ops where it could not be built).
+
 `peak_frac` is the fraction of the measured fp32 matmul peak that the backend
 reaches, counting 2·N FLOPs per generated token with N the parameters that
 take part in the per-token matmuls: the non-embedding parameters plus the
@@ -27,6 +30,7 @@ import torch
 
 from rlhfscale.bench.peak import measure_matmul_peak
 from rlhfscale.errors import BadInput
+from rlhfscale.models import decode_attention
 from rlhfscale.models.ladder import build_model, non_embedding_params
 from rlhfscale.models.tokenizer import build_tokenizer
 from rlhfscale.rollout.sampler import sample
@@ -160,5 +164,6 @@ def _bench(size, batch, new_tokens, seed, device, repeats, backend) -> dict:
         "peak_frac": 2 * params * tokens / min(ours_s) / peak,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
+        "attention": "fused" if decode_attention.fused_available() else "eager",
         **extra,
     }

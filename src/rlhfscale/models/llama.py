@@ -46,7 +46,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from rlhfscale.errors import BadInput
 
-from . import kernels
+from . import decode_attention, kernels
 
 # RoPE variants whose frequencies do not depend on the sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -247,19 +247,17 @@ def select_logprobs(
 class KVCache:
     """Keys and values of every layer, for decoding one token at a time.
 
-    k, v: [L, B, Hkv, C, Dh], C the capacity; columns [0, length) hold the
-        prompt and the tokens fed so far, the others (and prompt pads) are zeros.
+    k: [L, B, Hkv, Dh, C], the keys transposed (a column per token), C the capacity;
+    v: [L, B, Hkv, C, Dh]. Columns [0, length) hold the prompt and the tokens fed
+        so far, the others (and prompt pads) are zeros.
     mask: [B, 1, 1, C], additive: 0 on real tokens, -inf on prompt pads and
         on columns not written yet.
     positions: [B], the RoPE position of each row's next token.
     rope: the RoPE table of positions 0..C-1 (`decode_step` builds it if missing).
 
-    A step attends over all C columns, the mask hiding the unwritten ones,
-    rather than over the slice [:length]: a CPU's batched matmul reads the
-    contiguous buffer faster than even a much shorter strided slice (about 1.7×
-    faster than the first 33 of 47 columns). A caller that knows how many
-    tokens it will feed sizes the cache for them (`sample` does); the capacity
-    doubles when full.
+    A step's attention (`models.decode_attention`) reads the written columns only (the fused CPU kernel) or
+    all C with the mask hiding the others (the eager ops). A caller that knows how many tokens it will feed
+    sizes the cache for them (`sample` does); the capacity doubles when full.
     """
 
     k: torch.Tensor
@@ -273,12 +271,18 @@ class KVCache:
     def for_prompts(cls, model: LlamaForCausalLM, attention_mask: torch.Tensor, capacity: int) -> KVCache:
         """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns."""
         config, (B, P), emb = model.config, attention_mask.shape, model.model.embed_tokens.weight
-        shape = (config.num_hidden_layers, B, config.num_key_value_heads, capacity, config.head_dim)
+        L, Hkv, Dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
         mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=emb.dtype, device=emb.device)
         mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
-        zeros = partial(torch.zeros, shape, dtype=emb.dtype, device=emb.device)
+        zeros = partial(torch.zeros, dtype=emb.dtype, device=emb.device)
         rope = Rope.of(config, capacity, emb.dtype, emb.device)
-        return cls(zeros(), zeros(), mask, positions=attention_mask.long().sum(-1), length=P, rope=rope)
+        k, v = zeros((L, B, Hkv, Dh, capacity)), zeros((L, B, Hkv, capacity, Dh))
+        return cls(k, v, mask, positions=attention_mask.long().sum(-1), length=P, rope=rope)
+
+    @property
+    def capacity(self) -> int:
+        """C, the columns the cache has room for."""
+        return self.v.shape[3]
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """The cache of the batch rows `rows` [B'] only (drops finished sequences, or repeats a prompt's rows).
@@ -291,8 +295,8 @@ class KVCache:
 
     def open_column(self) -> None:
         """Make room for one more token: unmask column `length`, doubling the capacity if full."""
-        if self.length == self.k.shape[3]:
-            self.k = torch.cat((self.k, torch.zeros_like(self.k)), dim=3)
+        if self.length == self.capacity:
+            self.k = torch.cat((self.k, torch.zeros_like(self.k)), dim=4)
             self.v = torch.cat((self.v, torch.zeros_like(self.v)), dim=3)
             self.mask = torch.cat((self.mask, torch.full_like(self.mask, float("-inf"))), dim=-1)
         self.mask[..., self.length] = 0
@@ -302,13 +306,9 @@ class KVCache:
 
         Returns [B, H·Dh].
         """
-        B, H, Dh = q.shape
-        self.k[layer, :, :, self.length] = k
+        self.k[layer, ..., self.length] = k
         self.v[layer, :, :, self.length] = v
-        keys, values = self.k[layer], self.v[layer]  # [B, Hkv, C, Dh]
-        q = q.view(B, keys.shape[1], -1, Dh)  # the query heads that share a key/value head
-        scores = (q @ keys.transpose(-2, -1)).mul_(Dh**-0.5).add_(self.mask)  # [B, Hkv, H/Hkv, C]
-        return (scores.float().softmax(-1).to(values.dtype) @ values).view(B, H * Dh)
+        return decode_attention.attend(q, self.k[layer], self.v[layer], self.mask, self.length + 1)
 
 
 def prefill(
@@ -341,7 +341,8 @@ def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.
     b, p = real.nonzero(as_tuple=True)  # row and column of each real token
 
     def attend(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
-        keys, values = (c[i, rows, :, : real.shape[1]].transpose(1, 2) for c in (cache.k, cache.v))  # cache views
+        P = real.shape[1]  # cache views [B', P, Hkv, Dh]:
+        keys, values = cache.k[i, rows, ..., :P].permute(0, 3, 1, 2), cache.v[i, rows, :, :P].transpose(1, 2)
         keys[b, p], values[b, p] = k, v
         queries = q.new_zeros(*real.shape, *q.shape[1:])  # a pad queries its own (zero) key
         queries[b, p] = q
@@ -354,8 +355,8 @@ def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.
 def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
     """Feed one token per row, tokens [B]; returns next-token logits [B, V] and advances the cache."""
     cache.open_column()
-    if cache.rope is None or len(cache.rope.cos) < cache.k.shape[3]:  # a cache built elsewhere, or grown
-        cache.rope = Rope.of(model.config, cache.k.shape[3], cache.k.dtype, cache.k.device)
+    if cache.rope is None or len(cache.rope.cos) < cache.capacity:  # a cache built elsewhere, or grown
+        cache.rope = Rope.of(model.config, cache.capacity, cache.v.dtype, cache.v.device)
     h = decoder(model.model, tokens, *cache.rope.at(cache.positions), cache.attend, ops=kernels.FAST)
     cache.length += 1
     cache.positions += 1

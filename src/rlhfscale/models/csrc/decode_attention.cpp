@@ -1,0 +1,149 @@
+// The attention of one decoding step on a CPU, fused: each query row reads only the t cache columns written so far.
+//
+// For query head h of row b (key/value head g = h / (H / Hkv)), with keys stored transposed, kt [D, C]:
+//
+//   s_c = round(round(sum_d q_d kt_dc) * scale) + mask_c      for c < t   (round: to the cache dtype)
+//   p_c = round(exp(s_c - max s) / sum_c' exp(s_c' - max s))
+//   out = round(sum_c p_c v_c)
+//
+// Sums and products are float. The roundings sit where the eager step (`models.llama.KVCache.attend` without this
+// op: batched matmul, scale, mask, float softmax cast back, batched matmul, each in the cache dtype) rounds, so a
+// bfloat16 cache gets the eager numerics and a float32 cache the same math in another summation order. Both
+// products run along a contiguous row (kt's columns, v's features), so they vectorize without horizontal sums.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+template <typename T>
+inline float rounded(float x) { return static_cast<float>(static_cast<T>(x)); }
+
+// exp(x) for x <= 0 (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r, scaled by 2^n);
+// about 1 ulp, and exactly 0 below -87.3 (masked columns: -inf). Written to vectorize.
+inline float exp_nonpositive(float x) {
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(x < -87.3f ? 0.f : n) + 127) << 23;
+  return x < -87.3f ? 0.f : p * __builtin_bit_cast(float, bits);
+}
+
+constexpr int64_t kBlock = 16;  // score columns kept in registers while the head dimension is summed
+
+// s[c] = sum_d q[d] kt[d][c] for c < t, in blocks of kBlock columns. Columns in [t, C) exist (zeros), so a block
+// reads past t while it stays inside C; the last partial block past C goes column by column.
+template <typename T, int64_t kD>
+inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, float* s) {
+  const int64_t dims = kD ? kD : D;
+  int64_t c0 = 0;
+  for (; c0 < t && c0 + kBlock <= C; c0 += kBlock) {
+    float acc[kBlock] = {};
+    for (int64_t d = 0; d < dims; ++d) {
+      const T* row = kt + d * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < kBlock; ++j) acc[j] += q[d] * static_cast<float>(row[j]);
+    }
+    for (int64_t j = 0; j < kBlock && c0 + j < t; ++j) s[c0 + j] = acc[j];
+  }
+  for (int64_t c = c0; c < t; ++c) {
+    float dot = 0.f;
+    for (int64_t d = 0; d < dims; ++d) dot += q[d] * static_cast<float>(kt[d * C + c]);
+    s[c] = dot;
+  }
+}
+
+template <typename T, int64_t kD>
+void attend_rows(const T* q, const T* kt, const T* v, const T* mask, T* out, int64_t B, int64_t H, int64_t Hkv,
+                 int64_t C, int64_t D, int64_t t, float scale, int64_t cache_row, int64_t mask_row) {
+  const int64_t group = H / Hkv, dims = kD ? kD : D;
+  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(t), qf(dims), acc(dims);
+    float* s = scores.data();
+    float* o = acc.data();
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / H, g = (i % H) / group;
+      const T* v_head = v + b * cache_row + g * C * dims;  // [C, D]
+      const T* m = mask + b * mask_row;
+      for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(q[i * dims + d]);
+      scores_of<T, kD>(qf.data(), kt + b * cache_row + g * dims * C, dims, C, t, s);
+      float top = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : top)
+      for (int64_t c = 0; c < t; ++c) {
+        s[c] = rounded<T>(rounded<T>(rounded<T>(s[c]) * scale) + static_cast<float>(m[c]));
+        top = s[c] > top ? s[c] : top;
+      }
+      float total = 0.f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t c = 0; c < t; ++c) {
+        s[c] = exp_nonpositive(s[c] - top);
+        total += s[c];
+      }
+      const float inv = 1.f / total;
+      std::fill(o, o + dims, 0.f);
+      for (int64_t c = 0; c < t; ++c) {
+        const float p = rounded<T>(s[c] * inv);
+        const T* row = v_head + c * dims;
+#pragma omp simd
+        for (int64_t d = 0; d < dims; ++d) o[d] += p * static_cast<float>(row[d]);
+      }
+      for (int64_t d = 0; d < dims; ++d) out[i * dims + d] = static_cast<T>(o[d]);
+    }
+  });
+}
+
+// The head sizes of common models get a loop of known length, unrolled into registers.
+template <typename T>
+void attend_rows_of(int64_t D, const T* q, const T* kt, const T* v, const T* mask, T* out, int64_t B, int64_t H,
+                    int64_t Hkv, int64_t C, int64_t t, float scale, int64_t cache_row, int64_t mask_row) {
+  switch (D) {
+    case 32: return attend_rows<T, 32>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
+    case 64: return attend_rows<T, 64>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
+    case 128: return attend_rows<T, 128>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
+    default: return attend_rows<T, 0>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
+  }
+}
+
+// q [B, H, D]; kt [B, Hkv, D, C] and v [B, Hkv, C, D]: one layer of the cache, rows possibly strided;
+// mask [B, C] additive (0 or -inf); the first t columns are read. Returns [B, H * D].
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, const at::Tensor& mask,
+                            int64_t t, double scale) {
+  TORCH_CHECK(q.dim() == 3 && kt.dim() == 4 && v.dim() == 4 && mask.dim() == 2, "decode_attention: expected q "
+              "[B, H, D], kt [B, Hkv, D, C], v [B, Hkv, C, D], mask [B, C]");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = v.size(1), C = v.size(2);
+  TORCH_CHECK(kt.sizes() == at::IntArrayRef({B, Hkv, D, C}) && v.sizes() == at::IntArrayRef({B, Hkv, C, D}) &&
+              mask.size(0) == B && mask.size(1) >= t && 0 < t && t <= C && H % Hkv == 0,
+              "decode_attention: sizes do not match");
+  TORCH_CHECK(q.is_contiguous() && kt.stride(3) == 1 && kt.stride(2) == C && kt.stride(1) == D * C &&
+              v.stride(3) == 1 && v.stride(2) == D && v.stride(1) == C * D && v.stride(0) == kt.stride(0) &&
+              mask.stride(1) == 1, "decode_attention: expected contiguous heads");
+  TORCH_CHECK(kt.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+              mask.scalar_type() == q.scalar_type(), "decode_attention: expected one dtype");
+  auto out = at::empty({B, H * D}, q.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "decode_attention", [&] {
+    attend_rows_of<scalar_t>(D, q.const_data_ptr<scalar_t>(), kt.const_data_ptr<scalar_t>(),
+                             v.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), B, H, Hkv, C, t, static_cast<float>(scale),
+                             kt.stride(0), mask.stride(0));
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rlhfscale, m) {
+  m.def("decode_attention(Tensor q, Tensor kt, Tensor v, Tensor mask, int t, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(rlhfscale, CPU, m) { m.impl("decode_attention", &decode_attention); }

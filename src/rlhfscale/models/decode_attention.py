@@ -1,0 +1,94 @@
+"""The attention of one decoding step over a `llama.KVCache` layer: a fused C++ kernel on a CPU, eager ops elsewhere.
+
+For query head h of row b and its key/value head g, over the cache columns c written so far (t of them):
+
+    out = softmax(q · K_cᵀ / √Dh + mask_c) V_c
+
+Eagerly that is a batched matmul per product: B·H products of [1, Dh] by [Dh, C]. On a CPU each costs a
+fixed 0.1-0.2 µs, and the batched bf16 matmul is slower still: at `micro` (256 rows) the two products took a
+third of a bf16 sampler's time, and they read every column of the cache, written or not. The kernel
+(`csrc/decode_attention.cpp`) does the whole step in one pass over the t written columns. Keys are stored
+transposed ([Dh, C] per head) so that both of its products run along contiguous rows. Its roundings are
+the eager step's: a bf16 cache gets the eager numerics, a float32 one the same math summed in another order.
+
+The kernel is compiled on first use by `torch.utils.cpp_extension` (a C++ compiler and ninja; about 15 s, once
+per machine: the build is cached under torch's extensions folder, `TORCH_EXTENSIONS_DIR`). `make install`
+builds it. Where it cannot be built, decoding runs the eager ops (`fused_available` says which).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
+
+
+def build_name() -> str:
+    """The build's name, tagged with this CPU's features: a build for one CPU (-march=native) is never loaded
+    on another that shares the extensions folder (a home directory on a cluster's shared disk)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return f"rlhfscale_decode_attention_{hashlib.sha1(flags.encode()).hexdigest()[:10]}"
+
+
+@functools.cache
+def fused_available() -> bool:
+    """Whether the fused CPU kernel is loaded (building it the first time on this machine; False where it
+    cannot be built, with a warning saying why). RLHFSCALE_FUSED_ATTENTION=0 turns it off."""
+    if os.environ.get("RLHFSCALE_FUSED_ATTENTION", "1") == "0":
+        return False
+    try:
+        from torch.utils.cpp_extension import load
+
+        with _ninja_on_path():
+            load(name=build_name(), sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                 is_python_module=False)
+    except Exception as error:  # no compiler or ninja: the eager attention does the same work
+        warnings.warn(f"decode attention: the fused CPU kernel could not be built ({error}); using eager ops",
+                      stacklevel=2)
+        return False
+    return True
+
+
+class _ninja_on_path:
+    """PATH with the `ninja` package's binary folder first, for the build (the venv's bin may not be on PATH)."""
+
+    def __enter__(self):
+        self.path = os.environ.get("PATH", "")
+        try:
+            import ninja
+
+            os.environ["PATH"] = os.pathsep.join((ninja.BIN_DIR, self.path))
+        except ImportError:
+            pass
+
+    def __exit__(self, *exc):
+        os.environ["PATH"] = self.path
+
+
+def attend(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, t: int) -> torch.Tensor:
+    """softmax(q kᵀ / √Dh + mask) v over the first t columns of a cache layer: q [B, H, Dh], keys transposed
+    kt [B, Hkv, Dh, C], values v [B, Hkv, C, Dh], mask [B, 1, 1, C] additive (0, or -inf on prompt pads and
+    unwritten columns). Query head i reads key/value head i // (H / Hkv). Returns [B, H·Dh]."""
+    B, H, Dh = q.shape
+    if q.device.type == "cpu" and fused_available():
+        return torch.ops.rlhfscale.decode_attention(q.contiguous(), kt, v, mask.view(B, -1), t, Dh**-0.5)
+    return eager(q, kt, v, mask)
+
+
+def eager(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`attend` as batched matmuls over all C columns, the mask hiding the unwritten ones (any device)."""
+    B, H, Dh = q.shape
+    q = q.view(B, kt.shape[1], -1, Dh)  # the query heads that share a key/value head
+    scores = (q @ kt).mul_(Dh**-0.5).add_(mask)  # [B, Hkv, H/Hkv, C]
+    return (scores.float().softmax(-1).to(v.dtype) @ v).view(B, H * Dh)

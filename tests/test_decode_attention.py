@@ -1,0 +1,120 @@
+"""A decoding step's attention (`models.decode_attention`): the fused CPU kernel and the eager ops, against a hand
+computation and a plain loop over rows and heads; columns it must not read change nothing."""
+
+import math
+
+import pytest
+import torch
+
+from rlhfscale.models import decode_attention
+from rlhfscale.models.ladder import build_model
+from rlhfscale.rollout.sampler import sample
+
+fused = pytest.mark.skipif(not decode_attention.fused_available(), reason="the fused kernel could not be built")
+
+
+def fused_attend(q, kt, v, mask, t):
+    B, _, D = q.shape
+    return torch.ops.rlhfscale.decode_attention(q, kt, v, mask.view(B, -1), t, D**-0.5)
+
+
+def eager_attend(q, kt, v, mask, t):
+    return decode_attention.eager(q, kt, v, mask)
+
+
+ATTEND = [pytest.param(fused_attend, marks=fused, id="fused"), pytest.param(eager_attend, id="eager")]
+
+
+def reference(q, kt, v, mask, t):
+    """The same attention as a plain loop, in float64, over the first t columns."""
+    B, H, D = q.shape
+    Hkv = kt.shape[1]
+    out = torch.zeros(B, H, D, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // Hkv)
+            scores = [float(q[b, h].double() @ kt[b, g, :, c].double()) / math.sqrt(D) + float(mask[b, 0, 0, c])
+                      for c in range(t)]
+            top = max(scores)
+            weights = [math.exp(s - top) for s in scores]
+            for c in range(t):
+                out[b, h] += weights[c] / sum(weights) * v[b, g, c].double()
+    return out.view(B, H * D)
+
+
+def cache_layer(B, H, Hkv, D, C, t, dtype=torch.float32, seed=0, layers=2):
+    """q, and the last layer of a random `KVCache`-shaped cache (kt [B, Hkv, D, C], v [B, Hkv, C, D], strided
+    rows), with t columns written, the unwritten ones holding large values, and each row's first column a pad."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, D, generator=g).to(dtype)
+    kt = (torch.randn(layers, B, Hkv, D, C, generator=g) * 3).to(dtype)
+    v = torch.randn(layers, B, Hkv, C, D, generator=g).to(dtype)
+    kt[..., t:], v[:, :, :, t:] = 1e4, 1e4  # never read: masked (eager) or past t (fused)
+    mask = torch.zeros(B, 1, 1, C, dtype=dtype)
+    mask[..., t:] = float("-inf")
+    mask[1:, ..., 0] = float("-inf")  # a prompt pad in every row but the first
+    return q, kt[-1], v[-1], mask
+
+
+@pytest.mark.parametrize("attend", ATTEND)
+def test_one_head_by_hand(attend):
+    """q = (1, 0), keys (2, 0) and (0, 0): scores √2 and 0 (scaled by 1/√2), so the weights are
+    e^√2 / (e^√2 + 1) and 1 / (e^√2 + 1), and with values (1, 0) and (0, 1) the output is the weights."""
+    q = torch.tensor([[[1.0, 0.0]]])
+    kt = torch.tensor([[[[2.0, 0.0, 9.0], [0.0, 0.0, 9.0]]]])  # [1, 1, D=2, C=3], column 2 unwritten
+    v = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]]])
+    mask = torch.tensor([[[[0.0, 0.0, float("-inf")]]]])
+    w = math.exp(math.sqrt(2)) / (math.exp(math.sqrt(2)) + 1)
+    torch.testing.assert_close(attend(q, kt, v, mask, 2), torch.tensor([[w, 1 - w]]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("attend", ATTEND)
+@pytest.mark.parametrize(("H", "Hkv", "D", "C", "t"), [
+    (4, 4, 32, 47, 31),  # the ladder's head size: a loop of known length
+    (4, 2, 64, 40, 40),  # grouped query heads, every column written
+    (2, 1, 24, 37, 37),  # another head size; the last columns past the final block of 16
+    (3, 3, 128, 16, 5),
+])  # fmt: skip
+def test_equals_a_plain_loop(attend, H, Hkv, D, C, t):
+    q, kt, v, mask = cache_layer(3, H, Hkv, D, C, t)
+    torch.testing.assert_close(attend(q, kt, v, mask, t).double(), reference(q, kt, v, mask, t), atol=2e-5,
+                               rtol=1e-5)
+
+
+@fused
+def test_columns_past_t_and_masked_pads_change_nothing():
+    q, kt, v, mask = cache_layer(3, 4, 4, 32, 47, 20)
+    out = fused_attend(q, kt, v, mask, 20)
+    kt2, v2 = kt.clone(), v.clone()
+    kt2[..., 20:], v2[:, :, 20:] = -7.0, 123.0  # the unwritten columns
+    kt2[1:, ..., 0], v2[1:, :, 0] = 55.0, -55.0  # the pads
+    assert torch.equal(fused_attend(q, kt2, v2, mask, 20), out)
+
+
+@fused
+def test_bf16_rounds_where_the_eager_ops_round():
+    """In bf16 the eager ops round the scores, the weights and the output to bf16; the kernel rounds at the same
+    points, so the two differ only by float32 summation order, not by bf16 roundings they do not share."""
+    q, kt, v, mask = cache_layer(8, 4, 4, 32, 47, 31, dtype=torch.bfloat16)
+    fused_out, eager_out = fused_attend(q, kt, v, mask, 31).float(), eager_attend(q, kt, v, mask, 31).float()
+    exact = reference(q, kt, v, mask, 31).float()
+    ulp = 2.0 ** (torch.floor(torch.log2(eager_out.abs().clamp(min=1e-3))) - 7)
+    assert ((fused_out - eager_out).abs() <= ulp).float().mean() > 0.97  # at most one bf16 step apart
+    assert (fused_out - exact).abs().mean() < 2 * (eager_out - exact).abs().mean() + 1e-3
+
+
+@fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_sampler_draws_the_same_tokens_with_either(monkeypatch, dtype):
+    model = build_model("micro", 32, seed=0, pad_token_id=0, bos_token_id=1, eos_token_id=2).eval().to(dtype)
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 4, 4, 4, 4, 8]] * 4
+
+    def draw():
+        return sample(model, prompts, max_new_tokens=12, eos_id=2, pad_id=0, generator=torch.Generator().manual_seed(3))
+
+    with_kernel = draw()
+    monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
+    without = draw()
+    assert torch.equal(with_kernel.response_ids, without.response_ids)
+    torch.testing.assert_close(with_kernel.logprobs, without.logprobs, atol=1e-5 if dtype == torch.float32 else 2e-2,
+                               rtol=0)
