@@ -289,6 +289,9 @@ def bench_rm(out: Optional[Path] = typer.Option(None, help="where the runs go (d
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
+    from .host_memory import keep_freed_memory
+
+    keep_freed_memory()
     hf_logging.disable_progress_bar()  # our stages draw their own progress; stderr keeps errors readable
     debug = "--debug" in sys.argv
     argv = [a for a in sys.argv[1:] if a != "--debug"]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlhfscale.errors import BadInput
+from rlhfscale.host_memory import keep_freed_memory
 from rlhfscale.study.store import CHECKPOINT, Store, publish, write_meta
 
 THREAD_ENV = ("RLHFSCALE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -174,7 +175,9 @@ def available_cores() -> int:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Pool worker initializer: get SIGKILL when the driver dies (Linux), or exit if it already has."""
+    """Pool worker initializer: get SIGKILL when the driver dies (Linux), or exit if it already has; keep freed
+    memory for reuse (`host_memory`)."""
+    keep_freed_memory()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
