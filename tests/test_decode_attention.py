@@ -72,8 +72,9 @@ def test_one_head_by_hand(attend):
 @pytest.mark.parametrize(("H", "Hkv", "D", "C", "t"), [
     (4, 4, 32, 47, 31),  # the ladder's head size: a loop of known length
     (4, 2, 64, 40, 40),  # grouped query heads, every column written
-    (2, 1, 24, 37, 37),  # another head size; the last columns past the final block of 16
+    (2, 1, 24, 37, 37),  # another head size; the last block of 16 columns overlaps the one before
     (3, 3, 128, 16, 5),
+    (2, 2, 32, 12, 9),  # a cache narrower than one block of 16 columns
 ])  # fmt: skip
 def test_equals_a_plain_loop(attend, H, Hkv, D, C, t):
     q, kt, v, mask = cache_layer(3, H, Hkv, D, C, t)

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -43,24 +44,27 @@ inline float exp_nonpositive(float x) {
 constexpr int64_t kBlock = 16;  // score columns kept in registers while the head dimension is summed
 
 // s[c] = sum_d q[d] kt[d][c] for c < t, in blocks of kBlock columns. Columns in [t, C) exist (zeros), so a block
-// reads past t while it stays inside C; the last partial block past C goes column by column.
+// may read past t; the last block ends at C, overlapping the one before it when C is not a multiple of kBlock.
 template <typename T, int64_t kD>
 inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, float* s) {
   const int64_t dims = kD ? kD : D;
-  int64_t c0 = 0;
-  for (; c0 < t && c0 + kBlock <= C; c0 += kBlock) {
+  if (C < kBlock) {  // a cache narrower than one block: column by column
+    for (int64_t c = 0; c < t; ++c) {
+      float dot = 0.f;
+      for (int64_t d = 0; d < dims; ++d) dot += q[d] * static_cast<float>(kt[d * C + c]);
+      s[c] = dot;
+    }
+    return;
+  }
+  for (int64_t c0 = 0; c0 < t; c0 += kBlock) {
+    const int64_t start = std::min(c0, C - kBlock);
     float acc[kBlock] = {};
     for (int64_t d = 0; d < dims; ++d) {
-      const T* row = kt + d * C + c0;
+      const T* row = kt + d * C + start;
 #pragma omp simd
       for (int64_t j = 0; j < kBlock; ++j) acc[j] += q[d] * static_cast<float>(row[j]);
     }
-    for (int64_t j = 0; j < kBlock && c0 + j < t; ++j) s[c0 + j] = acc[j];
-  }
-  for (int64_t c = c0; c < t; ++c) {
-    float dot = 0.f;
-    for (int64_t d = 0; d < dims; ++d) dot += q[d] * static_cast<float>(kt[d * C + c]);
-    s[c] = dot;
+    for (int64_t c = c0; c < std::min(start + kBlock, t); ++c) s[c] = acc[c - start];
   }
 }
 
