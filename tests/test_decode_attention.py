@@ -14,8 +14,10 @@ fused = pytest.mark.skipif(not decode_attention.fused_available(), reason="the f
 
 
 def fused_attend(q, kt, v, mask, t):
+    """The kernel with column t - 1 as the new token: it stores it (the same values) and attends."""
     B, _, D = q.shape
-    return torch.ops.rlhfscale.decode_attention(q, kt, v, mask.view(B, -1), t, D**-0.5)
+    k_new, v_new = kt[..., t - 1].clone(), v[:, :, t - 1].clone()
+    return torch.ops.rlhfscale.decode_attention(q, k_new, v_new, kt, v, mask.view(B, -1), t, D**-0.5)
 
 
 def eager_attend(q, kt, v, mask, t):
@@ -90,6 +92,19 @@ def test_columns_past_t_and_masked_pads_change_nothing():
     kt2[..., 20:], v2[:, :, 20:] = -7.0, 123.0  # the unwritten columns
     kt2[1:, ..., 0], v2[1:, :, 0] = 55.0, -55.0  # the pads
     assert torch.equal(fused_attend(q, kt2, v2, mask, 20), out)
+
+
+@pytest.mark.parametrize("kernel", [pytest.param(True, marks=fused, id="fused"), pytest.param(False, id="eager")])
+def test_the_new_token_is_stored_in_column_t_minus_1_and_read(monkeypatch, kernel):
+    if not kernel:
+        monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
+    q, kt, v, mask = cache_layer(3, 4, 2, 32, 47, 20)
+    k_new, v_new = torch.randn(3, 2, 32), torch.randn(3, 2, 32)
+    expected_kt, expected_v = kt.clone(), v.clone()
+    expected_kt[..., 19], expected_v[:, :, 19] = k_new, v_new
+    out = decode_attention.attend(q, k_new, v_new, kt, v, mask, 20)
+    assert torch.equal(kt, expected_kt) and torch.equal(v, expected_v)  # column 19 written, nothing else
+    torch.testing.assert_close(out.double(), reference(q, expected_kt, expected_v, mask, 20), atol=2e-5, rtol=1e-5)
 
 
 @fused

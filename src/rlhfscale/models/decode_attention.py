@@ -76,18 +76,23 @@ class _ninja_on_path:
         os.environ["PATH"] = self.path
 
 
-def attend(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, t: int) -> torch.Tensor:
-    """softmax(q kᵀ / √Dh + mask) v over the first t columns of a cache layer: q [B, H, Dh], keys transposed
-    kt [B, Hkv, Dh, C], values v [B, Hkv, C, Dh], mask [B, 1, 1, C] additive (0, or -inf on prompt pads and
-    unwritten columns). Query head i reads key/value head i // (H / Hkv). Returns [B, H·Dh]."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.Tensor, v_cache: torch.Tensor,
+           mask: torch.Tensor, t: int) -> torch.Tensor:
+    """Store the new token's k, v [B, Hkv, Dh] in column t - 1 of a cache layer, keys transposed kt_cache
+    [B, Hkv, Dh, C] and values v_cache [B, Hkv, C, Dh]; then softmax(q kᵀ / √Dh + mask) v for q [B, H, Dh] over
+    the first t columns, mask [B, 1, 1, C] additive (0, or -inf on prompt pads and unwritten columns). Query
+    head i reads key/value head i // (H / Hkv). Returns [B, H·Dh]."""
     B, H, Dh = q.shape
     if q.device.type == "cpu" and fused_available():
-        return torch.ops.rlhfscale.decode_attention(q.contiguous(), kt, v, mask.view(B, -1), t, Dh**-0.5)
-    return eager(q, kt, v, mask)
+        return torch.ops.rlhfscale.decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), kt_cache,
+                                                    v_cache, mask.view(B, -1), t, Dh**-0.5)
+    kt_cache[..., t - 1], v_cache[:, :, t - 1] = k, v
+    return eager(q, kt_cache, v_cache, mask)
 
 
 def eager(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`attend` as batched matmuls over all C columns, the mask hiding the unwritten ones (any device)."""
+    """softmax(q kᵀ / √Dh + mask) v as batched matmuls over all C columns of a cache layer, the mask hiding the
+    unwritten ones (any device): q [B, H, Dh], kt [B, Hkv, Dh, C], v [B, Hkv, C, Dh] -> [B, H·Dh]."""
     B, H, Dh = q.shape
     q = q.view(B, kt.shape[1], -1, Dh)  # the query heads that share a key/value head
     scores = (q @ kt).mul_(Dh**-0.5).add_(mask)  # [B, Hkv, H/Hkv, C]

@@ -306,9 +306,7 @@ class KVCache:
 
         Returns [B, H·Dh].
         """
-        self.k[layer, ..., self.length] = k
-        self.v[layer, :, :, self.length] = v
-        return decode_attention.attend(q, self.k[layer], self.v[layer], self.mask, self.length + 1)
+        return decode_attention.attend(q, k, v, self.k[layer], self.v[layer], self.mask, self.length + 1)
 
 
 def prefill(

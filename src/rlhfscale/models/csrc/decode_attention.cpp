@@ -1,4 +1,5 @@
-// The attention of one decoding step on a CPU, fused: each query row reads only the t cache columns written so far.
+// The attention of one decoding step on a CPU, fused: it stores the new token's key and value in column t - 1 of the
+// cache, and each query row reads only the t columns written so far.
 //
 // For query head h of row b (key/value head g = h / (H / Hkv)), with keys stored transposed, kt [D, C]:
 //
@@ -6,8 +7,7 @@
 //   p_c = round(exp(s_c - max s) / sum_c' exp(s_c' - max s))
 //   out = round(sum_c p_c v_c)
 //
-// Sums and products are float. The roundings sit where the eager step (`models.llama.KVCache.attend` without this
-// op: batched matmul, scale, mask, float softmax cast back, batched matmul, each in the cache dtype) rounds, so a
+// Sums and products are float. The roundings sit where the eager step (`models.decode_attention.eager`: batched matmul, scale, mask, float softmax cast back, batched matmul, each in the cache dtype) rounds, so a
 // bfloat16 cache gets the eager numerics and a float32 cache the same math in another summation order. Both
 // products run along a contiguous row (kt's columns, v's features), so they vectorize without horizontal sums.
 #include <ATen/ATen.h>
@@ -68,78 +68,104 @@ inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t
   }
 }
 
+// One layer's step: the new token's keys and values, the cache they go into, the queries that read it.
+template <typename T>
+struct Step {
+  const T* q;      // [B, H, D]
+  const T* k_new;  // [B, Hkv, D]
+  const T* v_new;  // [B, Hkv, D]
+  T* kt;           // [B, Hkv, D, C], row stride `cache_row`
+  T* v;            // [B, Hkv, C, D], row stride `cache_row`
+  const T* mask;   // [B, C], row stride `mask_row`
+  T* out;          // [B, H, D]
+  int64_t B, H, Hkv, C, D, t, cache_row, mask_row;
+  float scale;
+};
+
+// Query head h of row b: scores over the t columns, their softmax, the weighted sum of values.
 template <typename T, int64_t kD>
-void attend_rows(const T* q, const T* kt, const T* v, const T* mask, T* out, int64_t B, int64_t H, int64_t Hkv,
-                 int64_t C, int64_t D, int64_t t, float scale, int64_t cache_row, int64_t mask_row) {
-  const int64_t group = H / Hkv, dims = kD ? kD : D;
-  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(t), qf(dims), acc(dims);
-    float* s = scores.data();
-    float* o = acc.data();
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / H, g = (i % H) / group;
-      const T* v_head = v + b * cache_row + g * C * dims;  // [C, D]
-      const T* m = mask + b * mask_row;
-      for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(q[i * dims + d]);
-      scores_of<T, kD>(qf.data(), kt + b * cache_row + g * dims * C, dims, C, t, s);
-      float top = -std::numeric_limits<float>::infinity();
+void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, float* qf, float* o) {
+  const int64_t dims = kD ? kD : a.D, i = b * a.H + h, t = a.t;
+  const T* m = a.mask + b * a.mask_row;
+  const T* v_head = a.v + b * a.cache_row + g * a.C * dims;
+  for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(a.q[i * dims + d]);
+  scores_of<T, kD>(qf, a.kt + b * a.cache_row + g * dims * a.C, dims, a.C, t, s);
+  float top = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : top)
-      for (int64_t c = 0; c < t; ++c) {
-        s[c] = rounded<T>(rounded<T>(rounded<T>(s[c]) * scale) + static_cast<float>(m[c]));
-        top = s[c] > top ? s[c] : top;
-      }
-      float total = 0.f;
+  for (int64_t c = 0; c < t; ++c) {
+    s[c] = rounded<T>(rounded<T>(rounded<T>(s[c]) * a.scale) + static_cast<float>(m[c]));
+    top = s[c] > top ? s[c] : top;
+  }
+  float total = 0.f;
 #pragma omp simd reduction(+ : total)
-      for (int64_t c = 0; c < t; ++c) {
-        s[c] = exp_nonpositive(s[c] - top);
-        total += s[c];
-      }
-      const float inv = 1.f / total;
-      std::fill(o, o + dims, 0.f);
-      for (int64_t c = 0; c < t; ++c) {
-        const float p = rounded<T>(s[c] * inv);
-        const T* row = v_head + c * dims;
+  for (int64_t c = 0; c < t; ++c) {
+    s[c] = exp_nonpositive(s[c] - top);
+    total += s[c];
+  }
+  const float inv = 1.f / total;
+  std::fill(o, o + dims, 0.f);
+  for (int64_t c = 0; c < t; ++c) {
+    const float p = rounded<T>(s[c] * inv);
+    const T* row = v_head + c * dims;
 #pragma omp simd
-        for (int64_t d = 0; d < dims; ++d) o[d] += p * static_cast<float>(row[d]);
+    for (int64_t d = 0; d < dims; ++d) o[d] += p * static_cast<float>(row[d]);
+  }
+  for (int64_t d = 0; d < dims; ++d) a.out[i * dims + d] = static_cast<T>(o[d]);
+}
+
+// Per key/value head g of row b: store the new token in column t - 1, then attend each query head that reads g.
+// Writing just before reading keeps the strided key column's cache lines for the read.
+template <typename T, int64_t kD>
+void step(const Step<T>& a) {
+  const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, col = a.t - 1;
+  at::parallel_for(0, a.B * a.Hkv, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(a.t), qf(dims), o(dims);
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t b = j / a.Hkv, g = j % a.Hkv;
+      T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
+      T* v_head = a.v + b * a.cache_row + g * a.C * dims;
+      for (int64_t d = 0; d < dims; ++d) {
+        kt_head[d * a.C + col] = a.k_new[j * dims + d];
+        v_head[col * dims + d] = a.v_new[j * dims + d];
       }
-      for (int64_t d = 0; d < dims; ++d) out[i * dims + d] = static_cast<T>(o[d]);
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) attend_head<T, kD>(a, b, g, h, s.data(), qf.data(), o.data());
     }
   });
 }
 
 // The head sizes of common models get a loop of known length, unrolled into registers.
 template <typename T>
-void attend_rows_of(int64_t D, const T* q, const T* kt, const T* v, const T* mask, T* out, int64_t B, int64_t H,
-                    int64_t Hkv, int64_t C, int64_t t, float scale, int64_t cache_row, int64_t mask_row) {
-  switch (D) {
-    case 32: return attend_rows<T, 32>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
-    case 64: return attend_rows<T, 64>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
-    case 128: return attend_rows<T, 128>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
-    default: return attend_rows<T, 0>(q, kt, v, mask, out, B, H, Hkv, C, D, t, scale, cache_row, mask_row);
+void step_of(const Step<T>& a) {
+  switch (a.D) {
+    case 32: return step<T, 32>(a);
+    case 64: return step<T, 64>(a);
+    case 128: return step<T, 128>(a);
+    default: return step<T, 0>(a);
   }
 }
 
-// q [B, H, D]; kt [B, Hkv, D, C] and v [B, Hkv, C, D]: one layer of the cache, rows possibly strided;
-// mask [B, C] additive (0 or -inf); the first t columns are read. Returns [B, H * D].
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, const at::Tensor& mask,
-                            int64_t t, double scale) {
-  TORCH_CHECK(q.dim() == 3 && kt.dim() == 4 && v.dim() == 4 && mask.dim() == 2, "decode_attention: expected q "
-              "[B, H, D], kt [B, Hkv, D, C], v [B, Hkv, C, D], mask [B, C]");
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = v.size(1), C = v.size(2);
-  TORCH_CHECK(kt.sizes() == at::IntArrayRef({B, Hkv, D, C}) && v.sizes() == at::IntArrayRef({B, Hkv, C, D}) &&
-              mask.size(0) == B && mask.size(1) >= t && 0 < t && t <= C && H % Hkv == 0,
-              "decode_attention: sizes do not match");
-  TORCH_CHECK(q.is_contiguous() && kt.stride(3) == 1 && kt.stride(2) == C && kt.stride(1) == D * C &&
-              v.stride(3) == 1 && v.stride(2) == D && v.stride(1) == C * D && v.stride(0) == kt.stride(0) &&
-              mask.stride(1) == 1, "decode_attention: expected contiguous heads");
-  TORCH_CHECK(kt.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
-              mask.scalar_type() == q.scalar_type(), "decode_attention: expected one dtype");
+// q [B, H, D]; k, v [B, Hkv, D]: the new token's, stored in column t - 1 of the cache layer kt [B, Hkv, D, C],
+// v_cache [B, Hkv, C, D] (rows possibly strided); mask [B, C] additive (0 or -inf). Returns [B, H * D].
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kt,
+                            const at::Tensor& v_cache, const at::Tensor& mask, int64_t t, double scale) {
+  TORCH_CHECK(q.dim() == 3 && kt.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2, "decode_attention: expected "
+              "q [B, H, D], kt [B, Hkv, D, C], v_cache [B, Hkv, C, D], mask [B, C]");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = kt.size(1), C = kt.size(3);
+  TORCH_CHECK(kt.sizes() == at::IntArrayRef({B, Hkv, D, C}) && v_cache.sizes() == at::IntArrayRef({B, Hkv, C, D}) &&
+              k.sizes() == at::IntArrayRef({B, Hkv, D}) && v.sizes() == k.sizes() && mask.size(0) == B &&
+              mask.size(1) >= t && 0 < t && t <= C && H % Hkv == 0, "decode_attention: sizes do not match");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && kt.stride(3) == 1 &&
+              kt.stride(2) == C && kt.stride(1) == D * C && v_cache.stride(3) == 1 && v_cache.stride(2) == D &&
+              v_cache.stride(1) == C * D && v_cache.stride(0) == kt.stride(0) && mask.stride(1) == 1,
+              "decode_attention: expected contiguous heads");
+  for (const auto* x : {&k, &v, &kt, &v_cache, &mask})
+    TORCH_CHECK(x->scalar_type() == q.scalar_type(), "decode_attention: expected one dtype");
   auto out = at::empty({B, H * D}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "decode_attention", [&] {
-    attend_rows_of<scalar_t>(D, q.const_data_ptr<scalar_t>(), kt.const_data_ptr<scalar_t>(),
-                             v.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
-                             out.mutable_data_ptr<scalar_t>(), B, H, Hkv, C, t, static_cast<float>(scale),
-                             kt.stride(0), mask.stride(0));
+    using T = scalar_t;
+    step_of<T>({q.const_data_ptr<T>(), k.const_data_ptr<T>(), v.const_data_ptr<T>(), kt.mutable_data_ptr<T>(),
+                v_cache.mutable_data_ptr<T>(), mask.const_data_ptr<T>(), out.mutable_data_ptr<T>(), B, H, Hkv, C, D,
+                t, kt.stride(0), mask.stride(0), static_cast<float>(scale)});
   });
   return out;
 }
@@ -147,7 +173,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at:
 }  // namespace
 
 TORCH_LIBRARY(rlhfscale, m) {
-  m.def("decode_attention(Tensor q, Tensor kt, Tensor v, Tensor mask, int t, float scale) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) kt, Tensor(b!) v_cache, Tensor mask, int t, "
+        "float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rlhfscale, CPU, m) { m.impl("decode_attention", &decode_attention); }
