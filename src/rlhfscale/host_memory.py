@@ -6,8 +6,9 @@ mmap, or it sat at the top of the heap), so the next step's tensors page-fault t
 the kernel zeroes every page first. On the 2-core VM we measure on, a first touch costs about 2 µs a page:
 a fresh 2.4 MB product of two bf16 activations took 1.3 ms where a reused buffer took 0.28. With the
 settings below, allocations under 256 MiB come from the heap and up to 1 GiB freed at its top is kept,
-so a step reuses the last step's pages: a GRPO step at `micro` (1 thread) took 0.121-0.155 s against
-0.137-0.182 s with glibc's defaults (the two alternating in one process, four rounds each). PyTorch's CPU
+so a step reuses the last step's pages. A GRPO step at `micro` on 1 thread, the two settings alternating in
+one process, four rounds each, best round: 0.121, 0.123 and 0.155 s against 0.130, 0.137 and 0.182 s with
+glibc's defaults (three processes on a shared machine). PyTorch's CPU
 tuning guide gets the same effect by preloading jemalloc or tcmalloc.
 
 `keep_freed_memory` runs once per process: at the CLI's start and in each study worker. Elsewhere (another

@@ -23,6 +23,8 @@ import hashlib
 import os
 import platform
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,20 +62,20 @@ def fused_available() -> bool:
     return True
 
 
-class _ninja_on_path:
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
     """PATH with the `ninja` package's binary folder first, for the build (the venv's bin may not be on PATH)."""
+    path = os.environ.get("PATH", "")
+    try:
+        import ninja
 
-    def __enter__(self):
-        self.path = os.environ.get("PATH", "")
-        try:
-            import ninja
-
-            os.environ["PATH"] = os.pathsep.join((ninja.BIN_DIR, self.path))
-        except ImportError:
-            pass
-
-    def __exit__(self, *exc):
-        os.environ["PATH"] = self.path
+        os.environ["PATH"] = os.pathsep.join((ninja.BIN_DIR, path))
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -339,7 +339,7 @@ def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.
     b, p = real.nonzero(as_tuple=True)  # row and column of each real token
 
     def attend(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
-        P = real.shape[1]  # cache views [B', P, Hkv, Dh]:
+        P = real.shape[1]  # keys, values: views of the cache's first P columns, [B', P, Hkv, Dh]
         keys, values = cache.k[i, rows, ..., :P].permute(0, 3, 1, 2), cache.v[i, rows, :, :P].transpose(1, 2)
         keys[b, p], values[b, p] = k, v
         queries = q.new_zeros(*real.shape, *q.shape[1:])  # a pad queries its own (zero) key

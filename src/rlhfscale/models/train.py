@@ -59,9 +59,10 @@ def mixed_precision(device: torch.device, enabled: bool) -> Iterator[None]:
     """bf16 autocast (rl.bf16, rm.bf16) for forward passes; their backward follows.
 
     On a CPU a forward that will be differentiated (grad enabled on entry) runs its attention through the math
-    kernel: its bf16 backward is a few bf16 matmuls, the fused flash kernel's is several times slower (30 vs 5 ms
-    for a micro GRPO batch's response attention, 128 × 4 heads × 16 queries × 32 keys). A forward without grad
-    (the reference model's, scoring) keeps the flash kernel, 4× faster than the math one there (1.6 vs 7 ms)."""
+    kernel: its bf16 backward is a few bf16 matmuls, the fused flash kernel's is several times slower (forward
+    and backward of a micro GRPO batch's response attention, 128 × 4 heads × 16 queries × 32 keys: 30 vs 5 ms).
+    A forward without grad (the reference model's, scoring) keeps the flash kernel, 4× faster than the math
+    one there (1.6 vs 7 ms)."""
     if not enabled:
         yield
         return

@@ -174,7 +174,7 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _init_worker(parent_pid: int) -> None:
     """Pool worker initializer: get SIGKILL when the driver dies (Linux), or exit if it already has; keep freed
     memory for reuse (`host_memory`)."""
     keep_freed_memory()
@@ -195,7 +195,7 @@ class LocalExecutor:
         return ProcessPoolExecutor(
             self.capacity,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_die_with_parent,
+            initializer=_init_worker,
             initargs=(os.getpid(),),
         )
 
