@@ -24,15 +24,12 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rlhfscale.errors import BadInput
-from rlhfscale.study.executors import Executor, StageCall, StageOutcome, make_executor, one_line, resolve
-from rlhfscale.study.keys import Node, Pipeline, disabled_reason, get_dotted, plan_nodes
-from rlhfscale.study.spec import StudySpec, Trial, Validate, expand, load_spec
+from rlhfscale.study.executors import Executor, StageCall, StageOutcome, make_executor, one_line
+from rlhfscale.study.keys import Node, Pipeline, disabled_reason, get_dotted
+from rlhfscale.study.plan import NodeId, Plan, artifact_state, id_of, input_ids, make_plan
+from rlhfscale.study.spec import Trial, Validate
 from rlhfscale.study.store import Store
 from rlhfscale.version import code_version, describe
-
-NodeId = tuple[str, str]  # (stage, key)
-
 
 @dataclass
 class StudyResult:
@@ -69,93 +66,13 @@ class StudyStatus:
     counts: dict[str, int]  # status -> number of rows
 
 
-@dataclass(frozen=True)
-class _Plan:
-    spec: StudySpec
-    trials: list[Trial]
-    keys: list[dict[str, str]]  # per trial: stage -> key
-    nodes: list[Node]  # unique stage keys, topological order
-    store: Store
-    warnings: list[str]  # what the stages' checks found surprising but legitimate
-
-
-def _with_resources(spec: StudySpec, pipeline: Pipeline) -> Pipeline:
-    """The pipeline with the spec's per-stage resource requests merged in."""
-    names = [stage.name for stage in pipeline]
-    for name, request in spec.resources.items():
-        if name not in names:
-            raise spec.error(("resources", name), f"resources.{name}", f"a stage name ({', '.join(names)})", repr(name))
-        for what, amount in request.items():
-            if amount < 0 or (what == "num_cpus" and amount < 1):
-                raise spec.error(("resources", name, what), f"resources.{name}.{what}", "a count of at least "
-                                 f"{1 if what == 'num_cpus' else 0}", repr(amount))
-    return [s.model_copy(update={"resources": {**s.resources, **spec.resources[s.name]}}) if s.name in spec.resources
-            else s for s in pipeline]
-
-
-def _check_nodes(spec: StudySpec, trials: list[Trial], keys: list[dict[str, str]], nodes: list[Node]) -> list[str]:
-    """Refuse a stage on a CUDA device without a GPU, and what each stage's check refuses; return its warnings."""
-    trial_of: dict[NodeId, Trial] = {}
-    for trial, trial_keys in zip(trials, keys):
-        for stage_key in trial_keys.items():
-            trial_of.setdefault(stage_key, trial)
-    warnings: list[str] = []
-    for node in nodes:
-        trial, name = trial_of[_node_id(node)], node.stage.name
-        device = node.config.get("device")
-        if isinstance(device, str) and device.startswith("cuda") and node.stage.resources.get("num_gpus", 0) <= 0:
-            raise spec.error(("resources",), f"resources.{name}.num_gpus",
-                             f"at least 1 for device {device!r} (trial {trial.id})", "0 GPUs requested")
-        if node.stage.check:
-            try:
-                found = resolve(node.stage.check)(node.config)
-            except BadInput as err:
-                raise BadInput(f"{spec.path}: trial {trial.id}: {err}") from None
-            warnings += [f"{name}: {w}" for w in found if f"{name}: {w}" not in warnings]
-    return warnings
-
-
-def _plan(spec_path: str | Path, validate: Validate | None, pipeline: Pipeline,
-          store: str | Path | None = None) -> _Plan:
-    """Expand, check and key the study; `store` overrides the spec's store directory."""
-    spec = load_spec(spec_path)
-    trials = expand(spec, validate)
-    pipeline = _with_resources(spec, pipeline)
-    try:
-        keys, nodes = plan_nodes([trial.config for trial in trials], pipeline)
-    except KeyError as err:
-        raise BadInput(f"{spec.path}: expected every config key the pipeline reads, found {err.args[0]}") from None
-    warnings = _check_nodes(spec, trials, keys, nodes)
-    return _Plan(spec, trials, keys, nodes, Store(store or spec.store_root), warnings)
-
-
-def _node_id(node: Node) -> NodeId:
-    return (node.stage.name, node.key)
-
-
-def _input_ids(node: Node) -> list[NodeId]:
-    return list(node.input_keys.items())
-
-
-def artifact_state(store: Store, node_id: NodeId, code: dict[str, Any]) -> tuple[str, str]:
-    """("missing" | "damaged" | "stale" | "done", why) of the artifact at a stage key."""
-    if not store.has_artifact(*node_id):
-        return "missing", ""
-    if problem := store.verify(*node_id):
-        return "damaged", problem
-    made_by = store.read_meta(*node_id).get("code", {})
-    if made_by.get("source") != code["source"]:
-        return "stale", f"made by {describe(made_by)}; this code is {describe(code)}"
-    return "done", ""
-
-
 def _record_found(store: Store, nodes: list[Node], result: StudyResult, rerun_stale: bool) -> list[Node]:
     """The nodes still to run. Damaged artifacts are set aside (and re-run); stale ones re-run when asked;
     intact artifacts the index lacks (a kill between publishing and indexing, a lost index) get indexed."""
     rows = store.stage_rows()
     todo: list[Node] = []
     for node in nodes:
-        node_id = _node_id(node)
+        node_id = id_of(node)
         state, why = artifact_state(store, node_id, code_version())
         if state == "damaged":
             store.set_aside(*node_id, "damaged")
@@ -210,7 +127,7 @@ def _outcome(future: Future[StageOutcome], node: Node, store: Store) -> StageOut
     try:
         return future.result()
     except Exception as err:
-        stage, key = _node_id(node)
+        stage, key = id_of(node)
         store.error_log(stage, key).write_text("".join(traceback.format_exception(err)))
         return StageOutcome(stage, key, ok=False, wall_s=0.0, error=one_line(err))
 
@@ -222,7 +139,7 @@ def _block_dependents(failed: NodeId, pending: dict[NodeId, Node], store: Store,
     while frontier:
         upstream = frontier.pop()
         for node_id, node in list(pending.items()):
-            if upstream in _input_ids(node):
+            if upstream in input_ids(node):
                 reason = f"input {upstream[0]} {upstream[1]} {'failed' if upstream == failed else 'blocked'}"
                 store.mark_ended(*node_id, "blocked", reason)
                 result.blocked[node_id] = reason
@@ -233,13 +150,13 @@ def _block_dependents(failed: NodeId, pending: dict[NodeId, Node], store: Store,
 
 def _submit_ready(pending: dict[NodeId, Node], running: dict[Future, Node], executor: Executor,
                   store: Store, reporter: _Reporter) -> None:
-    unfinished = set(pending) | {_node_id(node) for node in running.values()}
+    unfinished = set(pending) | {id_of(node) for node in running.values()}
     for node_id, node in list(pending.items()):
         if executor.capacity is not None and len(running) >= executor.capacity:
             return
-        if any(input_id in unfinished for input_id in _input_ids(node)):
+        if any(input_id in unfinished for input_id in input_ids(node)):
             continue
-        inputs = {stage: str(store.artifact_dir(stage, key)) for stage, key in _input_ids(node)}
+        inputs = {stage: str(store.artifact_dir(stage, key)) for stage, key in input_ids(node)}
         meta = {"code": code_version(), "version": node.stage.version, "inputs": node.input_keys}
         call = StageCall(node.stage.name, node.key, node.stage.fn, node.config, inputs, str(store.root),
                          threads=node.stage.threads, meta=meta, replace=store.has_artifact(*node_id))
@@ -251,7 +168,7 @@ def _submit_ready(pending: dict[NodeId, Node], running: dict[Future, Node], exec
 
 def _execute(todo: list[Node], store: Store, executor: Executor, reporter: _Reporter, result: StudyResult) -> None:
     """Run `todo` as their inputs finish, as many at once as the executor takes."""
-    pending = {_node_id(node): node for node in todo}
+    pending = {id_of(node): node for node in todo}
     running: dict[Future, Node] = {}
     while pending or running:
         _submit_ready(pending, running, executor, store, reporter)
@@ -261,15 +178,15 @@ def _execute(todo: list[Node], store: Store, executor: Executor, reporter: _Repo
             outcome = _outcome(future, node, store)
             reporter.finished(outcome)
             if outcome.ok:
-                store.mark_done(*_node_id(node), outcome.metrics, outcome.wall_s, completed=outcome.published)
-                result.ran.append(_node_id(node))
+                store.mark_done(*id_of(node), outcome.metrics, outcome.wall_s, completed=outcome.published)
+                result.ran.append(id_of(node))
             else:
-                store.mark_ended(*_node_id(node), "failed", outcome.error or "", outcome.wall_s)
-                result.failed[_node_id(node)] = outcome.error or ""
-                _block_dependents(_node_id(node), pending, store, result, reporter)
+                store.mark_ended(*id_of(node), "failed", outcome.error or "", outcome.wall_s)
+                result.failed[id_of(node)] = outcome.error or ""
+                _block_dependents(id_of(node), pending, store, result, reporter)
 
 
-def _local_gpu_check(plan: _Plan, executor: str, max_workers: int | None) -> None:
+def _local_gpu_check(plan: Plan, executor: str, max_workers: int | None) -> None:
     """The local executor cannot share GPUs between stages: a GPU request needs max_workers 1 (or ray)."""
     gpu_stages = sorted({n.stage.name for n in plan.nodes if n.stage.resources.get("num_gpus", 0) > 0})
     if executor == "local" and gpu_stages and max_workers != 1:
@@ -287,7 +204,7 @@ def run_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pip
     cluster; `store` overrides the spec's store directory; `rerun_stale` re-runs artifacts made by
     another code version. Failures do not raise: they are in the result (and the store's index).
     """
-    plan = _plan(spec_path, validate, pipeline, store)
+    plan = make_plan(spec_path, validate, pipeline, store)
     executor, max_workers = executor or plan.spec.executor, max_workers or plan.spec.max_workers
     _local_gpu_check(plan, executor, max_workers)
     store, result = plan.store, StudyResult(plan.spec.name, plan.store.root, plan.trials)
@@ -322,14 +239,14 @@ def plan_study(spec_path: str | Path, *, validate: Validate | None, pipeline: Pi
                store: str | Path | None = None) -> tuple[list[PlannedStage], list[str]]:
     """A dry run: every unique stage run of the study (validated, checked, keyed), with the state of its artifact,
     and the checks' warnings. Nothing is run or written."""
-    plan = _plan(spec_path, validate, pipeline, store)
+    plan = make_plan(spec_path, validate, pipeline, store)
     trials: dict[NodeId, list[str]] = {}
     for trial, keys in zip(plan.trials, plan.keys):
         for node_id in keys.items():
             trials.setdefault(node_id, []).append(trial.id)
     code = code_version()
-    stages = [PlannedStage(n.stage.name, n.key, trials[_node_id(n)], dict(n.stage.resources),
-                           artifact_state(plan.store, _node_id(n), code)[0]) for n in plan.nodes]
+    stages = [PlannedStage(n.stage.name, n.key, trials[id_of(n)], dict(n.stage.resources),
+                           artifact_state(plan.store, id_of(n), code)[0]) for n in plan.nodes]
     return stages, plan.warnings
 
 
@@ -343,7 +260,7 @@ def _skip_reason(trial: Trial, pipeline: Pipeline, stage_name: str) -> str:
 def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
                  store: str | Path | None = None) -> StudyStatus:
     """One row per trial and pipeline stage, and the number of rows per status."""
-    plan = _plan(spec_path, validate, pipeline, store)
+    plan = make_plan(spec_path, validate, pipeline, store)
     rows_by_id = plan.store.stage_rows() if plan.store.index_path.exists() else {}
     live, code, states = plan.store.run_active(), code_version(), {}
     rows: list[StatusRow] = []
@@ -374,9 +291,9 @@ def study_status(spec_path: str | Path, *, validate: Validate | None, pipeline: 
 def code_versions(spec_path: str | Path, *, validate: Validate | None, pipeline: Pipeline,
                   store: str | Path | None = None) -> dict[str, int]:
     """How many of the study's artifacts each code version made (`version.describe` -> count)."""
-    plan = _plan(spec_path, validate, pipeline, store)
+    plan = make_plan(spec_path, validate, pipeline, store)
     counts: dict[str, int] = {}
-    for node_id in map(_node_id, plan.nodes):
+    for node_id in map(id_of, plan.nodes):
         if plan.store.has_artifact(*node_id):
             made_by = describe(plan.store.read_meta(*node_id).get("code", {}))
             counts[made_by] = counts.get(made_by, 0) + 1
@@ -403,8 +320,8 @@ def collect_metrics(spec_path: str | Path, *, validate: Validate | None, pipelin
     With `curves`, one row per trial and point of each stage's `curve.jsonl` instead, the point's
     values (with its `step`) over the trial's metrics and a `curve` key naming the stage.
     """
-    plan = _plan(spec_path, validate, pipeline, store)
-    metrics = {node_id: plan.store.artifact_metrics(*node_id) for node_id in map(_node_id, plan.nodes)}
+    plan = make_plan(spec_path, validate, pipeline, store)
+    metrics = {node_id: plan.store.artifact_metrics(*node_id) for node_id in map(id_of, plan.nodes)}
     axes = list(dict.fromkeys(k for trial in plan.trials for k in trial.overrides))
     table: list[dict[str, Any]] = []
     for trial, keys in zip(plan.trials, plan.keys):
