@@ -7,9 +7,10 @@
 //   p_c = round(exp(s_c - max s) / sum_c' exp(s_c' - max s))
 //   out = round(sum_c p_c v_c)
 //
-// Sums and products are float. The roundings sit where the eager step (`models.decode_attention.eager`: batched matmul, scale, mask, float softmax cast back, batched matmul, each in the cache dtype) rounds, so a
-// bfloat16 cache gets the eager numerics and a float32 cache the same math in another summation order. Both
-// products run along a contiguous row (kt's columns, v's features), so they vectorize without horizontal sums.
+// Sums and products are float. The roundings sit where the eager step (`models.decode_attention.eager`: batched
+// matmul, scale, mask, float softmax cast back, batched matmul, each in the cache dtype) rounds, so a bfloat16
+// cache gets the eager numerics and a float32 cache the same math in another summation order. Both products run
+// along a contiguous row (kt's columns, v's features), so they vectorize without horizontal sums.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -43,8 +44,9 @@ inline float exp_nonpositive(float x) {
 
 constexpr int64_t kBlock = 16;  // score columns kept in registers while the head dimension is summed
 
-// s[c] = sum_d q[d] kt[d][c] for c < t, in blocks of kBlock columns. Columns in [t, C) exist (zeros), so a block
-// may read past t; the last block ends at C, overlapping the one before it when C is not a multiple of kBlock.
+// s[c] = sum_d q[d] kt[d][c] for c < t, in blocks of kBlock columns. Columns in [t, C) exist, so a block may read
+// past t (what it computes there is dropped); the last block ends at C, overlapping the one before it when C is
+// not a multiple of kBlock.
 template <typename T, int64_t kD>
 inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, float* s) {
   const int64_t dims = kD ? kD : D;
@@ -128,7 +130,9 @@ void step(const Step<T>& a) {
         kt_head[d * a.C + col] = a.k_new[j * dims + d];
         v_head[col * dims + d] = a.v_new[j * dims + d];
       }
-      for (int64_t h = g * group; h < (g + 1) * group; ++h) attend_head<T, kD>(a, b, g, h, s.data(), qf.data(), o.data());
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        attend_head<T, kD>(a, b, g, h, s.data(), qf.data(), o.data());
+      }
     }
   });
 }
