@@ -4,7 +4,8 @@
 
 It checks the TRL figure of `rlhfscale bench rl`: the same ladder model shape (fresh random weights, saved
 with `save_pretrained`), the same batch (16 prompts x 8 completions, 16 / 32 new tokens for micro / tiny),
-the same reward (the arithmetic verifier) and KL coefficient, and otherwise TRL's defaults, timed by TRL itself: the
+the same reward (the arithmetic verifier) and KL coefficient, the same malloc setting (`host_memory`; off with
+--no-keep-freed-memory), and otherwise TRL's defaults, timed by TRL itself: the
 ``train_samples_per_second`` that `Trainer.train` returns, and the median step time from a callback
 (the first `--warmup` steps left out). The last line printed is JSON.
 """
@@ -20,6 +21,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from rlhfscale.host_memory import keep_freed_memory
 from rlhfscale.models.io import new_policy, save_policy
 from rlhfscale.tasks.arithmetic import ArithmeticTask
 
@@ -32,9 +34,13 @@ parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient, as
 parser.add_argument("--warmup", type=int, default=2)
 parser.add_argument("--steps", type=int, default=7, help="steps in all, the warm-up ones included")
 parser.add_argument("--threads", type=int, default=None)
+parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                    help="glibc malloc keeps freed memory, as the rlhfscale CLI (and so `bench rl`) sets it")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
+if args.keep_freed_memory:
+    keep_freed_memory()
 
 task = ArithmeticTask()
 data = Dataset.from_list([{"prompt": e.prompt, "answer": e.answer} for e in task.examples("train", 512)])
