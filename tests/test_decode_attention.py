@@ -122,6 +122,8 @@ def test_bf16_rounds_where_the_eager_ops_round():
 @fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_sampler_draws_the_same_tokens_with_either(monkeypatch, dtype):
+    """float32: the same tokens. bf16: the two differ by at most one bf16 step in a score, which can flip a draw
+    that sits on a tie and change the rest of its row, so nearly every row must match."""
     model = build_model("micro", 32, seed=0, pad_token_id=0, bos_token_id=1, eos_token_id=2).eval().to(dtype)
     prompts = [[1, 5, 6, 7], [1, 9], [1, 4, 4, 4, 4, 8]] * 4
 
@@ -131,6 +133,7 @@ def test_the_sampler_draws_the_same_tokens_with_either(monkeypatch, dtype):
     with_kernel = draw()
     monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
     without = draw()
-    assert torch.equal(with_kernel.response_ids, without.response_ids)
-    torch.testing.assert_close(with_kernel.logprobs, without.logprobs, atol=1e-5 if dtype == torch.float32 else 2e-2,
-                               rtol=0)
+    same = (with_kernel.response_ids == without.response_ids).all(-1)
+    assert int(same.sum()) >= (12 if dtype == torch.float32 else 10), same
+    torch.testing.assert_close(with_kernel.logprobs[same], without.logprobs[same],
+                               atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=0)
