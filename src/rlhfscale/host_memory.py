@@ -11,7 +11,8 @@ one process, four rounds each, best round: 0.121, 0.123 and 0.155 s against 0.13
 glibc's defaults (three processes on a shared machine). PyTorch's CPU
 tuning guide gets the same effect by preloading jemalloc or tcmalloc.
 
-`keep_freed_memory` runs once per process: at the CLI's start and in each study worker. Elsewhere (another
+`keep_freed_memory` runs once per process: at the CLI's start and where a study stage runs (`run_stage`:
+the driver, a local pool worker, a Ray worker). Elsewhere (another
 libc, macOS, Windows) it does nothing.
 """
 

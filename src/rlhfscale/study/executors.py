@@ -139,8 +139,10 @@ def run_stage(call: StageCall) -> StageOutcome:
     """Run one stage in its partial folder (resuming from a checkpoint there), then publish it atomically.
 
     A raising stage leaves no artifact and no partial folder; its traceback goes to
-    `<stage>/<key>.error.log`. A killed one leaves its partial folder for the next attempt.
+    `<stage>/<key>.error.log`. A killed one leaves its partial folder for the next attempt. The process
+    keeps freed memory for reuse (`host_memory`), wherever it runs: in the driver, a pool worker or on Ray.
     """
+    keep_freed_memory()
     set_thread_env(call.threads)
     store = Store(call.store_root)
     start = time.perf_counter()
@@ -174,10 +176,8 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _init_worker(parent_pid: int) -> None:
-    """Pool worker initializer: get SIGKILL when the driver dies (Linux), or exit if it already has; keep freed
-    memory for reuse (`host_memory`)."""
-    keep_freed_memory()
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool worker initializer: get SIGKILL when the driver dies (Linux), or exit if it already has."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
@@ -195,7 +195,7 @@ class LocalExecutor:
         return ProcessPoolExecutor(
             self.capacity,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
+            initializer=_die_with_parent,
             initargs=(os.getpid(),),
         )
 
