@@ -67,7 +67,7 @@ def _check_nodes(spec: StudySpec, trials: list[Trial], keys: list[dict[str, str]
 
 
 def make_plan(spec_path: str | Path, validate: Validate | None, pipeline: Pipeline,
-          store: str | Path | None = None) -> Plan:
+              store: str | Path | None = None) -> Plan:
     """Expand, check and key the study; `store` overrides the spec's store directory."""
     spec = load_spec(spec_path)
     trials = expand(spec, validate)

@@ -31,6 +31,7 @@ from rlhfscale.study.spec import Trial, Validate
 from rlhfscale.study.store import Store
 from rlhfscale.version import code_version, describe
 
+
 @dataclass
 class StudyResult:
     """What one `run_study` call did."""
@@ -175,15 +176,15 @@ def _execute(todo: list[Node], store: Store, executor: Executor, reporter: _Repo
         finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for future in finished:
             node = running.pop(future)
-            outcome = _outcome(future, node, store)
+            node_id, outcome = id_of(node), _outcome(future, node, store)
             reporter.finished(outcome)
             if outcome.ok:
-                store.mark_done(*id_of(node), outcome.metrics, outcome.wall_s, completed=outcome.published)
-                result.ran.append(id_of(node))
+                store.mark_done(*node_id, outcome.metrics, outcome.wall_s, completed=outcome.published)
+                result.ran.append(node_id)
             else:
-                store.mark_ended(*id_of(node), "failed", outcome.error or "", outcome.wall_s)
-                result.failed[id_of(node)] = outcome.error or ""
-                _block_dependents(id_of(node), pending, store, result, reporter)
+                store.mark_ended(*node_id, "failed", outcome.error or "", outcome.wall_s)
+                result.failed[node_id] = outcome.error or ""
+                _block_dependents(node_id, pending, store, result, reporter)
 
 
 def _local_gpu_check(plan: Plan, executor: str, max_workers: int | None) -> None:
