@@ -142,3 +142,8 @@ def test_the_sampler_draws_the_same_tokens_with_either(monkeypatch, dtype):
     assert int(same.sum()) >= (12 if dtype == torch.float32 else 10), same
     torch.testing.assert_close(logprobs[same], eager_logprobs[same], atol=1e-5 if dtype == torch.float32 else 2e-2,
                                rtol=0)
+
+
+def test_only_a_cpu_step_takes_the_kernel():
+    assert decode_attention.uses_fused("cpu") == decode_attention.fused_available()
+    assert not decode_attention.uses_fused("cuda")  # a GPU runs the eager ops, whatever the CPU build did

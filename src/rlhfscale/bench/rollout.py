@@ -164,6 +164,6 @@ def _bench(size, batch, new_tokens, seed, device, repeats, backend) -> dict:
         "peak_frac": 2 * params * tokens / min(ours_s) / peak,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
-        "attention": "fused" if decode_attention.fused_available() else "eager",
+        "attention": "fused" if decode_attention.uses_fused(device) else "eager",
         **extra,
     }

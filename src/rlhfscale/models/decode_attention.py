@@ -78,6 +78,11 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = path
 
 
+def uses_fused(device: torch.device) -> bool:
+    """Whether a decoding step on `device` runs the fused kernel (a CPU, and the kernel built) or the eager ops."""
+    return torch.device(device).type == "cpu" and fused_available()
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.Tensor, v_cache: torch.Tensor,
            mask: torch.Tensor, t: int) -> torch.Tensor:
     """Store the new token's k, v [B, Hkv, Dh] in column t - 1 of a cache layer, keys transposed kt_cache
@@ -85,7 +90,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.Te
     the first t columns, mask [B, 1, 1, C] additive (0, or -inf on prompt pads and unwritten columns). Query
     head i reads key/value head i // (H / Hkv). Returns [B, H·Dh]."""
     B, H, Dh = q.shape
-    if q.device.type == "cpu" and fused_available():
+    if uses_fused(q.device):
         return torch.ops.rlhfscale.decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), kt_cache,
                                                     v_cache, mask.view(B, -1), t, Dh**-0.5)
     kt_cache[..., t - 1], v_cache[:, :, t - 1] = k, v
