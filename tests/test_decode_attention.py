@@ -147,3 +147,14 @@ def test_the_sampler_draws_the_same_tokens_with_either(monkeypatch, dtype):
 def test_only_a_cpu_step_takes_the_kernel():
     assert decode_attention.uses_fused("cpu") == decode_attention.fused_available()
     assert not decode_attention.uses_fused("cuda")  # a GPU runs the eager ops, whatever the CPU build did
+
+
+def test_the_switch_takes_0_or_1_and_refuses_anything_else(monkeypatch):
+    from rlhfscale.errors import BadInput
+
+    monkeypatch.setattr(decode_attention, "fused_available", decode_attention.fused_available.__wrapped__)
+    monkeypatch.setenv(decode_attention.ENV, "0")
+    assert decode_attention.fused_available() is False
+    monkeypatch.setenv(decode_attention.ENV, "off")
+    with pytest.raises(BadInput, match="RLHFSCALE_FUSED_ATTENTION: expected 0 .* or 1 .*, found 'off'"):
+        decode_attention.fused_available()

@@ -29,8 +29,11 @@ from pathlib import Path
 
 import torch
 
+from rlhfscale.errors import BadInput
+
 SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
+ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the kernel builds
 
 
 def build_name() -> str:
@@ -46,8 +49,12 @@ def build_name() -> str:
 @functools.cache
 def fused_available() -> bool:
     """Whether the fused CPU kernel is loaded (building it the first time on this machine; False where it
-    cannot be built, with a warning saying why). RLHFSCALE_FUSED_ATTENTION=0 turns it off."""
-    if os.environ.get("RLHFSCALE_FUSED_ATTENTION", "1") == "0":
+    cannot be built, with a warning saying why). RLHFSCALE_FUSED_ATTENTION=0 turns it off; a value other
+    than 0 or 1 is refused."""
+    switch = os.environ.get(ENV, "1")
+    if switch not in ("0", "1"):
+        raise BadInput(f"environment variable {ENV}: expected 0 (eager ops) or 1 (the fused kernel), found {switch!r}")
+    if switch == "0":
         return False
     try:
         from torch.utils.cpp_extension import load
