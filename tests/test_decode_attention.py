@@ -78,6 +78,9 @@ def test_one_head_by_hand(attend):
     (2, 1, 24, 37, 37),  # another head size; the last block of 16 columns overlaps the one before
     (3, 3, 128, 16, 5),
     (2, 2, 32, 12, 9),  # a cache narrower than one block of 16 columns
+    (2, 2, 32, 100, 90),  # six blocks: a group of four summed side by side, then two
+    (2, 1, 64, 70, 69),  # five blocks, the last overlapping; an odd count of value rows
+    (2, 2, 24, 80, 77),  # a head size without an unrolled loop, in groups of blocks
 ])  # fmt: skip
 def test_equals_a_plain_loop(attend, H, Hkv, D, C, t):
     q, kt, v, mask = cache_layer(3, H, Hkv, D, C, t)

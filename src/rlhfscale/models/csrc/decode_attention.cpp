@@ -42,11 +42,32 @@ inline float exp_nonpositive(float x) {
   return x < -87.3f ? 0.f : p * __builtin_bit_cast(float, bits);
 }
 
-constexpr int64_t kBlock = 16;  // score columns kept in registers while the head dimension is summed
+constexpr int64_t kBlock = 16;  // score columns kept in one register while the head dimension is summed
+constexpr int64_t kGroup = 4;   // blocks summed side by side: independent chains of fused multiply-adds
 
-// s[c] = sum_d q[d] kt[d][c] for c < t, in blocks of kBlock columns. Columns in [t, C) exist, so a block may read
-// past t (what it computes there is dropped); the last block ends at C, overlapping the one before it when C is
-// not a multiple of kBlock.
+// s[c] = sum_d q[d] kt[d][c] for the kNb blocks of columns starting at start[0..kNb), summed side by side so that
+// each multiply-add does not wait for the one before it. Columns past t are computed and dropped.
+template <typename T, int64_t kD, int64_t kNb>
+inline void score_blocks(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, const int64_t* start,
+                         int64_t c0, float* s) {
+  const int64_t dims = kD ? kD : D;
+  float acc[kNb][kBlock] = {};
+  for (int64_t d = 0; d < dims; ++d) {
+    const T* row = kt + d * C;
+    for (int64_t b = 0; b < kNb; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < kBlock; ++j) acc[b][j] += q[d] * static_cast<float>(row[start[b] + j]);
+    }
+  }
+  for (int64_t b = 0; b < kNb; ++b) {
+    const int64_t first = c0 + b * kBlock;  // the block's first new column (the last block may start before it)
+    for (int64_t c = first; c < std::min(start[b] + kBlock, t); ++c) s[c] = acc[b][c - start[b]];
+  }
+}
+
+// s[c] = sum_d q[d] kt[d][c] for c < t, in blocks of kBlock columns, kGroup blocks at a time. Columns in [t, C)
+// exist, so a block may read past t (what it computes there is dropped); the last block ends at C, overlapping the
+// one before it when C is not a multiple of kBlock.
 template <typename T, int64_t kD>
 inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, float* s) {
   const int64_t dims = kD ? kD : D;
@@ -58,16 +79,52 @@ inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t
     }
     return;
   }
-  for (int64_t c0 = 0; c0 < t; c0 += kBlock) {
-    const int64_t start = std::min(c0, C - kBlock);
-    float acc[kBlock] = {};
-    for (int64_t d = 0; d < dims; ++d) {
-      const T* row = kt + d * C + start;
-#pragma omp simd
-      for (int64_t j = 0; j < kBlock; ++j) acc[j] += q[d] * static_cast<float>(row[j]);
+  for (int64_t c0 = 0; c0 < t; c0 += kGroup * kBlock) {
+    int64_t start[kGroup], nb = 0;
+    for (; nb < kGroup && c0 + nb * kBlock < t; ++nb) start[nb] = std::min(c0 + nb * kBlock, C - kBlock);
+    switch (nb) {
+      case 1: score_blocks<T, kD, 1>(q, kt, D, C, t, start, c0, s); break;
+      case 2: score_blocks<T, kD, 2>(q, kt, D, C, t, start, c0, s); break;
+      case 3: score_blocks<T, kD, 3>(q, kt, D, C, t, start, c0, s); break;
+      default: score_blocks<T, kD, kGroup>(q, kt, D, C, t, start, c0, s);
     }
-    for (int64_t c = c0; c < std::min(start + kBlock, t); ++c) s[c] = acc[c - start];
   }
+}
+
+// o[d] = sum_c p[c] v[c][d] for c < t, p[c] = round(w[c] * inv): even and odd columns summed apart (two independent
+// chains), then added.
+template <typename T, int64_t kD>
+inline void weighted_values(const float* w, float inv, const T* v, int64_t D, int64_t t, float* o) {
+  constexpr int64_t kMax = kD ? kD : 1;
+  const int64_t dims = kD ? kD : D;
+  if constexpr (kD == 0) {  // a head size without an unrolled loop: one chain
+    std::fill(o, o + dims, 0.f);
+    for (int64_t c = 0; c < t; ++c) {
+      const float p = rounded<T>(w[c] * inv);
+      const T* row = v + c * dims;
+#pragma omp simd
+      for (int64_t d = 0; d < dims; ++d) o[d] += p * static_cast<float>(row[d]);
+    }
+    return;
+  }
+  float even[kMax] = {}, odd[kMax] = {};
+  int64_t c = 0;
+  for (; c + 1 < t; c += 2) {
+    const float p0 = rounded<T>(w[c] * inv), p1 = rounded<T>(w[c + 1] * inv);
+    const T* r0 = v + c * dims;
+    const T* r1 = r0 + dims;
+#pragma omp simd
+    for (int64_t d = 0; d < kMax; ++d) {
+      even[d] += p0 * static_cast<float>(r0[d]);
+      odd[d] += p1 * static_cast<float>(r1[d]);
+    }
+  }
+  if (c < t) {
+    const float p = rounded<T>(w[c] * inv);
+#pragma omp simd
+    for (int64_t d = 0; d < kMax; ++d) even[d] += p * static_cast<float>(v[c * dims + d]);
+  }
+  for (int64_t d = 0; d < kMax; ++d) o[d] = even[d] + odd[d];
 }
 
 // One layer's step: the new token's keys and values, the cache they go into, the queries that read it.
@@ -104,14 +161,7 @@ void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, fl
     s[c] = exp_nonpositive(s[c] - top);
     total += s[c];
   }
-  const float inv = 1.f / total;
-  std::fill(o, o + dims, 0.f);
-  for (int64_t c = 0; c < t; ++c) {
-    const float p = rounded<T>(s[c] * inv);
-    const T* row = v_head + c * dims;
-#pragma omp simd
-    for (int64_t d = 0; d < dims; ++d) o[d] += p * static_cast<float>(row[d]);
-  }
+  weighted_values<T, kD>(s, 1.f / total, v_head, dims, t, o);
   for (int64_t d = 0; d < dims; ++d) a.out[i * dims + d] = static_cast<T>(o[d]);
 }
 
