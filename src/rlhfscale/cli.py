@@ -259,6 +259,7 @@ def bench_rl(vs: str = typer.Option("trl", "--vs", help="what to compare against
              rounds: int = typer.Option(2, help="alternating rounds; each side keeps its best"),
              bf16: bool = typer.Option(True, help="bf16 autocast on our side (its learning curve is fp32's)"),
              trl_bf16: bool = typer.Option(True, "--trl-bf16/--no-trl-bf16", help="bf16 autocast on TRL's side (TRL's default)"),
+             threads: int = typer.Option(0, help="torch CPU threads for both sides (0: leave as set)"),
              as_json: bool = typer.Option(False, "--json", help="print only the JSON line")) -> None:
     """Our GRPO step against TRL's GRPOTrainer on the same model, task and batch (needs the `bench` extra)."""
     if vs != "trl":
@@ -266,7 +267,8 @@ def bench_rl(vs: str = typer.Option("trl", "--vs", help="what to compare against
     from .bench.rl import run_rl_bench
 
     result = run_rl_bench(tuple(s for s in sizes.split(",") if s), prompts=prompts, n=n, new_tokens=new_tokens,
-                          steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16)
+                          steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16,
+                          threads=threads or None)
     if not as_json:
         for k, v in result.items():
             typer.echo(f"{k:>22s}  {v}")
