@@ -91,7 +91,7 @@ def response_outputs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_ma
     last_prompt, past = _call(model, ids_u, mask_u, positions_of(mask_u), keep=1, use_cache=True)
     past.batch_select_indices(inverse)  # the U prompts' keys and values, one copy per row
     out, _ = _call(model, response_ids, full_mask, positions[:, P:], past=past, use_cache=True)
-    return torch.cat((last_prompt[inverse], out[:, :-1]), 1)
+    return torch.cat((last_prompt.index_select(0, inverse), out[:, :-1]), 1)
 
 
 @dataclass
