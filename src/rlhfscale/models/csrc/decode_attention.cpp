@@ -91,30 +91,30 @@ inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t
   }
 }
 
-// o[d] = sum_c p[c] v[c][d] for c < t, p[c] = round(w[c] * inv): even and odd columns summed apart (two independent
-// chains), then added.
-template <typename T, int64_t kD>
-inline void weighted_values(const float* w, float inv, const T* v, int64_t D, int64_t t, float* o) {
-  constexpr int64_t kMax = kD ? kD : 1;
-  const int64_t dims = kD ? kD : D;
-  if constexpr (kD == 0) {  // a head size without an unrolled loop: one chain
-    std::fill(o, o + dims, 0.f);
-    for (int64_t c = 0; c < t; ++c) {
-      const float p = rounded<T>(w[c] * inv);
-      const T* row = v + c * dims;
+// o[d] = sum_c p[c] v[c][d] for c < t, p[c] = round(w[c] * inv), for any head size D: one chain.
+template <typename T>
+inline void weighted_values_any(const float* w, float inv, const T* v, int64_t D, int64_t t, float* o) {
+  std::fill(o, o + D, 0.f);
+  for (int64_t c = 0; c < t; ++c) {
+    const float p = rounded<T>(w[c] * inv);
+    const T* row = v + c * D;
 #pragma omp simd
-      for (int64_t d = 0; d < dims; ++d) o[d] += p * static_cast<float>(row[d]);
-    }
-    return;
+    for (int64_t d = 0; d < D; ++d) o[d] += p * static_cast<float>(row[d]);
   }
-  float even[kMax] = {}, odd[kMax] = {};
+}
+
+// The same for a head size kD known at compile time: even and odd columns summed apart (two independent chains
+// held in registers), then added.
+template <typename T, int64_t kD>
+inline void weighted_values(const float* w, float inv, const T* v, int64_t t, float* o) {
+  float even[kD] = {}, odd[kD] = {};
   int64_t c = 0;
   for (; c + 1 < t; c += 2) {
     const float p0 = rounded<T>(w[c] * inv), p1 = rounded<T>(w[c + 1] * inv);
-    const T* r0 = v + c * dims;
-    const T* r1 = r0 + dims;
+    const T* r0 = v + c * kD;
+    const T* r1 = r0 + kD;
 #pragma omp simd
-    for (int64_t d = 0; d < kMax; ++d) {
+    for (int64_t d = 0; d < kD; ++d) {
       even[d] += p0 * static_cast<float>(r0[d]);
       odd[d] += p1 * static_cast<float>(r1[d]);
     }
@@ -122,9 +122,9 @@ inline void weighted_values(const float* w, float inv, const T* v, int64_t D, in
   if (c < t) {
     const float p = rounded<T>(w[c] * inv);
 #pragma omp simd
-    for (int64_t d = 0; d < kMax; ++d) even[d] += p * static_cast<float>(v[c * dims + d]);
+    for (int64_t d = 0; d < kD; ++d) even[d] += p * static_cast<float>(v[c * kD + d]);
   }
-  for (int64_t d = 0; d < kMax; ++d) o[d] = even[d] + odd[d];
+  for (int64_t d = 0; d < kD; ++d) o[d] = even[d] + odd[d];
 }
 
 // One layer's step: the new token's keys and values, the cache they go into, the queries that read it.
@@ -161,7 +161,11 @@ void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, fl
     s[c] = exp_nonpositive(s[c] - top);
     total += s[c];
   }
-  weighted_values<T, kD>(s, 1.f / total, v_head, dims, t, o);
+  if constexpr (kD > 0) {
+    weighted_values<T, kD>(s, 1.f / total, v_head, t, o);
+  } else {
+    weighted_values_any<T>(s, 1.f / total, v_head, dims, t, o);
+  }
   for (int64_t d = 0; d < dims; ++d) a.out[i * dims + d] = static_cast<T>(o[d]);
 }
 
