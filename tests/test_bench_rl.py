@@ -25,3 +25,4 @@ def test_both_sides_run_with_the_threads_asked_for_and_the_count_is_restored(mon
     assert seen == [2, 2] and out["threads"] == 2 and torch.get_num_threads() == before
     # every fraction is re-expressed against the best peak seen: measured at 100, the best was 200
     assert (out["ours_peak_frac"], out["tiny"]["trl_peak_frac"], out["peak_flops"]) == (0.25, 0.1, 200.0)
+

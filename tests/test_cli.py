@@ -39,6 +39,13 @@ def test_bench_rollout_refuses_an_unknown_backend_in_one_line():
     assert "bench rollout --backend: expected one of native, vllm, found 'sglang'" in r.stderr
 
 
+@pytest.mark.parametrize("command", ["rl", "rollout"])
+def test_bench_refuses_a_negative_thread_count_in_one_line(command):
+    r = run_cli("bench", command, "--threads", "-1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"bench {command} --threads: expected 0 (leave as set) or a positive count, found -1" in r.stderr
+
+
 def test_bench_rollout_without_vllm_says_how_to_get_it():
     pytest.importorskip("transformers")
     try:

@@ -33,9 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ..bench.peak import measure_matmul_peak
+from . import torch_threads
 from ..config import RLConfig, RunConfig, SamplingConfig
 from ..errors import BadInput
 from ..models.io import load_policy, new_policy, save_policy
@@ -43,6 +41,7 @@ from ..models.ladder import count_non_embedding
 from ..rm.sources import Reward, rule_source
 from ..rl.trainer import train
 from ..tasks.arithmetic import ArithmeticTask
+from .peak import measure_matmul_peak
 
 NEW_TOKENS = {"micro": 16, "tiny": 32}  # the response budgets of the TRL reference figures
 
@@ -175,20 +174,16 @@ def run_rl_bench(
 ) -> dict:
     """`compare` at each size (new_tokens 0: `NEW_TOKENS` of the size); the first size's figures at the top
     level, the others under their size's name, the fp32 matmul peak (best of the run's start and end) beside."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
+    with torch_threads(threads, "bench rl") as used:
         peak = measure_matmul_peak()
         results = [compare(size, prompts=prompts, n=n, new_tokens=new_tokens or NEW_TOKENS.get(size, 32), lr=lr,
                            beta=beta, warmup=warmup, steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16,
                            peak=peak)
                    for size in sizes]
         final_peak = max(peak, measure_matmul_peak())
-    finally:
-        torch.set_num_threads(previous)
     for r in results:  # express every fraction against the best peak seen
         for key in ("ours_peak_frac", "ours_peak_frac_run", "trl_peak_frac"):
             r[key] *= peak / final_peak
     head, *rest = results
     return {**head, **{r["size"]: r for r in rest}, "peak_flops": final_peak, "bf16": bf16, "trl_bf16": trl_bf16,
-            "threads": threads or previous}
+            "threads": used}

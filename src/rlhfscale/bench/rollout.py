@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from rlhfscale.bench import torch_threads
 from rlhfscale.bench.peak import measure_matmul_peak
 from rlhfscale.errors import BadInput
 from rlhfscale.models import decode_attention
@@ -68,12 +69,8 @@ def run_rollout_bench(
     """
     if backend not in BACKENDS:
         raise BadInput(f"bench rollout --backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or previous_threads)
-    try:
+    with torch_threads(threads, "bench rollout"):
         return _bench(size, batch, new_tokens, seed, device, repeats, backend)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _native(model, tok, prompts, new_tokens, seed, device):
