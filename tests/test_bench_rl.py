@@ -26,3 +26,16 @@ def test_both_sides_run_with_the_threads_asked_for_and_the_count_is_restored(mon
     # every fraction is re-expressed against the best peak seen: measured at 100, the best was 200
     assert (out["ours_peak_frac"], out["tiny"]["trl_peak_frac"], out["peak_flops"]) == (0.25, 0.1, 200.0)
 
+
+
+def test_the_ratio_compares_each_sides_best_round_and_each_round_is_reported(monkeypatch):
+    ours = iter([bench_rl.Timing(0.2, 100, 10, 80), bench_rl.Timing(0.1, 100, 10, 80)])
+    trl = iter([bench_rl.Timing(0.5, 100, 10), bench_rl.Timing(0.6, 100, 10)])
+    monkeypatch.setattr(bench_rl, "time_ours", lambda setup: next(ours))
+    monkeypatch.setattr(bench_rl, "time_trl", lambda setup: next(trl))
+    out = bench_rl.compare("nano", prompts=2, n=2, new_tokens=4, lr=1e-5, beta=0.0, warmup=1, steps=1, rounds=2,
+                           bf16=False, trl_bf16=False, peak=1e9)
+    # the best rounds are ours 0.1 s (the second) and TRL's 0.5 s (the first): 5x; round by round 2.5x and 6x
+    assert out["ratio_vs_trl"] == 0.5 / 0.1
+    assert out["ratio_vs_trl_rounds"] == [0.5 / 0.2, 0.6 / 0.1]
+    assert (out["ours_step_s"], out["trl_step_s"]) == (0.1, 0.5)

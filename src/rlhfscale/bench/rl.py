@@ -10,7 +10,9 @@ autocast (ours keeps the learning curve with it, which `tests/test_rl_e2e.py` ch
 (``--no-trl-bf16``) runs TRL in fp32. Each side runs
 `warmup` steps, then `steps` timed ones; the two alternate for `rounds` rounds
 and each keeps its best round (the median step of a round), which damps the
-noise of a shared machine.
+noise of a shared machine. `ratio_vs_trl_rounds` gives the ratio of each round
+on its own (the two sides' steps of one round, run back to back): their spread
+is the noise that the best-of-rounds ratio smooths.
 
 `peak_frac` is the model-FLOPs throughput over the fp32 matmul peak measured in
 the same run (`bench.peak`): 2·N per token the sampler runs (prompt and
@@ -157,6 +159,7 @@ def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta
         "ours_samples_s": prompts * n / best_ours.step_s,
         "trl_samples_s": prompts * n / best_trl.step_s,
         "ratio_vs_trl": best_trl.step_s / best_ours.step_s,
+        "ratio_vs_trl_rounds": [t.step_s / o.step_s for o, t in zip(ours, trl)],
         "ours_peak_frac": peak_frac(best_ours),
         "ours_peak_frac_run": peak_frac(best_ours, best_ours.tokens_run),
         "trl_peak_frac": peak_frac(best_trl),
