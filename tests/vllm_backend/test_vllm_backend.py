@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,7 +20,13 @@ from rlhfscale.tasks.arithmetic import ArithmeticTask  # noqa: E402
 @pytest.fixture(scope="module")
 def engine():
     policy, tok = new_policy("micro", 0, 128)  # head_dim 32: vLLM's CPU attention refuses 16
-    return VLLMEngine(policy, tok, max_len=128, seed=0), policy, tok
+    with VLLMEngine(policy, tok, max_len=128, seed=0) as llm:
+        yield llm, policy, tok
+
+
+def child_processes() -> set[int]:
+    """The pids of this process's live children (vLLM's engine runs in one)."""
+    return {p.pid for p in multiprocessing.active_children()}
 
 
 def prompts(tok, n=8):
@@ -54,6 +63,17 @@ def test_the_n_copies_of_a_prompt_get_different_responses(engine):
     assert len({tuple(r) for r in (ro.response_ids * ro.response_mask).tolist()}) >= 6
 
 
+def test_close_stops_the_engines_process_and_deletes_its_folder():
+    policy, tok = new_policy("micro", 1, 128)
+    before = child_processes()
+    llm = VLLMEngine(policy, tok, max_len=64, seed=0)
+    folder = Path(llm._folder.name)
+    assert child_processes() - before and folder.is_dir()  # the engine's worker, the model it loaded
+    llm.close()
+    assert not child_processes() - before and not folder.exists()
+    llm.close()  # a second close does nothing
+
+
 def test_grpo_through_vllm_raises_held_out_accuracy_and_logs_the_log_prob_gap(tmp_path):
     """The demo's start (micro, constant-schedule SFT) and GRPO at the demo's settings, rollouts by vLLM."""
     import json
@@ -66,7 +86,9 @@ def test_grpo_through_vllm_raises_held_out_accuracy_and_logs_the_log_prob_gap(tm
                                                          "sampling": {"backend": "vllm"},
                                                          "eval": {"n_prompts": 100, "k": 1}}))
     sft.run(cfg, {}, tmp_path / "sft")
+    children = child_processes()
     summary = rl.run(cfg, {"sft": str(tmp_path / "sft")}, tmp_path / "rl")
+    assert not child_processes() - children  # the stage stopped its engine
     before, after = summary["eval/pass@1_before"], summary["eval/pass@1_after"]
     print(f"held-out pass@1 {before} -> {after}")  # shown by pytest -rP
     assert after > before + 0.05, (before, after)
@@ -79,6 +101,8 @@ def test_bench_rollout_times_vllm_on_the_same_work_as_generate():
     """The bench checks that both sides generated batch x new_tokens tokens before timing them."""
     from rlhfscale.bench.rollout import run_rollout_bench
 
+    children = child_processes()
     result = run_rollout_bench(size="micro", batch=16, new_tokens=8, repeats=1, backend="vllm")
+    assert not child_processes() - children  # the bench stopped its engine
     assert result["backend"] == "vllm" and result["engine_start_s"] > 0
     assert result["ours_tok_s"] > 0 and 0 < result["peak_frac"] < 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from contextlib import ExitStack
 
 import torch
 
@@ -69,11 +70,11 @@ def run_rollout_bench(
     """
     if backend not in BACKENDS:
         raise BadInput(f"bench rollout --backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
-    with torch_threads(threads, "bench rollout"):
-        return _bench(size, batch, new_tokens, seed, device, repeats, backend)
+    with torch_threads(threads, "bench rollout"), ExitStack() as stack:
+        return _bench(size, batch, new_tokens, seed, device, repeats, backend, stack)
 
 
-def _native(model, tok, prompts, new_tokens, seed, device):
+def _native(model, tok, prompts, new_tokens, seed, device, stack):
     """Our sampler as a function of no arguments returning the number of tokens it generated."""
     def ours() -> int:
         generator = torch.Generator(device).manual_seed(seed)
@@ -83,13 +84,13 @@ def _native(model, tok, prompts, new_tokens, seed, device):
     return ours, {}
 
 
-def _vllm(model, tok, prompts, new_tokens, seed, device):
+def _vllm(model, tok, prompts, new_tokens, seed, device, stack):
     """The vLLM engine, holding a copy of `model`, as a function returning the number of tokens it generated;
-    and the seconds its start took."""
+    and the seconds its start took. The engine stops when `stack` (an `ExitStack`) closes."""
     from rlhfscale.rollout.vllm_engine import VLLMEngine, require_vllm
 
     vllm, start = require_vllm(), time.perf_counter()
-    engine = VLLMEngine(model, tok, max_len=max(map(len, prompts)) + new_tokens, seed=seed)
+    engine = stack.enter_context(VLLMEngine(model, tok, max_len=max(map(len, prompts)) + new_tokens, seed=seed))
     started = time.perf_counter() - start
     params = vllm.SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=1.0,
                                  seed=seed)
@@ -118,13 +119,14 @@ def _fastest_attention(model, hf, tries: int = 2) -> str:
     return fastest
 
 
-def _bench(size, batch, new_tokens, seed, device, repeats, backend) -> dict:
-    """The measurement of `run_rollout_bench`, at the current thread count."""
+def _bench(size, batch, new_tokens, seed, device, repeats, backend, stack) -> dict:
+    """The measurement of `run_rollout_bench`, at the current thread count; the backend's engine, if it has
+    one, stops when `stack` closes."""
     tok = build_tokenizer()
     ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     model = build_model(size, len(tok), seed=seed, **ids).to(device).eval()
     prompts = arithmetic_prompts(batch, seed)
-    ours, extra = BACKENDS[backend](model, tok, prompts, new_tokens, seed, device)
+    ours, extra = BACKENDS[backend](model, tok, prompts, new_tokens, seed, device, stack)
 
     hf_inputs = tok.pad([{"input_ids": p} for p in prompts], return_tensors="pt").to(device)
     hf_kwargs = dict(

@@ -14,6 +14,7 @@ processes by spawn, so a script that builds an engine needs an ``if __name__ == 
 
 from __future__ import annotations
 
+import multiprocessing
 import tempfile
 from pathlib import Path
 
@@ -48,18 +49,41 @@ class WeightSync:
 
 
 class VLLMEngine:
-    """A vLLM engine holding a copy of `model`; `push` refreshes it, `sample` rolls out like `rollout.sample`."""
+    """A vLLM engine holding a copy of `model`; `push` refreshes it, `sample` rolls out like `rollout.sample`.
+
+    `close` (or leaving a ``with`` block) stops the engine's worker process and deletes its model folder; until
+    then they hold their memory (on a GPU, `MEMORY_FRACTION` of it), also after the last rollout."""
 
     def __init__(self, model, tok, *, max_len: int, seed: int, dtype: str = "float32") -> None:
         vllm = require_vllm()
         self._folder = tempfile.TemporaryDirectory(prefix="rlhfscale-vllm-")
         model.save_pretrained(self._folder.name)
         tok.save_pretrained(self._folder.name)
+        before = set(multiprocessing.active_children())
         self.llm = vllm.LLM(model=self._folder.name, dtype=dtype, seed=seed, max_model_len=max_len,
                             enable_prefix_caching=True, enforce_eager=True, gpu_memory_utilization=MEMORY_FRACTION,
                             logprobs_mode="processed_logprobs",
                             worker_extension_cls=f"{__name__}.WeightSync")
+        self._processes = [p for p in multiprocessing.active_children() if p not in before]  # the engine's own
         self._seed, self._calls = seed, 0
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the engine and wait until its processes have exited, then delete its model folder; a second call
+        does nothing."""
+        if self.llm is None:
+            return
+        shutdown = getattr(self.llm, "shutdown", None) or self.llm.llm_engine.engine_core.shutdown  # older vLLM
+        shutdown()  # asks the engine to stop, and kills it if it has not within a grace period
+        for process in self._processes:
+            process.join(timeout=60)
+        self.llm = None
+        self._folder.cleanup()
 
     def push(self, model) -> None:
         """Load the trainer's current weights into the engine (exact: a copy of every tensor)."""

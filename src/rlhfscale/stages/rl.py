@@ -137,10 +137,12 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
         bar.advance(f"reward {info['rl/reward']:.3f}{gold}")
 
     diverged: dict[str, float] = {"rl/diverged": 0.0}
+    engine = None
     try:
+        engine = rollout_engine(cfg, policy, tok)
         train(policy, tok, prompts, reward, cfg, max_new_tokens=budget, critic=critic, reward_params=reward.params,
               on_step=on_step, checkpoint=ckpt, resume=resume, extra_state=lambda: {"rows": out.rows, "before": before},
-              engine=rollout_engine(cfg, policy, tok))
+              engine=engine)
     except NonFiniteError as e:  # the update that would have used the bad value never ran: the weights are good
         out.log(last.get("step", 0) + 1, error=str(e))
         if not record_divergence:
@@ -150,6 +152,8 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
         diverged = {"rl/diverged": 1.0, "rl/diverged_step": float(last.get("step", 0) + 1)}
     finally:
         bar.close()
+        if engine is not None:  # its worker and memory are not needed past the last rollout
+            engine.close()
     save()
     after = held_out(policy, cfg.eval.k, shifts=True)
     out.log(int(last.get("step", 0)) if diverged["rl/diverged"] else cfg.rl.steps, **after,
