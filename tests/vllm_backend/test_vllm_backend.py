@@ -106,3 +106,33 @@ def test_bench_rollout_times_vllm_on_the_same_work_as_generate():
     assert not child_processes() - children  # the bench stopped its engine
     assert result["backend"] == "vllm" and result["engine_start_s"] > 0
     assert result["ours_tok_s"] > 0 and 0 < result["peak_frac"] < 1
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_a_push_into_a_real_architecture_is_exact(arch):
+    """Qwen2 (attention biases) and Qwen3 (q/k norms), with GQA and untied embeddings, saved by plain
+    transformers: after a push of other weights the engine's greedy output is the native sampler's, and its
+    log-probs are the trainer's."""
+    from hf_models import bpe_tokenizer, corpus
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
+
+    task = ArithmeticTask()
+    tok = bpe_tokenizer(corpus(task))
+    config = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch](
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256,
+        max_position_embeddings=256, vocab_size=len(tok), tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        **({"head_dim": 32} if arch == "qwen3" else {}))  # head_dim 32: vLLM's CPU attention needs 32 or more
+    start, trained = (torch.manual_seed(seed) and AutoModelForCausalLM.from_config(config).eval() for seed in (0, 1))
+    ids = prompts(tok)
+    with VLLMEngine(start, tok, max_len=128, seed=0) as llm:
+        llm.push(trained)
+        kwargs = dict(max_new_tokens=12, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+        ours = sample(trained, ids, temperature=0.0, **kwargs)
+        theirs = llm.sample(ids, temperature=0.0, **kwargs)
+        ro = llm.sample(ids * 2, temperature=1.0, **kwargs)
+    assert torch.equal(ours.response_ids * ours.response_mask, theirs.response_ids * theirs.response_mask)
+    with torch.no_grad():
+        trainer = response_logprobs(trained, ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1], 1.0)
+    gap = (trainer - ro.logprobs).abs()[ro.response_mask.bool()]
+    assert gap.numel() > 50 and gap.max().item() < 1e-3, gap.max().item()
