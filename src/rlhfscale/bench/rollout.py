@@ -75,7 +75,8 @@ def run_rollout_bench(
 
 
 def _native(model, tok, prompts, new_tokens, seed, device, stack):
-    """Our sampler as a function of no arguments returning the number of tokens it generated."""
+    """Our sampler as a function of no arguments returning the number of tokens it generated (it starts no
+    engine, so it leaves `stack` alone)."""
     def ours() -> int:
         generator = torch.Generator(device).manual_seed(seed)
         ro = sample(model, prompts, max_new_tokens=new_tokens, eos_id=-1, pad_id=tok.pad_token_id, generator=generator)
