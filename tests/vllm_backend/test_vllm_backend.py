@@ -72,6 +72,8 @@ def test_close_stops_the_engines_process_and_deletes_its_folder():
     llm.close()
     assert not child_processes() - before and not folder.exists()
     llm.close()  # a second close does nothing
+    with pytest.raises(RuntimeError, match="after close"):
+        llm.sample([[1, 2]], max_new_tokens=2, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
 
 
 def test_grpo_through_vllm_raises_held_out_accuracy_and_logs_the_log_prob_gap(tmp_path):

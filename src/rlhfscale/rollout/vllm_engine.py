@@ -85,27 +85,35 @@ class VLLMEngine:
         self.llm = None
         self._folder.cleanup()
 
+    def _open(self):
+        """The engine's `vllm.LLM`; a closed engine raises."""
+        if self.llm is None:
+            raise RuntimeError("VLLMEngine: used after close()")
+        return self.llm
+
     def push(self, model) -> None:
         """Load the trainer's current weights into the engine (exact: a copy of every tensor)."""
         from safetensors.torch import save_file
 
+        llm = self._open()
+
         state = {name: t.detach().to("cpu", torch.float32).clone().contiguous() for name, t in model.state_dict().items()}
         path = str(Path(self._folder.name) / "push.safetensors")
         save_file(state, path)
-        self.llm.collective_rpc("load_state", args=(path,))
-        self.llm.reset_prefix_cache()  # cached prompt blocks were computed with the old weights
+        llm.collective_rpc("load_state", args=(path,))
+        llm.reset_prefix_cache()  # cached prompt blocks were computed with the old weights
 
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                top_k: int = 0, eos_id: int, pad_id: int, device: torch.device | str = "cpu") -> Rollout:
         """One response per prompt (repeat a prompt n times for n responses: prefix caching shares it)."""
-        vllm = require_vllm()
+        vllm, llm = require_vllm(), self._open()
         self._calls += 1
         base = (self._seed * 1_000_003 + self._calls) * len(prompts)
         params = [vllm.SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                       top_k=top_k if top_k > 0 else -1, logprobs=0, stop_token_ids=[eos_id],
                                       seed=base + i)  # one seed per request: the n copies of a prompt differ
                   for i in range(len(prompts))]
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        outputs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         responses = [list(o.outputs[0].token_ids) for o in outputs]
         logprobs = [[entry[token].logprob for token, entry in zip(r, o.outputs[0].logprobs)]
                     for r, o in zip(responses, outputs)]
