@@ -27,7 +27,6 @@ def test_both_sides_run_with_the_threads_asked_for_and_the_count_is_restored(mon
     assert (out["ours_peak_frac"], out["tiny"]["trl_peak_frac"], out["peak_flops"]) == (0.25, 0.1, 200.0)
 
 
-
 def test_the_ratio_compares_each_sides_best_round_and_each_round_is_reported(monkeypatch):
     ours = iter([bench_rl.Timing(0.2, 100, 10, 80), bench_rl.Timing(0.1, 100, 10, 80)])
     trl = iter([bench_rl.Timing(0.5, 100, 10), bench_rl.Timing(0.6, 100, 10)])

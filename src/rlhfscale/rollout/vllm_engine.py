@@ -96,7 +96,6 @@ class VLLMEngine:
         from safetensors.torch import save_file
 
         llm = self._open()
-
         state = {name: t.detach().to("cpu", torch.float32).clone().contiguous() for name, t in model.state_dict().items()}
         path = str(Path(self._folder.name) / "push.safetensors")
         save_file(state, path)
