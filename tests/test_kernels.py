@@ -13,7 +13,8 @@ needs_onednn = pytest.mark.skipif(kernels._ONEDNN is None, reason="this torch ha
 
 
 def products(ops, module, x, other):
-    return ops.linear(module, x), ops.linear_silu(module, x), ops.linear_mul(module, x, other)
+    return (ops.linear(module, x), ops.linear_silu(module, x), ops.linear_mul(module, x, other),
+            ops.linear_add(module, x, other))
 
 
 @needs_onednn
@@ -69,6 +70,19 @@ def test_sampling_many_rows_greedy_equals_hf_generate(monkeypatch):
                         min_new_tokens=10, pad_token_id=PAD, eos_token_id=EOS)[:, ours.prompt_ids.shape[1]:]
     assert torch.equal(ours.response_ids, hf)
     assert counting.calls >= 9 * (2 * 7 + 1)  # every projection and the head in the 9 decode steps
+
+
+@needs_onednn
+def test_linear_add_is_the_residual_sum():
+    """By hand: a 1 × 2 input through a 2 × 2 weight, plus the residual."""
+    module = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    x, residual = torch.tensor([[1.0, -1.0]]).expand(kernels.MIN_MACS, 2), torch.tensor([[10.0, 20.0]])
+    with torch.inference_mode():
+        assert kernels.onednn_ok(x, module)
+        out = kernels.FAST.linear_add(module, x, residual.expand_as(x).contiguous())
+    assert torch.equal(out, torch.tensor([[9.0, 19.0]]).expand_as(x))
 
 
 def test_prefill_then_decode_through_onednn_equals_full_forward(monkeypatch):

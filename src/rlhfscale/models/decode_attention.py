@@ -31,7 +31,8 @@ import torch
 
 from rlhfscale.errors import BadInput
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp"]  # the attention; RMSNorm and RoPE (`kernels.FAST`)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the kernel builds
 
@@ -60,7 +61,7 @@ def fused_available() -> bool:
         from torch.utils.cpp_extension import load
 
         with _ninja_on_path():
-            load(name=build_name(), sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+            load(name=build_name(), sources=[str(path) for path in SOURCES], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                  is_python_module=False)
     except Exception as error:  # no compiler or ninja: the eager attention does the same work
         warnings.warn(f"decode attention: the fused CPU kernel could not be built ({error}); using eager ops",

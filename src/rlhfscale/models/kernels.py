@@ -1,4 +1,4 @@
-"""The matmul kernels of an inference forward: oneDNN for float32 on a CPU, the modules' own calls elsewhere.
+"""The kernels of an inference forward: oneDNN products and fused row ops on a CPU, plain torch elsewhere.
 
 PyTorch sends a float32 `nn.Linear` on a CPU to MKL's sgemm. oneDNN (PyTorch's
 `mkldnn` backend) computes the same product 2-2.5x faster at the sampler's
@@ -13,6 +13,11 @@ autograd (the op has no backward) or autocast (which would not cast it), an
 (below about that, oneDNN's fixed cost per call, 10-20 µs, makes it the slower).
 Every other call runs the module itself, exactly as `PLAIN` does, so GPUs, bf16
 models and training forwards are unchanged.
+
+The layer's per-token steps, `rms_norm` and `apply_rope` (the math is here, written out), are five to seven
+tensor ops each; at the sampler's sizes each op's fixed cost outweighs its arithmetic. On a CPU without autograd
+`FAST` runs each as one pass of the project's C++ extension (`csrc/row_ops.cpp`, built with the decode attention,
+`models.decode_attention.fused_available`), rounding where these functions round.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import decode_attention
 
 MIN_MACS = 1 << 20  # rows · D_in · D_out: e.g. x [64, 128] by a 128 × 128 weight
 _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
@@ -50,8 +57,35 @@ def onednn_ok(x: torch.Tensor, module: nn.Module) -> bool:
     )
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight · x / sqrt(mean(x²) + eps) over the last dim, computed in float32 as HF does."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., Dh] pairwise (i, i + Dh/2) by the angles of a `llama.Rope` table (cos, signed sin)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+def row_ops_ok(*tensors: torch.Tensor) -> bool:
+    """Whether `FAST`'s fused row ops take these tensors: on a CPU, float32 or bfloat16 alike, no autograd,
+    and the extension built."""
+    x = tensors[0]
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
+        and not torch.is_grad_enabled()
+        and decode_attention.fused_available()
+    )
+
+
 class PLAIN:
-    """The modules' own forwards (any device, dtype, autograd)."""
+    """The modules' own forwards and the eager row ops (any device, dtype, autograd)."""
+
+    rms_norm = staticmethod(rms_norm)
+    apply_rope = staticmethod(apply_rope)
 
     @staticmethod
     def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +102,15 @@ class PLAIN:
         """module(x) * other: [N, D_in], [N, D_out] -> [N, D_out]."""
         return module(x) * other
 
+    @staticmethod
+    def linear_add(module: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """module(x) + other (a residual connection): [N, D_in], [N, D_out] -> [N, D_out]."""
+        return module(x) + other
+
 
 class FAST(PLAIN):
-    """`PLAIN`'s products through oneDNN where `onednn_ok`, the activation or product in the matmul's epilogue."""
+    """`PLAIN`'s products through oneDNN where `onednn_ok` (the activation, product or sum in the matmul's
+    epilogue), and its row ops through the C++ extension where `row_ops_ok`."""
 
     @staticmethod
     def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -89,3 +129,23 @@ class FAST(PLAIN):
         if onednn_ok(x, module) and other.shape == (x.shape[0], module.out_features) and other.dtype == x.dtype:
             return _ONEDNN.binary(x, other, module.weight, None, "mul")
         return module(x) * other
+
+    @staticmethod
+    def linear_add(module: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        if onednn_ok(x, module) and other.shape == (x.shape[0], module.out_features) and other.dtype == x.dtype:
+            return _ONEDNN.binary(x, other, module.weight, None, "add")
+        return module(x) + other
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if x.dim() == 2 and x.stride(-1) == 1 and row_ops_ok(x, weight):
+            return torch.ops.rlhfscale.rms_norm(x, weight.contiguous(), eps)
+        return rms_norm(x, weight, eps)
+
+    @staticmethod
+    def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [N, heads, Dh]; cos, sin [N, 1, Dh] (`llama.Rope.at`)."""
+        if x.dim() == 3 and x.stride(-1) == 1 and x.stride(1) == x.shape[2] and row_ops_ok(x, cos, sin):
+            N, Dh = x.shape[0], x.shape[2]
+            return torch.ops.rlhfscale.rope(x, cos.reshape(N, Dh).contiguous(), sin.reshape(N, Dh).contiguous())
+        return apply_rope(x, cos, sin)

@@ -107,7 +107,7 @@ class Rope:
     scale. `sin` carries the sign of rotate-half, -sin on the first half of a head
     and +sin on the second: rotate_half(x) = cat(-x2, x1) and roll(x, Dh/2) =
     cat(x2, x1), so rope(x) = x·cos + rotate_half(x)·sin = x·cos + roll(x, Dh/2)·sin
-    (`apply_rope`), the same products as HF's.
+    (`kernels.apply_rope`), the same products as HF's.
     """
 
     cos: torch.Tensor
@@ -124,17 +124,6 @@ class Rope:
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [N, 1, Dh] of integer positions [N] (the 1 broadcasts over heads)."""
         return self.cos[positions, None], self.sin[positions, None]
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., Dh] pairwise (i, i + Dh/2) by the angles of a `Rope` table (cos, signed sin)."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight · x / sqrt(mean(x²) + eps) over the last dim, computed in float32 as HF does."""
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -162,21 +151,21 @@ def self_attention(q, k, v, mask):
 def _layer(layer, x, cos, sin, attend, ops=kernels.PLAIN):
     """One HF `LlamaDecoderLayer` on tokens x [N, D]; attend(q, k, v) -> [N, H·Dh] is its attention.
 
-    ops: the kernels of its projections (`kernels.PLAIN`, or `kernels.FAST` for inference)."""
+    ops: its kernels (`kernels.PLAIN`, or `kernels.FAST` for inference)."""
     attn, mlp = layer.self_attn, layer.mlp
     N, Dh = x.shape[0], attn.head_dim
-    h = rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-    q = apply_rope(ops.linear(attn.q_proj, h).view(N, -1, Dh), cos, sin)  # [N, H, Dh]
-    k = apply_rope(ops.linear(attn.k_proj, h).view(N, -1, Dh), cos, sin)  # [N, Hkv, Dh]
-    x = x + ops.linear(attn.o_proj, attend(q, k, ops.linear(attn.v_proj, h).view(N, -1, Dh)))
-    h = rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-    return x + ops.linear(mlp.down_proj, ops.linear_mul(mlp.up_proj, h, ops.linear_silu(mlp.gate_proj, h)))
+    h = ops.rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+    q = ops.apply_rope(ops.linear(attn.q_proj, h).view(N, -1, Dh), cos, sin)  # [N, H, Dh]
+    k = ops.apply_rope(ops.linear(attn.k_proj, h).view(N, -1, Dh), cos, sin)  # [N, Hkv, Dh]
+    x = ops.linear_add(attn.o_proj, attend(q, k, ops.linear(attn.v_proj, h).view(N, -1, Dh)), x)
+    h = ops.rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+    return ops.linear_add(mlp.down_proj, ops.linear_mul(mlp.up_proj, h, ops.linear_silu(mlp.gate_proj, h)), x)
 
 
 def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=kernels.PLAIN) -> torch.Tensor:
     """Final-normed hidden states [N, D] of tokens [N] whose RoPE angles are cos, sin [N, 1, Dh].
 
-    attend(i, q, k, v) is the attention of layer i; ops: the kernels of the projections (see `_layer`).
+    attend(i, q, k, v) is the attention of layer i; ops: the layers' kernels (see `_layer`).
     """
     check_config(backbone.config)
     x = backbone.embed_tokens(tokens)
@@ -185,7 +174,7 @@ def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=kernels.PLAIN) -
             x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), use_reentrant=False)  # recomputed in backward
         else:
             x = _layer(layer, x, cos, sin, partial(attend, i), ops)
-    return rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)
+    return ops.rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)
 
 
 def hidden_states(backbone: LlamaModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
