@@ -11,7 +11,8 @@ third of a bf16 sampler's time, and they read every column of the cache, written
 transposed ([Dh, C] per head) so that both of its products run along contiguous rows. Its roundings are
 the eager step's: a bf16 cache gets the eager numerics, a float32 one the same math summed in another order.
 
-The kernel is compiled on first use by `torch.utils.cpp_extension` (a C++ compiler and ninja; about 15 s, once
+The kernel (built in one extension with the row ops of `models.kernels`, `csrc/row_ops.cpp`) is compiled on
+first use by `torch.utils.cpp_extension` (a C++ compiler and ninja; about 15 s, once
 per machine: the build is cached under torch's extensions folder, `TORCH_EXTENSIONS_DIR`). `make install`
 builds it. Where it cannot be built, decoding runs the eager ops (`fused_available` says which).
 """
