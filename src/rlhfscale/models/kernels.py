@@ -15,10 +15,9 @@ Every other call runs the module itself, exactly as `PLAIN` does, so GPUs, bf16
 models and training forwards are unchanged.
 
 The layer's per-token steps, `rms_norm` and `apply_rope` (the math is here, written out), are five to seven
-tensor ops each; at the miniature world's sizes each op's fixed cost outweighs its arithmetic. On a CPU they run
-as one pass each of the project's C++ extension (`csrc/row_ops.cpp`, built with the decode attention,
-`models.decode_attention.fused_available`), rounding where these functions round: RMSNorm in every forward, with
-its backward (`fused_rms_norm`), RoPE in `FAST`'s (no autograd).
+tensor ops each; at the sampler's sizes each op's fixed cost outweighs its arithmetic. On a CPU without autograd
+`FAST` runs each as one pass of the project's C++ extension (`csrc/row_ops.cpp`, built with the decode attention,
+`models.decode_attention.fused_available`), rounding where these functions round.
 """
 
 from __future__ import annotations
@@ -69,54 +68,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
-def extension_ok(*tensors: torch.Tensor) -> bool:
-    """Whether the C++ row ops take these tensors: on a CPU, float32 or bfloat16 alike, and the extension built."""
+def row_ops_ok(*tensors: torch.Tensor) -> bool:
+    """Whether `FAST`'s fused row ops take these tensors: on a CPU, float32 or bfloat16 alike, no autograd,
+    and the extension built."""
     x = tensors[0]
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
+        and not torch.is_grad_enabled()
         and decode_attention.fused_available()
     )
 
 
-def row_ops_ok(*tensors: torch.Tensor) -> bool:
-    """Whether `FAST`'s fused RoPE takes these tensors: `extension_ok`, and no autograd (it has no backward)."""
-    return not torch.is_grad_enabled() and extension_ok(*tensors)
-
-
-class _FusedRMSNorm(torch.autograd.Function):
-    """`rms_norm` of x [N, D] (contiguous) in one C++ pass, and its gradient in one more."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        out, inv = torch.ops.rlhfscale.rms_norm(x, weight, eps)
-        ctx.save_for_backward(x, weight, inv)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        x, weight, inv = ctx.saved_tensors
-        dx, dweight = torch.ops.rlhfscale.rms_norm_backward(grad.contiguous(), x, weight, inv)
-        return dx, dweight, None
-
-
-def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """`rms_norm` of x [N, D]: one C++ pass forward and one backward where `extension_ok`, the eager math elsewhere."""
-    if not (x.dim() == 2 and x.is_contiguous() and extension_ok(x, weight)):
-        return rms_norm(x, weight, eps)
-    weight = weight.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _FusedRMSNorm.apply(x, weight, eps)
-    return torch.ops.rlhfscale.rms_norm(x, weight, eps)[0]
-
-
 class PLAIN:
-    """The modules' own forwards and the eager RoPE (any device, dtype, autograd); RMSNorm fused where the C++
-    extension runs, with its backward (`fused_rms_norm`)."""
+    """The modules' own forwards and the eager row ops (any device, dtype, autograd)."""
 
-    rms_norm = staticmethod(fused_rms_norm)
+    rms_norm = staticmethod(rms_norm)
     apply_rope = staticmethod(apply_rope)
 
     @staticmethod
@@ -142,7 +110,7 @@ class PLAIN:
 
 class FAST(PLAIN):
     """`PLAIN`'s products through oneDNN where `onednn_ok` (the activation, product or sum in the matmul's
-    epilogue), and its RoPE through the C++ extension where `row_ops_ok`."""
+    epilogue), and its row ops through the C++ extension where `row_ops_ok`."""
 
     @staticmethod
     def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +135,12 @@ class FAST(PLAIN):
         if onednn_ok(x, module) and other.shape == (x.shape[0], module.out_features) and other.dtype == x.dtype:
             return _ONEDNN.binary(x, other, module.weight, None, "add")
         return module(x) + other
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if x.dim() == 2 and x.stride(-1) == 1 and row_ops_ok(x, weight):
+            return torch.ops.rlhfscale.rms_norm(x, weight.contiguous(), eps)
+        return rms_norm(x, weight, eps)
 
     @staticmethod
     def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

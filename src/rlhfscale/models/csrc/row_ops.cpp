@@ -1,16 +1,13 @@
-// Two per-token steps of a Llama layer in one pass each, on a CPU. Eagerly each is five to seven tensor ops (and
-// as many again in the backward), and at the miniature world's sizes (hundreds to thousands of tokens of 128
-// features) every op costs more in its fixed overhead and its trips through memory than in its arithmetic.
+// Two per-token steps of a Llama layer in one pass each, for the sampler's forwards on a CPU. Eagerly each is five
+// to seven tensor ops, and at the sampler's sizes (256 tokens of 128 features) every op costs more in its fixed
+// overhead than in its arithmetic.
 //
-//   rms_norm:  out = round(w * round(x * r)),  r = 1 / sqrt(mean(x^2) + eps)   (the mean in float; r is returned
-//              for the backward)
-//   rms_norm_backward, for the upstream gradient g:
-//              dx = r * (g w - x r^2 mean(g w x)),   dw = sum over tokens of g * round(x r)
+//   rms_norm:  out = round(w * round(x / sqrt(mean(x^2) + eps)))   the mean in float
 //   rope:      out = round(round(x * cos) + roll(x, D/2) * sin)     per head, sin signed as in `llama.Rope`
 //
-// (round: to the tensor's dtype.) Arithmetic is float and the forwards round where the eager ops
+// (round: to the tensor's dtype.) Arithmetic is float and the roundings sit where the eager ops
 // (`kernels.rms_norm`, `kernels.apply_rope`) round, so a bfloat16 model gets the eager numerics and a float32 one
-// the same math summed in another order. The backward rounds once, at the end.
+// the same math summed in another order.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -18,7 +15,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <tuple>
 
 namespace {
 
@@ -27,45 +23,19 @@ inline float rounded(float x) { return static_cast<float>(static_cast<T>(x)); }
 
 constexpr int64_t kRowsPerTask = 16;  // rows handed to a thread at a time: a few microseconds of work
 
-// out [N, D] = rms_norm of x [N, D] (row stride `row`) with weight [D]; inv [N] = each row's r.
+// out [N, D] = rms_norm of x [N, D] (row stride `row`) with weight [D].
 template <typename T>
-void rms_norm_rows(const T* x, const T* w, T* out, float* inv, int64_t N, int64_t D, int64_t row, float eps) {
+void rms_norm_rows(const T* x, const T* w, T* out, int64_t N, int64_t D, int64_t row, float eps) {
   at::parallel_for(0, N, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const T* xn = x + n * row;
       float squares = 0.f;
 #pragma omp simd reduction(+ : squares)
       for (int64_t d = 0; d < D; ++d) squares += static_cast<float>(xn[d]) * static_cast<float>(xn[d]);
-      const float r = inv[n] = 1.f / std::sqrt(squares / static_cast<float>(D) + eps);
+      const float inv = 1.f / std::sqrt(squares / static_cast<float>(D) + eps);
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d)
-        out[n * D + d] = static_cast<T>(static_cast<float>(w[d]) * rounded<T>(static_cast<float>(xn[d]) * r));
-    }
-  });
-}
-
-// dx [N, D] and the weight gradient's partial sums, one row of `partial` [threads, D] per thread, of the upstream
-// gradient g [N, D] through rms_norm of x [N, D] (contiguous) with weight [D] and each row's r, inv [N].
-template <typename T>
-void rms_norm_backward_rows(const T* g, const T* x, const T* w, const float* inv, T* dx, float* partial, int64_t N,
-                            int64_t D) {
-  at::parallel_for(0, N, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    float* dw = partial + at::get_thread_num() * D;
-    for (int64_t n = begin; n < end; ++n) {
-      const T* gn = g + n * D;
-      const T* xn = x + n * D;
-      const float r = inv[n];
-      float dot = 0.f;  // sum of g w x
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < D; ++d)
-        dot += static_cast<float>(gn[d]) * static_cast<float>(w[d]) * static_cast<float>(xn[d]);
-      const float c = r * r * r * dot / static_cast<float>(D);
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        const float gd = static_cast<float>(gn[d]), xd = static_cast<float>(xn[d]);
-        dx[n * D + d] = static_cast<T>(gd * static_cast<float>(w[d]) * r - xd * c);
-        dw[d] += gd * rounded<T>(xd * r);
-      }
+        out[n * D + d] = static_cast<T>(static_cast<float>(w[d]) * rounded<T>(static_cast<float>(xn[d]) * inv));
     }
   });
 }
@@ -96,40 +66,18 @@ void rope_rows(const T* x, const T* cos, const T* sin, T* out, int64_t N, int64_
   });
 }
 
-// x [N, D] (rows possibly strided), weight [D] -> out [N, D] and each row's r, inv [N] (float).
-std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+// x [N, D] (rows possibly strided), weight [D] -> [N, D].
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && weight.dim() == 1 && weight.size(0) == x.size(1) &&
               weight.is_contiguous() && weight.scalar_type() == x.scalar_type(),
               "rms_norm: expected x [N, D] with contiguous rows and a weight [D] of its dtype");
   auto out = at::empty({x.size(0), x.size(1)}, x.options());
-  auto inv = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "rms_norm", [&] {
     rms_norm_rows<scalar_t>(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                            out.mutable_data_ptr<scalar_t>(), inv.mutable_data_ptr<float>(), x.size(0), x.size(1),
-                            x.stride(0), static_cast<float>(eps));
+                            out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), x.stride(0),
+                            static_cast<float>(eps));
   });
-  return {out, inv};
-}
-
-// The gradients of rms_norm: g, x [N, D] contiguous, weight [D], inv [N] (float, from the forward) ->
-// dx [N, D] and dweight [D].
-std::tuple<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g, const at::Tensor& x,
-                                                     const at::Tensor& weight, const at::Tensor& inv) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && g.sizes() == x.sizes() && g.is_contiguous() &&
-              weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
-              inv.sizes() == at::IntArrayRef({x.size(0)}) && inv.is_contiguous() &&
-              inv.scalar_type() == at::kFloat && g.scalar_type() == x.scalar_type() &&
-              weight.scalar_type() == x.scalar_type(),
-              "rms_norm_backward: expected contiguous g, x [N, D] of one dtype, weight [D], float inv [N]");
-  const int64_t N = x.size(0), D = x.size(1);
-  auto dx = at::empty({N, D}, x.options());
-  auto partial = at::zeros({at::get_num_threads(), D}, x.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "rms_norm_backward", [&] {
-    rms_norm_backward_rows<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                     weight.const_data_ptr<scalar_t>(), inv.const_data_ptr<float>(),
-                                     dx.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<float>(), N, D);
-  });
-  return {dx, partial.sum(0).to(x.scalar_type())};
+  return out;
 }
 
 // x [N, heads, D] (token rows possibly strided, heads contiguous); cos, sin [N, D] -> [N, heads, D].
@@ -151,13 +99,11 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rlhfscale, m) {
-  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
-  m.def("rms_norm_backward(Tensor g, Tensor x, Tensor weight, Tensor inv) -> (Tensor, Tensor)");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rlhfscale, CPU, m) {
   m.impl("rms_norm", &rms_norm);
-  m.impl("rms_norm_backward", &rms_norm_backward);
   m.impl("rope", &rope);
 }
