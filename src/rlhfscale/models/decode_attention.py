@@ -35,7 +35,7 @@ from rlhfscale.errors import BadInput
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp"]  # the attention; RMSNorm and RoPE (`kernels.FAST`)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
-ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the kernel builds
+ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the extension builds (attention, row ops)
 
 
 def build_name() -> str:
