@@ -62,8 +62,8 @@ def fused_available() -> bool:
         from torch.utils.cpp_extension import load
 
         with _ninja_on_path():
-            load(name=build_name(), sources=[str(path) for path in SOURCES], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                 is_python_module=False)
+            load(name=build_name(), sources=[str(path) for path in SOURCES], extra_cflags=FLAGS,
+                 extra_ldflags=["-fopenmp"], is_python_module=False)
     except Exception as error:  # no compiler or ninja: the eager attention does the same work
         warnings.warn(f"decode attention: the fused CPU kernel could not be built ({error}); using eager ops",
                       stacklevel=2)
