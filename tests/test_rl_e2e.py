@@ -54,22 +54,31 @@ def metrics(run_dir):
     ("grpo", {"bf16": True}),  # bf16 autocast keeps the curve (measured 0.69 -> 0.98 against 0.97 in fp32)
 ])  # fmt: skip
 def test_each_algorithm_raises_accuracy_on_the_prompts_it_trains_on(sft_run, algorithm, extra):
-    """20 steps on 8 held-out problems (8 samples each) lift their sampled accuracy from about 0.7 to above 0.9
-    (measured 0.69 -> 0.95-0.97 for each algorithm); a wrong sign or a misplaced reward makes it fall."""
-    cfg = config(**{"algorithm": algorithm, "steps": 20, "prompts_per_step": 8, "lr": 5e-4, **extra})
+    """20 steps on 8 held-out problems (8 samples each) lift their sampled accuracy from about 0.5 to above 0.9
+    (measured +0.34 to +0.49 for GRPO over 12 training seeds); a wrong sign or a misplaced reward makes it fall.
+
+    Asserted on the mean of two training seeds: in about one run in ten, a run breaks the answer line of one
+    prompt template early and ends near 0.6 (+0.08 to +0.15; GRPO failed 2 of 36 seeds at lr 3e-4, 2 of 12 at
+    2e-4 and 5e-4), so at a single seed any change of the random stream, or of float rounding on another CPU,
+    has that chance of failing a correct algorithm; a pair of seeds fails at about one in a hundred."""
     task = ArithmeticTask(**TASK)
     policy, tok = load_policy(sft_run / "policy")
-    prompts, budget = task.examples("test", 8), max_new_tokens(cfg, task)
+    prompts = task.examples("test", 8)
+    cfg = config(**{"algorithm": algorithm, "steps": 20, "prompts_per_step": 8, "lr": 5e-4, **extra})
+    budget = max_new_tokens(cfg, task)
     before = evaluate(policy, tok, task, prompts, max_new_tokens=budget, k=32, seed=1)["eval/sample_acc"]
-    critic = rl.make_critic(cfg, policy, None)
-    rows = []
-    train(policy, tok, prompts, build_reward(cfg.rl, task, tok, "cpu", None), cfg, max_new_tokens=budget,
-          critic=critic, on_step=lambda step, info: rows.append(info))
-    after = evaluate(policy, tok, task, prompts, max_new_tokens=budget, k=32, seed=1)["eval/sample_acc"]
-    assert after > before + 0.15, (algorithm, before, after)
-    assert len(rows) == 20 and 0 < rows[0]["flops/rl"] < rows[-1]["flops/rl"]
-    if algorithm == "ppo":
-        assert "rl/explained_var" in rows[-1] and "rl/vf_clipfrac" in rows[-1]
+    after = []
+    for seed in (0, 1):
+        policy, _ = load_policy(sft_run / "policy")
+        seeded = cfg.model_copy(update={"seed": seed})
+        rows = []
+        train(policy, tok, prompts, build_reward(cfg.rl, task, tok, "cpu", None), seeded, max_new_tokens=budget,
+              critic=rl.make_critic(seeded, policy, None), on_step=lambda step, info: rows.append(info))
+        after.append(evaluate(policy, tok, task, prompts, max_new_tokens=budget, k=32, seed=1)["eval/sample_acc"])
+        assert len(rows) == 20 and 0 < rows[0]["flops/rl"] < rows[-1]["flops/rl"]
+        if algorithm == "ppo":
+            assert "rl/explained_var" in rows[-1] and "rl/vf_clipfrac" in rows[-1]
+    assert sum(after) / 2 > before + 0.15, (algorithm, before, after)
 
 
 def save_reward_model(sft_run, kind, folder, poison=False):
