@@ -139,7 +139,7 @@ def test_the_sampler_draws_the_same_tokens_with_either(monkeypatch, dtype):
                 F.pad(rollout.logprobs, (0, 12 - rollout.logprobs.shape[1])))
 
     (ids, logprobs) = padded(draw())
-    monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
+    monkeypatch.setattr(decode_attention, "uses_fused", lambda device: False)  # the attention only: the same draw
     (eager_ids, eager_logprobs) = padded(draw())
     same = (ids == eager_ids).all(-1)
     assert int(same.sum()) >= (12 if dtype == torch.float32 else 10), same

@@ -33,19 +33,24 @@ import torch
 from rlhfscale.errors import BadInput
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp"]  # the attention; RMSNorm and RoPE (`kernels.FAST`)
+# the attention; RMSNorm and RoPE (`kernels`); the sampler's draw (`rollout.sampler.next_tokens`)
+SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp", CSRC / "sample.cpp"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the extension builds (attention, row ops)
 
 
 def build_name() -> str:
-    """The build's name, tagged with this CPU's features: a build for one CPU (-march=native) is never loaded
-    on another that shares the extensions folder (a home directory on a cluster's shared disk)."""
+    """The build's name, tagged with this CPU's features and the sources' text (headers included, which torch's
+    own check of the sources leaves out): a build for one CPU (-march=native) is never loaded on another that
+    shares the extensions folder (a home directory on a cluster's shared disk), nor one of other sources."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor()
-    return f"rlhfscale_decode_attention_{hashlib.sha1(flags.encode()).hexdigest()[:10]}"
+    digest = hashlib.sha1(flags.encode())
+    for path in sorted(CSRC.iterdir()):
+        digest.update(path.read_bytes())
+    return f"rlhfscale_decode_attention_{digest.hexdigest()[:10]}"
 
 
 @functools.cache

@@ -68,17 +68,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
-def row_ops_ok(*tensors: torch.Tensor) -> bool:
-    """Whether `FAST`'s fused row ops take these tensors: on a CPU, float32 or bfloat16 alike, no autograd,
-    and the extension built."""
+def extension_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the C++ extension's ops take these tensors: on a CPU, float32 or bfloat16 alike, and the extension
+    built."""
     x = tensors[0]
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
-        and not torch.is_grad_enabled()
         and decode_attention.fused_available()
     )
+
+
+def row_ops_ok(*tensors: torch.Tensor) -> bool:
+    """Whether `FAST`'s fused row ops take these tensors: `extension_ok`, and no autograd (they have no backward)."""
+    return not torch.is_grad_enabled() and extension_ok(*tensors)
 
 
 class PLAIN:

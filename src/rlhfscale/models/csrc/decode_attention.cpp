@@ -21,26 +21,11 @@
 #include <limits>
 #include <vector>
 
+#include "float_math.h"
+
 namespace {
 
-template <typename T>
-inline float rounded(float x) { return static_cast<float>(static_cast<T>(x)); }
-
-// exp(x) for x <= 0 (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r, scaled by 2^n);
-// about 1 ulp, and exactly 0 below -87.3 (masked columns: -inf). Written to vectorize.
-inline float exp_nonpositive(float x) {
-  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(x < -87.3f ? 0.f : n) + 127) << 23;
-  return x < -87.3f ? 0.f : p * __builtin_bit_cast(float, bits);
-}
+using rlhfscale::rounded;
 
 constexpr int64_t kBlock = 16;  // score columns kept in one register while the head dimension is summed
 constexpr int64_t kGroup = 4;   // blocks summed side by side: independent chains of fused multiply-adds
@@ -158,7 +143,7 @@ void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, fl
   float total = 0.f;
 #pragma omp simd reduction(+ : total)
   for (int64_t c = 0; c < t; ++c) {
-    s[c] = exp_nonpositive(s[c] - top);
+    s[c] = rlhfscale::exp_nonpositive(s[c] - top);
     total += s[c];
   }
   if constexpr (kD > 0) {

@@ -16,10 +16,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "float_math.h"
+
 namespace {
 
-template <typename T>
-inline float rounded(float x) { return static_cast<float>(static_cast<T>(x)); }
+using rlhfscale::rounded;
 
 constexpr int64_t kRowsPerTask = 16;  // rows handed to a thread at a time: a few microseconds of work
 
