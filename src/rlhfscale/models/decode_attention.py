@@ -11,9 +11,9 @@ third of a bf16 sampler's time, and they read every column of the cache, written
 transposed ([Dh, C] per head) so that both of its products run along contiguous rows. Its roundings are
 the eager step's: a bf16 cache gets the eager numerics, a float32 one the same math summed in another order.
 
-The kernel (built in one extension with the row ops of `models.kernels`, `csrc/row_ops.cpp`) is compiled on
-first use by `torch.utils.cpp_extension` (a C++ compiler and ninja; about 15 s, once
-per machine: the build is cached under torch's extensions folder, `TORCH_EXTENSIONS_DIR`). `make install`
+The kernel (built in one extension with the row ops of `models.kernels`, `csrc/row_ops.cpp`, and the sampler's
+draw, `csrc/sample.cpp`) is compiled on first use by `torch.utils.cpp_extension` (a C++ compiler and ninja; about
+15 s, once per machine: the build is cached under torch's extensions folder, `TORCH_EXTENSIONS_DIR`). `make install`
 builds it. Where it cannot be built, decoding runs the eager ops (`fused_available` says which).
 """
 
@@ -36,7 +36,7 @@ CSRC = Path(__file__).with_name("csrc")
 # the attention; RMSNorm and RoPE (`kernels`); the sampler's draw (`rollout.sampler.next_tokens`)
 SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp", CSRC / "sample.cpp"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
-ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the extension builds (attention, row ops)
+ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the extension builds (attention, row ops, draw)
 
 
 def build_name() -> str:
