@@ -161,3 +161,81 @@ def test_the_switch_takes_0_or_1_and_refuses_anything_else(monkeypatch):
     monkeypatch.setenv(decode_attention.ENV, "off")
     with pytest.raises(BadInput, match="RLHFSCALE_FUSED_ATTENTION: expected 0 .* or 1 .*, found 'off'"):
         decode_attention.fused_available()
+
+
+def prompt_batch(H, Hkv, D, C, lengths, seed=0):
+    """Left-padded prompts of `lengths` tokens in rows of P = max(lengths) columns: their q [N, H, D], k, v
+    [N, Hkv, D], row and column of each, and a cache layer (kt [B, Hkv, D, C], v [B, Hkv, C, D]) holding 1e4
+    everywhere but the pads (zeros), with its mask [B, 1, 1, C] (0 on the prompts' tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    B, P, N = len(lengths), max(lengths), sum(lengths)
+    rows = torch.tensor([b for b, n in enumerate(lengths) for _ in range(n)])
+    cols = torch.tensor([c for n in lengths for c in range(P - n, P)])
+    q, k, v = (torch.randn(N, heads, D, generator=g) for heads in (H, Hkv, Hkv))
+    kt_cache, v_cache = torch.full((B, Hkv, D, C), 1e4), torch.full((B, Hkv, C, D), 1e4)
+    mask = torch.full((B, 1, 1, C), float("-inf"))
+    for b, n in enumerate(lengths):
+        kt_cache[b, ..., : P - n], v_cache[b, :, : P - n] = 0, 0
+        mask[b, ..., P - n : P] = 0
+    return q, k, v, rows, cols, kt_cache, v_cache, mask
+
+
+def prefill_reference(q, k, v, rows, cols):
+    """Each token's attention to the tokens of its row up to its own column, a plain loop in float64."""
+    N, H, D = q.shape
+    group = H // k.shape[1]
+    out = torch.zeros(N, H, D, dtype=torch.float64)
+    for i in range(N):
+        keys = [j for j in range(N) if rows[j] == rows[i] and cols[j] <= cols[i]]
+        for h in range(H):
+            scores = torch.tensor([float(q[i, h].double() @ k[j, h // group].double()) / math.sqrt(D) for j in keys])
+            weights = scores.softmax(0)
+            out[i, h] = sum(w * v[j, h // group].double() for w, j in zip(weights, keys))
+    return out.view(N, H * D)
+
+
+@fused
+def test_prefill_attention_by_hand():
+    """One prompt of two tokens, one head: the first reads only itself (its value); the second reads both, with
+    q = (1, 0), keys (0, 0) and (2, 0): scores 0 and √2, so the weights are 1 / (e^√2 + 1) and e^√2 / (e^√2 + 1)."""
+    q = torch.tensor([[[5.0, 5.0]], [[1.0, 0.0]]])
+    k, v = torch.tensor([[[0.0, 0.0]], [[2.0, 0.0]]]), torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    kt_cache, v_cache = torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 3, 2)
+    mask = torch.tensor([[[[0.0, 0.0, float("-inf")]]]])
+    out = decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, torch.tensor([0, 0]), torch.tensor([0, 1]))
+    w = math.exp(math.sqrt(2)) / (math.exp(math.sqrt(2)) + 1)
+    torch.testing.assert_close(out, torch.tensor([[1.0, 0.0], [1 - w, w]]), atol=1e-6, rtol=0)
+    assert torch.equal(kt_cache[0, 0, :, :2], k[:, 0].T) and torch.equal(v_cache[0, 0, :2], v[:, 0])
+
+
+@fused
+@pytest.mark.parametrize(("H", "Hkv", "D", "lengths"), [
+    (4, 4, 32, [5, 1, 9, 9]),  # the ladder's head size; a prompt of one token; rows without pads
+    (4, 2, 64, [3, 17, 20]),  # grouped query heads; prompts longer than a block of 16 columns
+    (2, 1, 24, [6, 2]),  # a head size without an unrolled loop
+])  # fmt: skip
+def test_prefill_attention_equals_a_plain_loop_and_stores_every_token(H, Hkv, D, lengths):
+    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(H, Hkv, D, 40, lengths)
+    expected_kt, expected_v = kt_cache.clone(), v_cache.clone()
+    expected_kt[rows, :, :, cols], expected_v[rows, :, cols] = k, v
+    out = decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, rows, cols)
+    torch.testing.assert_close(out.double(), prefill_reference(q, k, v, rows, cols), atol=2e-5, rtol=1e-5)
+    assert torch.equal(kt_cache, expected_kt) and torch.equal(v_cache, expected_v)  # their columns, nothing else
+
+
+@fused
+def test_prefill_attention_pads_and_later_columns_change_nothing():
+    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(4, 4, 32, 30, [4, 11, 7])
+    out = decode_attention.prefill(q, k, v, kt_cache.clone(), v_cache.clone(), mask, rows, cols)
+    kt_cache[0, ..., :7], v_cache[0, :, :7] = 55.0, -55.0  # row 0's pads
+    kt_cache[..., 11:], v_cache[:, :, 11:] = float("nan"), float("nan")  # past the prompts
+    assert torch.equal(decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, rows, cols), out)
+
+
+@fused
+def test_prefill_attention_refuses_tokens_out_of_order():
+    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(2, 2, 32, 20, [3, 3])
+    with pytest.raises(RuntimeError, match="expected tokens sorted by row, then column; token 1 is not"):
+        decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, rows, cols.flip(0))
+    with pytest.raises(RuntimeError, match="token 5 at row 2, column 2: outside the cache"):
+        decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, torch.tensor([0, 0, 0, 1, 1, 2]), cols)

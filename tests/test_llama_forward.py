@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from rlhfscale.errors import BadInput
-from rlhfscale.models import llama
+from rlhfscale.models import decode_attention, llama
 from rlhfscale.models.ladder import build_model
 
 
@@ -141,8 +141,15 @@ def test_autocast_runs_in_bfloat16_close_to_float32():
 
 @pytest.mark.parametrize("make", [ladder_model, gqa_model], ids=["ladder", "gqa-untied"])
 @pytest.mark.parametrize("prefill_tokens", [2048, 12], ids=["one-group", "groups-of-2-rows"])
-def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-attention", "eager-attention"])
+def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, fused, monkeypatch):
+    """Either attention (the fused kernel, which also leaves the unwritten cache columns unfilled, or the eager ops
+    over a zero-filled cache), prompts prefilled in one group or several."""
     monkeypatch.setattr(llama, "PREFILL_TOKENS", prefill_tokens)
+    if not fused:
+        monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
+    elif not decode_attention.fused_available():
+        pytest.skip("the fused kernel could not be built")
     model = make()
     ids, mask = padded_batch(model.config.vocab_size)
     prompt, rest = ids[[0, 2, 3], :6], ids[[0, 2, 3], 6:]  # left-padded prompts, 4 more tokens each

@@ -118,13 +118,16 @@ def test_sampler_with_and_without_the_row_ops_gives_the_same_tokens(monkeypatch)
     g = torch.Generator().manual_seed(4)
     prompts = [[1, *torch.randint(3, 60, (n,), generator=g).tolist()] for n in [2, 7, 4] * 6]
     calls = []
-    rope = kernels.FAST.apply_rope
-    monkeypatch.setattr(kernels.FAST, "apply_rope", lambda *a: calls.append(1) or rope(*a))
+    rope = torch.ops.rlhfscale.rope
+    monkeypatch.setattr(torch.ops.rlhfscale, "rope", lambda *a: calls.append(1) or rope(*a))
     run = lambda: sample(model, prompts, max_new_tokens=8, eos_id=-1, pad_id=0,  # noqa: E731
                          generator=torch.Generator().manual_seed(0))
     ours = run()
     assert len(calls) >= 2 * 2 * 8  # q and k of both layers, in the prefill and every decode step
     monkeypatch.setattr(kernels, "row_ops_ok", lambda *tensors: False)
+    monkeypatch.setattr(kernels, "for_inference", lambda model, rows: kernels.FAST)  # no prepacked kernels
+    calls.clear()
     eager = run()
+    assert not calls
     assert torch.equal(ours.response_ids, eager.response_ids)
     torch.testing.assert_close(ours.logprobs, eager.logprobs, atol=1e-5, rtol=0)

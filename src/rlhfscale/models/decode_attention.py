@@ -111,6 +111,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.Te
     return eager(q, kt_cache, v_cache, mask)
 
 
+def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.Tensor, v_cache: torch.Tensor,
+            mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The prompts' attention through the fused kernel (`uses_fused`): store the keys and values k, v [N, Hkv, Dh]
+    of N prompt tokens in columns cols [N] of cache rows rows [N] (sorted by row, then column) of a cache layer
+    (kt_cache [B, Hkv, Dh, C], v_cache [B, Hkv, C, Dh]); then attend each token's q [N, H, Dh] to its row's
+    columns up to its own, mask [B, 1, 1, C] hiding the pads. Returns [N, H·Dh]."""
+    B, Dh = kt_cache.shape[0], q.shape[-1]
+    return torch.ops.rlhfscale.prefill_attention(q.contiguous(), k.contiguous(), v.contiguous(), kt_cache, v_cache,
+                                                 mask.view(B, -1), rows, cols, Dh**-0.5)
+
+
 def eager(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """softmax(q kᵀ / √Dh + mask) v as batched matmuls over all C columns of a cache layer, the mask hiding the
     unwritten ones (any device): q [B, H, Dh], kt [B, Hkv, Dh, C], v [B, Hkv, C, Dh] -> [B, H·Dh]."""

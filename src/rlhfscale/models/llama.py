@@ -11,7 +11,7 @@ gain over calling the HF model: a short, fixed sequence of tensor ops (no mask
 factories or output objects), decoding into a cache written in place
 (HF's default cache concatenates every layer's keys and values at every step),
 and for the sampler's forwards (`prefill`, `decode_step`) on a CPU, the oneDNN
-matmuls of `models.kernels.FAST` instead of MKL's.
+matmuls of `models.kernels` (the weights packed once a rollout) instead of MKL's.
 
 One decoder layer on tokens x [N, D], with H query heads and Hkv key/value
 heads of size Dh (query head i reads key/value head i // (H / Hkv)):
@@ -47,6 +47,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from rlhfscale.errors import BadInput
 
 from . import decode_attention, kernels
+from .decode_plan import DecodePlan
 
 # RoPE variants whose frequencies do not depend on the sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -168,6 +169,11 @@ def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=kernels.PLAIN) -
     attend(i, q, k, v) is the attention of layer i; ops: the layers' kernels (see `_layer`).
     """
     check_config(backbone.config)
+    return _layers(backbone, tokens, cos, sin, attend, ops)
+
+
+def _layers(backbone: LlamaModel, tokens, cos, sin, attend, ops) -> torch.Tensor:
+    """`decoder` on a backbone whose config was checked (a decoding step: when its cache was built)."""
     x = backbone.embed_tokens(tokens)
     for i, layer in enumerate(backbone.layers):
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
@@ -238,11 +244,15 @@ class KVCache:
 
     k: [L, B, Hkv, Dh, C], the keys transposed (a column per token), C the capacity;
     v: [L, B, Hkv, C, Dh]. Columns [0, length) hold the prompt and the tokens fed
-        so far, the others (and prompt pads) are zeros.
+        so far, prompt pads zeros; the others zeros, or anything where the fused
+        kernel attends (`decode_attention.uses_fused`: it never reads them).
     mask: [B, 1, 1, C], additive: 0 on real tokens, -inf on prompt pads and
         on columns not written yet.
     positions: [B], the RoPE position of each row's next token.
     rope: the RoPE table of positions 0..C-1 (`decode_step` builds it if missing).
+    ops: the kernels of the forwards that fill it (`kernels.for_inference`: the model's weights packed for
+        oneDNN once, at `for_prompts`; a cache serves one rollout of fixed weights).
+    plan: the decoding step with those kernels looked up once (`models.decode_plan`), where it applies.
 
     A step's attention (`models.decode_attention`) reads the written columns only (the fused CPU kernel) or
     all C with the mask hiding the others (the eager ops). A caller that knows how many tokens it will feed
@@ -255,18 +265,26 @@ class KVCache:
     positions: torch.Tensor
     length: int
     rope: Rope | None = None
+    ops: type[kernels.FAST] | kernels.Prepacked = kernels.FAST
+    plan: DecodePlan | None = None
 
     @classmethod
     def for_prompts(cls, model: LlamaForCausalLM, attention_mask: torch.Tensor, capacity: int) -> KVCache:
         """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns."""
         config, (B, P), emb = model.config, attention_mask.shape, model.model.embed_tokens.weight
+        check_config(config)
         L, Hkv, Dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
         mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=emb.dtype, device=emb.device)
         mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
-        zeros = partial(torch.zeros, dtype=emb.dtype, device=emb.device)
         rope = Rope.of(config, capacity, emb.dtype, emb.device)
-        k, v = zeros((L, B, Hkv, Dh, capacity)), zeros((L, B, Hkv, capacity, Dh))
-        return cls(k, v, mask, positions=attention_mask.long().sum(-1), length=P, rope=rope)
+        if decode_attention.uses_fused(emb.device):  # it reads written columns and prompt pads only: those zeroed
+            k, v = emb.new_empty((L, B, Hkv, Dh, capacity)), emb.new_empty((L, B, Hkv, capacity, Dh))
+            k[..., :P], v[..., :P, :] = 0, 0
+        else:  # the eager attention reads every column, the mask hiding the unwritten ones
+            k, v = emb.new_zeros((L, B, Hkv, Dh, capacity)), emb.new_zeros((L, B, Hkv, capacity, Dh))
+        ops = kernels.for_inference(model, rows=B)
+        return cls(k, v, mask, positions=attention_mask.long().sum(-1), length=P, rope=rope, ops=ops,
+                   plan=DecodePlan.of(model, ops))
 
     @property
     def capacity(self) -> int:
@@ -280,7 +298,7 @@ class KVCache:
         about 10x slower."""
         k, v = self.k.index_select(1, rows), self.v.index_select(1, rows)
         return KVCache(k, v, self.mask.index_select(0, rows), self.positions.index_select(0, rows), self.length,
-                       self.rope)
+                       self.rope, self.ops, self.plan)
 
     def open_column(self) -> None:
         """Make room for one more token: unmask column `length`, doubling the capacity if full."""
@@ -311,21 +329,26 @@ def prefill(
     """
     B, P = input_ids.shape
     cache = KVCache.for_prompts(model, attention_mask, capacity)
-    causal, positions = attention_mask_4d(attention_mask), positions_of(attention_mask)
+    positions = positions_of(attention_mask)
     logits, group = [], max(1, PREFILL_TOKENS // P)
     for rows in (slice(start, start + group) for start in range(0, B, group)):
         real = attention_mask[rows].bool()
-        tokens = _prefill_rows(model, cache, rows, real, causal[rows], input_ids[rows][real], positions[rows][real])
-        logits.append(kernels.FAST.linear(model.lm_head, tokens[real.sum(-1).cumsum(0) - 1]))  # each row's last token
+        tokens = _prefill_rows(model, cache, rows, real, input_ids[rows][real], positions[rows][real])
+        logits.append(cache.ops.linear(model.lm_head, tokens[real.sum(-1).cumsum(0) - 1]))  # each row's last token
     return torch.cat(logits), cache
 
 
-def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.Tensor:
-    """Hidden states [N, D] of the real tokens [N] of the prompts `rows`, caching their keys and values.
-
-    real [B', P] marks where they sit, row by row; causal [B', 1, P, P] is the mask of those prompts.
+def _prefill_rows(model, cache, rows, real, tokens, positions) -> torch.Tensor:
+    """Hidden states [N, D] of the real tokens [N] of the prompts `rows` (a slice of the batch), caching their keys
+    and values. real [B', P] marks where they sit, row by row.
     """
     b, p = real.nonzero(as_tuple=True)  # row and column of each real token
+    if decode_attention.uses_fused(tokens.device):  # the fused kernel stores and attends in one pass
+        def fused(i, q, k, v):
+            return decode_attention.prefill(q, k, v, cache.k[i], cache.v[i], cache.mask, b + rows.start, p)
+
+        return decoder(model.model, tokens, *cache.rope.at(positions), fused, ops=cache.ops)
+    causal = attention_mask_4d(real)  # [B', 1, P, P]
 
     def attend(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
         P = real.shape[1]  # keys, values: views of the cache's first P columns, [B', P, Hkv, Dh]
@@ -336,15 +359,20 @@ def _prefill_rows(model, cache, rows, real, causal, tokens, positions) -> torch.
         a = self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
         return a.transpose(1, 2)[b, p].flatten(1)
 
-    return decoder(model.model, tokens, *cache.rope.at(positions), attend, ops=kernels.FAST)
+    return decoder(model.model, tokens, *cache.rope.at(positions), attend, ops=cache.ops)
 
 
 def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
     """Feed one token per row, tokens [B]; returns next-token logits [B, V] and advances the cache."""
     cache.open_column()
     if cache.rope is None or len(cache.rope.cos) < cache.capacity:  # a cache built elsewhere, or grown
+        check_config(model.config)  # (`for_prompts` checked it for the caches of `prefill`)
         cache.rope = Rope.of(model.config, cache.capacity, cache.v.dtype, cache.v.device)
-    h = decoder(model.model, tokens, *cache.rope.at(cache.positions), cache.attend, ops=kernels.FAST)
+    if cache.plan is not None and len(tokens) >= cache.plan.min_rows:
+        logits = cache.plan.logits(cache, tokens)
+    else:
+        h = _layers(model.model, tokens, *cache.rope.at(cache.positions), cache.attend, cache.ops)
+        logits = cache.ops.linear(model.lm_head, h)
     cache.length += 1
     cache.positions += 1
-    return kernels.FAST.linear(model.lm_head, h)
+    return logits

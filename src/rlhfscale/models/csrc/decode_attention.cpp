@@ -1,5 +1,6 @@
-// The attention of one decoding step on a CPU, fused: it stores the new token's key and value in column t - 1 of the
-// cache, and each query row reads only the t columns written so far.
+// The attention over a KV cache on a CPU, fused. A decoding step: it stores the new token's key and value in column
+// t - 1 of the cache, and each query row reads only the t columns written so far. The prompts' prefill
+// (`prefill_attention`): every prompt token stored in its column, then read as a decoding step at that column.
 //
 // For query head h of row b (key/value head g = h / (H / Hkv)), with keys stored transposed, kt [D, C]:
 //
@@ -112,7 +113,8 @@ inline void weighted_values(const float* w, float inv, const T* v, int64_t t, fl
   for (int64_t d = 0; d < kD; ++d) o[d] = even[d] + odd[d];
 }
 
-// One layer's step: the new token's keys and values, the cache they go into, the queries that read it.
+// One layer's step: the new token's keys and values, the cache they go into, the queries that read it. (For a
+// prefill, q, k_new, v_new and out hold the N prompt tokens in place of the B rows, and t is unused.)
 template <typename T>
 struct Step {
   const T* q;      // [B, H, D]
@@ -126,18 +128,17 @@ struct Step {
   float scale;
 };
 
-// Query head h of row b: scores over the t columns, their softmax, the weighted sum of values.
+// One query q (float [D]) over the first t columns of one key/value head, kt [D, C] and v [C, D], mask [C]: the
+// scores, their softmax, the weighted sum of values into out [D]. s (>= max(t, 16) floats) and o ([D]) are scratch.
 template <typename T, int64_t kD>
-void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, float* qf, float* o) {
-  const int64_t dims = kD ? kD : a.D, i = b * a.H + h, t = a.t;
-  const T* m = a.mask + b * a.mask_row;
-  const T* v_head = a.v + b * a.cache_row + g * a.C * dims;
-  for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(a.q[i * dims + d]);
-  scores_of<T, kD>(qf, a.kt + b * a.cache_row + g * dims * a.C, dims, a.C, t, s);
+void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, int64_t C, int64_t t, float scale,
+                float* s, float* o, T* out) {
+  const int64_t dims = kD ? kD : D;
+  scores_of<T, kD>(q, kt, dims, C, t, s);
   float top = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : top)
   for (int64_t c = 0; c < t; ++c) {
-    s[c] = rounded<T>(rounded<T>(rounded<T>(s[c]) * a.scale) + static_cast<float>(m[c]));
+    s[c] = rounded<T>(rounded<T>(rounded<T>(s[c]) * scale) + static_cast<float>(m[c]));
     top = s[c] > top ? s[c] : top;
   }
   float total = 0.f;
@@ -147,11 +148,20 @@ void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, fl
     total += s[c];
   }
   if constexpr (kD > 0) {
-    weighted_values<T, kD>(s, 1.f / total, v_head, t, o);
+    weighted_values<T, kD>(s, 1.f / total, v, t, o);
   } else {
-    weighted_values_any<T>(s, 1.f / total, v_head, dims, t, o);
+    weighted_values_any<T>(s, 1.f / total, v, dims, t, o);
   }
-  for (int64_t d = 0; d < dims; ++d) a.out[i * dims + d] = static_cast<T>(o[d]);
+  for (int64_t d = 0; d < dims; ++d) out[d] = static_cast<T>(o[d]);
+}
+
+// Query head h of row b over the t columns written so far.
+template <typename T, int64_t kD>
+void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, float* qf, float* o) {
+  const int64_t dims = kD ? kD : a.D, i = b * a.H + h;
+  for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(a.q[i * dims + d]);
+  attend_one<T, kD>(qf, a.kt + b * a.cache_row + g * dims * a.C, a.v + b * a.cache_row + g * a.C * dims,
+                    a.mask + b * a.mask_row, dims, a.C, a.t, a.scale, s, o, a.out + i * dims);
 }
 
 // Per key/value head g of row b: store the new token in column t - 1, then attend each query head that reads g.
@@ -213,11 +223,102 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
+// The prompts' attention (`llama.prefill`), fused: N prompt tokens, token i in column cols[i] of cache row rows[i],
+// sorted by row, then column; starts[j] is the first token of the j-th row. Per key/value head of a row: store every
+// token's key and value in its column, then attend each token to the columns up to its own, the prompt's pads among
+// them masked: a decoding step's math (`attend_one`) with t = cols[i] + 1, the keys read from the cache.
+template <typename T, int64_t kD>
+void prefill(const Step<T>& a, const int64_t* rows, const int64_t* cols, const std::vector<int64_t>& starts) {
+  const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, segments = static_cast<int64_t>(starts.size()) - 1;
+  at::parallel_for(0, segments * a.Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(a.C), qf(dims), o(dims);
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t first = starts[j / a.Hkv], last = starts[j / a.Hkv + 1], g = j % a.Hkv, b = rows[first];
+      T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
+      T* v_head = a.v + b * a.cache_row + g * a.C * dims;
+      for (int64_t i = first; i < last; ++i) {
+        for (int64_t d = 0; d < dims; ++d) {
+          kt_head[d * a.C + cols[i]] = a.k_new[(i * a.Hkv + g) * dims + d];
+          v_head[cols[i] * dims + d] = a.v_new[(i * a.Hkv + g) * dims + d];
+        }
+      }
+      for (int64_t i = first; i < last; ++i) {
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+          const int64_t at = (i * a.H + h) * dims;
+          for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(a.q[at + d]);
+          attend_one<T, kD>(qf.data(), kt_head, v_head, a.mask + b * a.mask_row, dims, a.C, cols[i] + 1, a.scale,
+                            s.data(), o.data(), a.out + at);
+        }
+      }
+    }
+  });
+}
+
+// The first token of each row's run in rows [N] (then N), checking that tokens come sorted by row, then column.
+std::vector<int64_t> row_starts(const int64_t* rows, const int64_t* cols, int64_t N, int64_t B, int64_t C) {
+  std::vector<int64_t> starts;
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK(0 <= rows[i] && rows[i] < B && 0 <= cols[i] && cols[i] < C, "prefill_attention: token ", i,
+                " at row ", rows[i], ", column ", cols[i], ": outside the cache [", B, ", ", C, "]");
+    const bool new_row = i == 0 || rows[i] != rows[i - 1];
+    TORCH_CHECK(new_row ? i == 0 || rows[i] > rows[i - 1] : cols[i] > cols[i - 1], "prefill_attention: expected "
+                "tokens sorted by row, then column; token ", i, " is not");
+    if (new_row) starts.push_back(i);
+  }
+  starts.push_back(N);
+  return starts;
+}
+
+// q [N, H, D]; k, v [N, Hkv, D] of the prompt tokens, stored in their cache columns (rows, cols [N], int64) of the
+// cache layer kt [B, Hkv, D, C], v_cache [B, Hkv, C, D]; mask [B, C] additive. Returns [N, H * D].
+at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kt,
+                             const at::Tensor& v_cache, const at::Tensor& mask, const at::Tensor& rows,
+                             const at::Tensor& cols, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && kt.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2,
+              "prefill_attention: expected q [N, H, D], k [N, Hkv, D], kt [B, Hkv, D, C], v_cache [B, Hkv, C, D], "
+              "mask [B, C]");
+  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), B = kt.size(0), Hkv = kt.size(1), C = kt.size(3);
+  TORCH_CHECK(kt.sizes() == at::IntArrayRef({B, Hkv, D, C}) && v_cache.sizes() == at::IntArrayRef({B, Hkv, C, D}) &&
+              k.sizes() == at::IntArrayRef({N, Hkv, D}) && v.sizes() == k.sizes() && mask.size(0) == B &&
+              mask.size(1) >= C && H % Hkv == 0 && rows.numel() == N && cols.numel() == N,
+              "prefill_attention: sizes do not match");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && kt.stride(3) == 1 &&
+              kt.stride(2) == C && kt.stride(1) == D * C && v_cache.stride(3) == 1 && v_cache.stride(2) == D &&
+              v_cache.stride(1) == C * D && v_cache.stride(0) == kt.stride(0) && mask.stride(1) == 1 &&
+              rows.is_contiguous() && cols.is_contiguous(), "prefill_attention: expected contiguous heads");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && cols.scalar_type() == at::kLong, "prefill_attention: expected "
+              "int64 rows and cols");
+  for (const auto* x : {&k, &v, &kt, &v_cache, &mask})
+    TORCH_CHECK(x->scalar_type() == q.scalar_type(), "prefill_attention: expected one dtype");
+  const auto starts = row_starts(rows.const_data_ptr<int64_t>(), cols.const_data_ptr<int64_t>(), N, B, C);
+  auto out = at::empty({N, H * D}, q.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "prefill_attention", [&] {
+    using T = scalar_t;
+    const Step<T> a{q.const_data_ptr<T>(), k.const_data_ptr<T>(), v.const_data_ptr<T>(), kt.mutable_data_ptr<T>(),
+                    v_cache.mutable_data_ptr<T>(), mask.const_data_ptr<T>(), out.mutable_data_ptr<T>(), N, H, Hkv, C,
+                    D, 0, kt.stride(0), mask.stride(0), static_cast<float>(scale)};
+    const int64_t* r = rows.const_data_ptr<int64_t>();
+    const int64_t* c = cols.const_data_ptr<int64_t>();
+    switch (D) {
+      case 32: return prefill<T, 32>(a, r, c, starts);
+      case 64: return prefill<T, 64>(a, r, c, starts);
+      case 128: return prefill<T, 128>(a, r, c, starts);
+      default: return prefill<T, 0>(a, r, c, starts);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rlhfscale, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) kt, Tensor(b!) v_cache, Tensor mask, int t, "
         "float scale) -> Tensor");
+  m.def("prefill_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) kt, Tensor(b!) v_cache, Tensor mask, "
+        "Tensor rows, Tensor cols, float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(rlhfscale, CPU, m) { m.impl("decode_attention", &decode_attention); }
+TORCH_LIBRARY_IMPL(rlhfscale, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+  m.impl("prefill_attention", &prefill_attention);
+}

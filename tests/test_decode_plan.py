@@ -1,0 +1,105 @@
+"""The prepared decoding step (`models.decode_plan`) and the prepacked products under it (`kernels.Prepacked`):
+bit for bit what the per-call path computes, only where it applies, and never on weights changed since packing."""
+
+import pytest
+import torch
+from torch import nn
+
+from rlhfscale.models import decode_attention, kernels, llama
+from rlhfscale.models.decode_plan import DecodePlan
+from rlhfscale.models.ladder import build_model
+from test_llama_forward import gqa_model, padded_batch
+
+needs_fast = pytest.mark.skipif(kernels._ONEDNN is None or not decode_attention.fused_available(),
+                                reason="no oneDNN linear in this torch, or the C++ extension could not be built")
+
+
+def prefilled(model, rows=6):
+    """A cache of `rows` left-padded prompts of the model, prefilled, and the tokens to feed next."""
+    ids, mask = padded_batch(model.config.vocab_size)
+    pick = [0, 2, 3, 0, 2, 3][:rows]
+    _, cache = llama.prefill(model, ids[pick, :6], mask[pick, :6], capacity=12)
+    return cache, ids[pick, 6:]
+
+
+@needs_fast
+@pytest.mark.parametrize("make", [lambda: build_model("nano", 60, seed=3).eval(), gqa_model], ids=["ladder", "gqa"])
+def test_plan_steps_equal_the_layer_steps_bit_for_bit(make, monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_MACS", 0)  # every product through oneDNN, as the plan runs them
+    model = make()
+    with torch.inference_mode():
+        cache, feed = prefilled(model)
+        assert cache.plan is not None and cache.plan.min_rows == 0
+        bare = cache.select(torch.arange(len(feed)))
+        bare.plan = None  # the same packed kernels, through `llama._layer`
+        for t in range(feed.shape[1]):
+            assert torch.equal(llama.decode_step(model, cache, feed[:, t]), llama.decode_step(model, bare, feed[:, t]))
+    written = cache.length  # the columns past it were never filled
+    assert torch.equal(cache.k[..., :written], bare.k[..., :written])
+    assert torch.equal(cache.v[..., :written, :], bare.v[..., :written, :])
+
+
+@needs_fast
+def test_a_step_of_fewer_rows_than_the_products_need_takes_the_layer_path(monkeypatch):
+    model = build_model("nano", 60, seed=3).eval()
+    with torch.inference_mode():
+        cache, feed = prefilled(model, rows=6)
+        smallest = min(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+        monkeypatch.setattr(kernels, "MIN_MACS", 6 * smallest)  # 6 rows: every product takes oneDNN; 5: not
+        assert DecodePlan.of(model, cache.ops).min_rows == 6
+        cache.plan = DecodePlan.of(model, cache.ops)
+        layers = []
+        monkeypatch.setattr(llama, "_layer", lambda *a: layers.append(1) or _layer(*a))
+        llama.decode_step(model, cache, feed[:, 0])
+        assert not layers
+        llama.decode_step(model, cache.select(torch.arange(5)), feed[:5, 1])
+        assert len(layers) == model.config.num_hidden_layers
+
+
+_layer = llama._layer
+
+
+@needs_fast
+def test_no_plan_where_a_step_would_leave_the_fast_kernels(monkeypatch):
+    model = build_model("nano", 60, seed=3).eval()
+    with torch.inference_mode():
+        assert DecodePlan.of(model, kernels.Prepacked(model, rows=8)) is not None
+        assert DecodePlan.of(model, kernels.FAST) is None  # nothing packed
+        assert DecodePlan.of(model.to(torch.bfloat16), kernels.for_inference(model, rows=8)) is None  # not float32
+        model.float()
+        monkeypatch.setattr(decode_attention, "uses_fused", lambda device: False)
+        assert DecodePlan.of(model, kernels.Prepacked(model, rows=8)) is None  # the eager attention
+    assert DecodePlan.of(model, kernels.Prepacked(model, rows=8)) is None  # autograd on: nothing packed
+
+
+@needs_fast
+def test_weights_changed_after_packing_are_refused(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_MACS", 0)
+    model = build_model("nano", 60, seed=3).eval()
+    with torch.inference_mode():
+        cache, feed = prefilled(model)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.mul_(2)  # an optimizer step would
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="a weight changed in place after it was packed"):
+        llama.decode_step(model, cache, feed[:, 0])
+    cache.plan = None
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="a weight changed in place after it was packed"):
+        llama.decode_step(model, cache, feed[:, 0])  # `kernels.Prepacked` itself
+
+
+@needs_fast
+@pytest.mark.parametrize("rows", [1, 300])
+def test_prepacked_products_equal_fast_bit_for_bit(rows, monkeypatch):
+    """Above `MIN_MACS` the packed weight; below it (one row) the module's own product, as `FAST` does."""
+    torch.manual_seed(0)
+    module, x, other = nn.Linear(48, 80, bias=False), torch.randn(rows, 48), torch.randn(rows, 80)
+    with torch.inference_mode():
+        packed = kernels.Prepacked(module, rows=64)
+        assert module in packed.packed
+        ours, fast = (products(ops, module, x, other) for ops in (packed, kernels.FAST))
+    assert all(torch.equal(a, b) for a, b in zip(ours, fast, strict=True))
+
+
+def products(ops, module, x, other):
+    return (ops.linear(module, x), ops.linear_silu(module, x), ops.linear_mul(module, x, other),
+            ops.linear_add(module, x, other))
