@@ -62,10 +62,11 @@ class DecodePlan:
     def of(cls, model: LlamaForCausalLM, ops) -> DecodePlan | None:
         """The plan of `model` (which passed `llama.check_config`) with the kernels `ops` of its cache; None where a
         step would not run on the fast kernels alone (`ops` not `kernels.Prepacked`, a product it did not pack,
-        the extension or its attention not in use)."""
+        the extension or its attention not in use, autocast on)."""
         backbone = model.model
         products = [model.lm_head] + [m for layer in backbone.layers for m in _products(layer)]
-        fast = isinstance(ops, kernels.Prepacked) and ops.row_ops and decode_attention.uses_fused(model.device)
+        fast = (isinstance(ops, kernels.Prepacked) and ops.row_ops and decode_attention.uses_fused(model.device)
+                and not torch.is_autocast_enabled("cpu"))
         if not fast or any(m not in ops.packed for m in products):
             return None
         packed = lambda m: ops.packed[m][0]  # noqa: E731

@@ -164,12 +164,13 @@ class Prepacked(FAST):
     (`torch.ops.mkldnn._reorder_linear_weight`). Its products are `FAST`'s bit for bit, where `FAST` would take
     oneDNN; elsewhere it is `FAST`. A weight changed in place after packing is refused: its tensor version moved.
 
-    For inference only (no autograd): built under `torch.inference_mode()` or `torch.no_grad()`."""
+    For inference only (no autograd): built under `torch.inference_mode()` or `torch.no_grad()`, without
+    autocast (under either it packs nothing)."""
 
     def __init__(self, model: nn.Module, rows: int):
         self.packed = {}  # module -> (packed weight, weight version when packed, D_in · D_out)
         self.row_ops = decode_attention.fused_available()  # the extension, asked once
-        if _ONEDNN is None or torch.is_grad_enabled():
+        if _ONEDNN is None or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
             return
         for m in model.modules():
             w = m.weight if type(m) is nn.Linear and m.bias is None else None
