@@ -3,6 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
+# `make test`'s pytest-xdist workers, one torch thread each (tests/conftest.py)
+TEST_WORKERS ?= auto
 
 .PHONY: install demo demo-rl test test-slow test-vllm bench clean
 
@@ -22,7 +24,8 @@ demo-rl: $(STAMP)
 	$(VENV)/bin/rlhfscale demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope -m 'not slow and not serial'
+	$(PY) -m pytest -m 'not slow and serial'
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

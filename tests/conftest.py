@@ -1,5 +1,6 @@
 """Tests run single-threaded: tiny models gain little from a second thread, and on a shared
-machine a busy neighbour stalls every two-thread op. Subprocesses inherit the setting."""
+machine a busy neighbour stalls every two-thread op. Subprocesses inherit the setting.
+`make test` runs one pytest-xdist worker a core instead (same numbers: each worker one thread)."""
 
 import os
 

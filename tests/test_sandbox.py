@@ -14,6 +14,10 @@ from rlhfscale import sandbox
 
 LEAK_WAIT_S = 0.5
 
+# Leftovers are looked for machine-wide, so no other test may run the sandbox meanwhile (`make test` runs the
+# tests of other modules in parallel workers, these after them, alone).
+pytestmark = pytest.mark.serial
+
 
 def sandbox_processes() -> list[int]:
     """Live (non-zombie) processes of the sandbox: the runner's command line, or a sandbox user id."""
