@@ -68,6 +68,9 @@ def test_no_plan_where_a_step_would_leave_the_fast_kernels(monkeypatch):
         with torch.autocast("cpu", dtype=torch.bfloat16):  # its products run in bf16
             assert not kernels.Prepacked(model, rows=8).packed
             assert DecodePlan.of(model, kernels.Prepacked(model, rows=8)) is None
+        packed = kernels.Prepacked(model, rows=8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # packed before, asked for under autocast
+            assert DecodePlan.of(model, packed) is None
         assert DecodePlan.of(model.to(torch.bfloat16), kernels.for_inference(model, rows=8)) is None  # not float32
         model.float()
         monkeypatch.setattr(decode_attention, "uses_fused", lambda device: False)
