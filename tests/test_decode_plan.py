@@ -23,10 +23,11 @@ def prefilled(model, rows=6):
 
 
 @needs_fast
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("make", [lambda: build_model("nano", 60, seed=3).eval(), gqa_model], ids=["ladder", "gqa"])
-def test_plan_steps_equal_the_layer_steps_bit_for_bit(make, monkeypatch):
+def test_plan_steps_equal_the_layer_steps_bit_for_bit(make, dtype, monkeypatch):
     monkeypatch.setattr(kernels, "MIN_MACS", 0)  # every product through oneDNN, as the plan runs them
-    model = make()
+    model = make().to(dtype)
     with torch.inference_mode():
         cache, feed = prefilled(model)
         assert cache.plan is not None and cache.plan.min_rows == 0
@@ -71,7 +72,8 @@ def test_no_plan_where_a_step_would_leave_the_fast_kernels(monkeypatch):
         packed = kernels.Prepacked(model, rows=8)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # packed before, asked for under autocast
             assert DecodePlan.of(model, packed) is None
-        assert DecodePlan.of(model.to(torch.bfloat16), kernels.for_inference(model, rows=8)) is None  # not float32
+        assert DecodePlan.of(model.to(torch.bfloat16), kernels.for_inference(model, rows=8)) is not None
+        assert DecodePlan.of(model.half(), kernels.for_inference(model, rows=8)) is None  # float16: not packed
         model.float()
         monkeypatch.setattr(decode_attention, "uses_fused", lambda device: False)
         assert DecodePlan.of(model, kernels.Prepacked(model, rows=8)) is None  # the eager attention
@@ -109,3 +111,25 @@ def test_prepacked_products_equal_fast_bit_for_bit(rows, monkeypatch):
 def products(ops, module, x, other):
     return (ops.linear(module, x), ops.linear_silu(module, x), ops.linear_mul(module, x, other),
             ops.linear_add(module, x, other))
+
+
+@needs_fast
+def test_bf16_packed_products_round_once_from_the_float_accumulator():
+    """A bf16 weight packed: oneDNN's product on the plain weight bit for bit, each result the float product (and its
+    activation, product or sum) rounded to bf16 once, within half a unit in the last place (8 significant bits)."""
+    torch.manual_seed(0)
+    module = nn.Linear(48, 80, bias=False).bfloat16()
+    x, other = torch.randn(300, 48).bfloat16(), torch.randn(300, 80).bfloat16()
+    with torch.inference_mode():
+        packed = kernels.Prepacked(module, rows=64)
+        assert packed.packed[module][0].dtype == torch.bfloat16
+        ours = products(packed, module, x, other)
+        w, onednn = module.weight, kernels._ONEDNN
+        plain = (onednn(x, w, None, "none", [], ""), onednn(x, w, None, "swish", [], ""),
+                 onednn.binary(x, other, w, None, "mul"), onednn.binary(x, other, w, None, "add"))
+    assert all(torch.equal(a, b) for a, b in zip(ours, plain, strict=True))
+    y = x.float() @ w.float().T
+    for got, want in zip(ours, (y, torch.nn.functional.silu(y), y * other.float(), y + other.float()), strict=True):
+        assert got.dtype == torch.bfloat16
+        half_ulp = torch.exp2(torch.floor(torch.log2(want.abs().clamp(min=1e-30))) - 8)
+        assert ((got.float() - want).abs() <= half_ulp + 1e-6).all()
