@@ -29,7 +29,9 @@ logging costs it time), so its token count is the mean over all its steps.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -177,7 +179,8 @@ def run_rl_bench(
 ) -> dict:
     """`compare` at each size (new_tokens 0: `NEW_TOKENS` of the size); the first size's figures at the top
     level, the others under their size's name, the fp32 matmul peak (best of the run's start and end) beside."""
-    with torch_threads(threads, "bench rl") as used:
+    # TRL's trainer prints its log to stdout: sent to stderr, so that stdout carries the report alone (--json)
+    with torch_threads(threads, "bench rl") as used, contextlib.redirect_stdout(sys.stderr):
         peak = measure_matmul_peak()
         results = [compare(size, prompts=prompts, n=n, new_tokens=new_tokens or NEW_TOKENS.get(size, 32), lr=lr,
                            beta=beta, warmup=warmup, steps=steps, rounds=rounds, bf16=bf16, trl_bf16=trl_bf16,
