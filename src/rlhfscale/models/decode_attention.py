@@ -33,8 +33,9 @@ import torch
 from rlhfscale.errors import BadInput
 
 CSRC = Path(__file__).with_name("csrc")
-# the attention; RMSNorm and RoPE (`kernels`); the sampler's draw (`rollout.sampler.next_tokens`)
-SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp", CSRC / "sample.cpp"]
+# the attention; RMSNorm and RoPE (`kernels`); the sampler's draw (`rollout.sampler.next_tokens`); the attention of
+# whole sequences, with its backward (`seq_attention`)
+SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp", CSRC / "sample.cpp", CSRC / "seq_attention.cpp"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the extension builds (attention, row ops, draw)
 

@@ -46,7 +46,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from rlhfscale.errors import BadInput
 
-from . import decode_attention, kernels
+from . import decode_attention, kernels, seq_attention
 from .decode_plan import DecodePlan
 
 # RoPE variants whose frequencies do not depend on the sequence length.
@@ -186,11 +186,14 @@ def _layers(backbone: LlamaModel, tokens, cos, sin, attend, ops) -> torch.Tensor
 def hidden_states(backbone: LlamaModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Final-normed hidden states [B, T, D] of input_ids [B, T] (pads: attention_mask [B, T] == 0)."""
     (B, T), emb = input_ids.shape, backbone.embed_tokens.weight
-    mask = attention_mask_4d(attention_mask)
+    mask, rows = attention_mask_4d(attention_mask), torch.arange(B, device=input_ids.device)
     rope = Rope.of(backbone.config, T, emb.dtype, emb.device)
 
     def attend(i, q, k, v):  # [B·T, heads, Dh] -> [B, heads, T, Dh] and back
-        q, k, v = (t.view(B, T, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, *t.shape[1:]) for t in (q, k, v))
+        if seq_attention.applies(q):  # token-major, as the layers make them
+            return seq_attention.attention(q, k, v, rows, None, None, mask).view(B * T, -1)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         return self_attention(q, k, v, mask).transpose(1, 2).reshape(B * T, -1)
 
     h = decoder(backbone, input_ids.flatten(), *rope.at(positions_of(attention_mask).flatten()), attend)

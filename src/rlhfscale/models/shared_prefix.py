@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaForCausalLM, LlamaModel
 
+from . import seq_attention
 from .llama import Rope, attention_mask_4d, decoder, next_token_logprobs, positions_of, self_attention
 
 
@@ -61,6 +62,12 @@ def response_hidden_states(
 
     def attend(i, q, k, v):  # q [U·P + B·R, H, Dh], k, v [U·P + B·R, Hkv, Dh] -> [U·P + B·R, H·Dh]
         (qp, qr), (kp, kr), (vp, vr) = (t.split((U * P, B * R)) for t in (q, k, v))
+        if seq_attention.applies(q):  # the prompts' keys read in place by their responses
+            prompts = [t.view(U, P, *t.shape[1:]) for t in (qp, kp, vp)]
+            responses = [t.view(B, R, *t.shape[1:]) for t in (qr, kr, vr)]
+            out_p = seq_attention.attention(*prompts, torch.arange(U, device=q.device), None, None, prompt_causal)
+            out_r = seq_attention.attention(responses[0], *prompts[1:], inverse, *responses[1:], response_causal)
+            return torch.cat((out_p.view(U * P, -1), out_r.view(B * R, -1)))
         qp, kp, vp = (t.view(U, P, *t.shape[1:]).transpose(1, 2) for t in (qp, kp, vp))  # [U, heads, P, Dh]
         qr, kr, vr = (t.view(B, R, *t.shape[1:]).transpose(1, 2) for t in (qr, kr, vr))  # [B, heads, R, Dh]
         out_p = self_attention(qp, kp, vp, prompt_causal)

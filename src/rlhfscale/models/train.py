@@ -58,11 +58,12 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch
 def mixed_precision(device: torch.device, enabled: bool) -> Iterator[None]:
     """bf16 autocast (rl.bf16, rm.bf16) for forward passes; their backward follows.
 
-    On a CPU a forward that will be differentiated (grad enabled on entry) runs its attention through the math
-    kernel: its bf16 backward is a few bf16 matmuls, the fused flash kernel's is several times slower (forward
-    and backward of a micro GRPO batch's response attention, 128 × 4 heads × 16 queries × 32 keys: 30 vs 5 ms).
-    A forward without grad (the reference model's, scoring) keeps the flash kernel, 4× faster than the math
-    one there (1.6 vs 7 ms)."""
+    The fast Llama path's attention on a CPU takes the project's kernel (`models.seq_attention`). Where SDPA runs
+    instead (the generic path, or without the C++ extension), a forward that will be differentiated (grad enabled
+    on entry) runs it through the math kernel: its bf16 backward is a few bf16 matmuls, the fused flash kernel's is
+    several times slower (forward and backward of a micro GRPO batch's response attention, 128 × 4 heads × 16
+    queries × 32 keys: 30 vs 5 ms). A forward without grad (the reference model's, scoring) keeps the flash kernel,
+    4× faster than the math one there (1.6 vs 7 ms)."""
     if not enabled:
         yield
         return
