@@ -54,6 +54,20 @@ def test_rms_norm_equals_the_eager_math_on_strided_rows(dtype):
 
 
 @fused
+def test_bf16_rounding_matches_torch_on_ties_infinities_and_nan():
+    """The kernels round to bf16 in integer arithmetic (`csrc/float_math.h`). RoPE with sin = 0 rounds x · cos once:
+    1.25 · (1 + 2⁻⁶) = 1.25 + 2.5 units of 2⁻⁷ is halfway and goes to the even 1.25 + 2 · 2⁻⁷ (not up), its negative
+    likewise, 3.38e38 · (1 + 2⁻⁶) overflows to inf, NaN stays NaN: as torch rounds (the eager op)."""
+    x = torch.tensor([1.25, -1.25, 3.38e38, float("nan")]).bfloat16()[:, None, None].expand(4, 1, 16).contiguous()
+    cos, sin = torch.full((4, 16), 1 + 2**-6).bfloat16(), torch.zeros(4, 16).bfloat16()
+    with torch.no_grad():
+        ours = torch.ops.rlhfscale.rope(x, cos, sin)
+        eager = kernels.apply_rope(x, cos[:, None], sin[:, None])
+    assert ours[:2, 0, 0].tolist() == [1.265625, -1.265625] and ours[2].isposinf().all() and ours[3].isnan().all()
+    assert torch.equal(ours[:3], eager[:3]) and eager[3].isnan().all()
+
+
+@fused
 def test_rms_norm_is_per_row_and_scale_free():
     """A row's output depends on that row only, and not on its scale."""
     torch.manual_seed(1)

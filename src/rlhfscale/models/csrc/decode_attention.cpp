@@ -152,7 +152,7 @@ void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, 
   } else {
     weighted_values_any<T>(s, 1.f / total, v, dims, t, o);
   }
-  for (int64_t d = 0; d < dims; ++d) out[d] = static_cast<T>(o[d]);
+  for (int64_t d = 0; d < dims; ++d) out[d] = rlhfscale::to_dtype<T>(o[d]);
 }
 
 // Query head h of row b over the t columns written so far.

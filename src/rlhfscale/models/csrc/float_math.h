@@ -1,13 +1,30 @@
 // Float helpers shared by the extension's kernels: a rounding to a tensor dtype, and an exp for their softmaxes.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 namespace rlhfscale {
 
+// x as the dtype T. For bfloat16, c10's rounding (to nearest, ties to even; NaN a quiet NaN) in integer arithmetic
+// without a branch, so that a loop of them vectorizes (c10's conversion stays scalar): the same bits.
+template <typename T>
+inline T to_dtype(float x) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, &x, sizeof bits);
+    const uint16_t nearest = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    return c10::BFloat16(x != x ? uint16_t{0x7FC0} : nearest, c10::BFloat16::from_bits());
+  } else {
+    return static_cast<T>(x);
+  }
+}
+
 // x rounded to the dtype T and back to float: where an eager op on T-typed tensors would round.
 template <typename T>
-inline float rounded(float x) { return static_cast<float>(static_cast<T>(x)); }
+inline float rounded(float x) { return static_cast<float>(to_dtype<T>(x)); }
 
 // exp(x) for x <= 0, as every softmax argument x - max is (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6
 // polynomial in r, scaled by 2^n); about 1 ulp, and exactly 0 below -87.3 (masked columns: -inf).

@@ -21,6 +21,7 @@
 namespace {
 
 using rlhfscale::rounded;
+using rlhfscale::to_dtype;
 
 constexpr int64_t kRowsPerTask = 16;  // rows handed to a thread at a time: a few microseconds of work
 
@@ -36,7 +37,7 @@ void rms_norm_rows(const T* x, const T* w, T* out, int64_t N, int64_t D, int64_t
       const float inv = 1.f / std::sqrt(squares / static_cast<float>(D) + eps);
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d)
-        out[n * D + d] = static_cast<T>(static_cast<float>(w[d]) * rounded<T>(static_cast<float>(xn[d]) * inv));
+        out[n * D + d] = to_dtype<T>(static_cast<float>(w[d]) * rounded<T>(static_cast<float>(xn[d]) * inv));
     }
   });
 }
@@ -55,12 +56,12 @@ void rope_rows(const T* x, const T* cos, const T* sin, T* out, int64_t N, int64_
 #pragma omp simd
         for (int64_t j = 0; j < half; ++j) {  // first half: its partner is x[j + D/2]
           const float a = rounded<T>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
-          oh[j] = static_cast<T>(a + static_cast<float>(xh[j + half]) * static_cast<float>(s[j]));
+          oh[j] = to_dtype<T>(a + static_cast<float>(xh[j + half]) * static_cast<float>(s[j]));
         }
 #pragma omp simd
         for (int64_t j = half; j < D; ++j) {  // second half: x[j - D/2]
           const float a = rounded<T>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
-          oh[j] = static_cast<T>(a + static_cast<float>(xh[j - half]) * static_cast<float>(s[j]));
+          oh[j] = to_dtype<T>(a + static_cast<float>(xh[j - half]) * static_cast<float>(s[j]));
         }
       }
     }

@@ -24,10 +24,13 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
+#include "float_math.h"
+
 namespace {
+
+using rlhfscale::to_dtype;
 
 constexpr int64_t kLanes = 16;
 using Vec = float __attribute__((vector_size(kLanes * sizeof(float))));
@@ -60,20 +63,6 @@ inline Vec exp_nonpositive(Vec x) {
   __builtin_memcpy(&scale, &bits, sizeof scale);
   const Ints out = reinterpret_cast<const Ints&>(p *= scale) & ~tiny;
   return reinterpret_cast<const Vec&>(out);
-}
-
-// x rounded to T: for bf16, round to nearest even in integer arithmetic (c10's rounding, NaN kept a quiet NaN),
-// written so that a loop of them vectorizes; float32 passes through.
-template <typename T>
-inline T rounded_to(float x) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    uint32_t bits;
-    __builtin_memcpy(&bits, &x, sizeof bits);
-    const uint16_t up = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-    return c10::BFloat16(x != x ? uint16_t{0x7FC0} : up, c10::BFloat16::from_bits());
-  } else {
-    return static_cast<T>(x);
-  }
 }
 
 struct Dims {
@@ -177,7 +166,7 @@ void forward_heads(const T* q, const T* k1, const T* v1, const int64_t* idx, con
           for (int64_t l = 0; l < std::min(kLanes, n.R - r0); ++l) {
             const float inv = sum[l] > 0.f ? 1.f / sum[l] : 0.f;
             T* row = out + ((b * n.R + r0 + l) * n.H + h) * n.D;
-            for (int64_t d = 0; d < n.D; ++d) row[d] = rounded_to<T>(ot[d * kLanes + l] * inv);
+            for (int64_t d = 0; d < n.D; ++d) row[d] = to_dtype<T>(ot[d * kLanes + l] * inv);
             lse[(b * n.H + h) * n.R + r0 + l] =
                 sum[l] > 0.f ? shift[l] + std::log(sum[l]) : std::numeric_limits<float>::infinity();
           }
@@ -258,7 +247,7 @@ void backward_heads(const T* dout, const T* q, const T* k1, const T* v1, const i
           outer_rows(p.data(), dor.data(), n, lanes, dvf.data());
           for (int64_t l = 0; l < lanes; ++l) {
             T* row = dq + ((b * n.R + r0 + l) * n.H + h) * D;
-            for (int64_t d = 0; d < D; ++d) row[d] = rounded_to<T>(dqt[d * kLanes + l] * n.scale);
+            for (int64_t d = 0; d < D; ++d) row[d] = to_dtype<T>(dqt[d * kLanes + l] * n.scale);
           }
         }
       }
@@ -271,8 +260,8 @@ void backward_heads(const T* dout, const T* q, const T* k1, const T* v1, const i
         const int64_t at = ((b * n.S2 + c - n.S1) * n.Hkv + g) * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) {
-          dk2[at + d] = rounded_to<T>(dkf[c * D + d]);
-          dv2[at + d] = rounded_to<T>(dvf[c * D + d]);
+          dk2[at + d] = to_dtype<T>(dkf[c * D + d]);
+          dv2[at + d] = to_dtype<T>(dvf[c * D + d]);
         }
       }
     }
