@@ -18,8 +18,9 @@ oneDNN reorders a plain weight into its blocked layout on every call. `Prepacked
 weights hold still (the sampler's rollout): for float32, `FAST`'s products bit for bit, 3-10% faster at the
 sampler's shapes. It also packs a bfloat16 model's weights (RL's bf16 actor), which `FAST` leaves to the module:
 there the activation, product or sum applies to the float accumulator and the result is rounded to bf16 once,
-where the eager ops round after the product and again after the activation (a bf16 rollout at `micro`, 128 rows
-by 16 tokens: 0.85 of the time of the module's own products).
+where the eager ops round after the product and again after the activation. Packed, a bf16 model's decoding step
+is prepared too (`models.decode_plan`): a bf16 rollout at `micro`, 128 rows by 16 tokens, in 0.79-0.88 of the
+time of the modules' own products.
 
 The layer's per-token steps, `rms_norm` and `apply_rope` (the math is here, written out), are five to seven
 tensor ops each; at the sampler's sizes each op's fixed cost outweighs its arithmetic. On a CPU without autograd

@@ -16,7 +16,9 @@ The results equal the full forward of the concatenated rows (tested); the
 gradient reaches each prompt token once, summed over the responses that read it.
 The prompt rows are repeated with `index_select`, whose backward (`index_add_`)
 sums a bf16 gradient in float and rounds once, 6x faster on a CPU than the
-advanced-indexing backward, which rounds after every add.
+advanced-indexing backward, which rounds after every add. In bf16 on a CPU the
+attention is `seq_attention`'s kernel instead, which reads each prompt's keys
+and values where they sit and sums their gradient over the responses itself.
 """
 
 from __future__ import annotations
