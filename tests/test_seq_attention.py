@@ -41,7 +41,8 @@ def inputs(seed=0, U=3, B=5, R=19, S1=6, S2=19, H=4, Hkv=2, D=32):
     open key (row 1, query 3)."""
     g = torch.Generator().manual_seed(seed)
     make = lambda *shape: torch.randn(*shape, generator=g).to(BF16).requires_grad_()  # noqa: E731
-    q, k1, v1, k2, v2 = make(B, R, H, D), make(U, S1, Hkv, D), make(U, S1, Hkv, D), make(B, S2, Hkv, D), make(B, S2, Hkv, D)
+    q, k1, v1 = make(B, R, H, D), make(U, S1, Hkv, D), make(U, S1, Hkv, D)
+    k2, v2 = make(B, S2, Hkv, D), make(B, S2, Hkv, D)
     idx = torch.tensor([0, 2, 0, 1, 2])[:B]
     mask = torch.rand(B, 1, R, S1 + S2, generator=g) > 0.4
     mask[..., 0] = True
