@@ -43,9 +43,8 @@ def attention(q: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, idx: torch.Te
         k2 = v2 = k1.new_empty(B, 0, *k1.shape[2:])
     q, k1, v1, k2, v2 = (t.to(dtype).contiguous() for t in (q, k1, v1, k2, v2))
     S, padded = k1.shape[1] + k2.shape[1], -(-R // LANES) * LANES
-    closed = torch.ones(B, S, padded, dtype=torch.bool, device=q.device)  # [B, S, R]: the kernel's query lanes last
-    closed[..., :R] = ~mask.expand(B, 1, R, S)[:, 0].transpose(1, 2)
-    additive = torch.zeros(B, S, padded, device=q.device).masked_fill_(closed, float("-inf"))
+    additive = torch.full((B, S, padded), float("-inf"), device=q.device)  # [B, S, R]: the query lanes last
+    additive[..., :R].masked_fill_(mask.expand(B, 1, R, S)[:, 0].transpose(1, 2), 0.0)
     return _Attention.apply(q, k1, v1, idx.contiguous(), k2, v2, additive, q.shape[-1] ** -0.5)
 
 

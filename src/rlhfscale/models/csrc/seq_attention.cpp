@@ -44,20 +44,14 @@ inline Vec load(const float* p) {
 
 inline void store(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
-// exp(x) for x <= 0 in every lane (Cephes' expf, as `float_math.h`'s scalar one: x = n ln2 + r, |r| <= ln2 / 2, a
-// degree-6 polynomial in r, scaled by 2^n); exactly 0 below -87.3, -inf included.
+// exp(x) for x <= 0 in every lane (`float_math.h`'s exp_reduced scaled by 2^n, as its scalar exp_nonpositive);
+// exactly 0 below -87.3, -inf included.
 inline Vec exp_nonpositive(Vec x) {
   const Ints tiny = x < -87.3f;
   x = x < -87.3f ? Vec{} - 87.3f : x;
   constexpr float kRound = 12582912.f;  // 1.5 · 2^23: adding and taking it away rounds to the nearest integer
   const Vec n = (x * 1.44269504088896341f + kRound) - kRound;
-  const Vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  Vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
+  Vec p = rlhfscale::exp_reduced(x, n);
   const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
   Vec scale;
   __builtin_memcpy(&scale, &bits, sizeof scale);
