@@ -26,7 +26,11 @@
 
 namespace {
 
+using rlhfscale::kLanes;
+using rlhfscale::load;
 using rlhfscale::rounded;
+using rlhfscale::store;
+using rlhfscale::Vec;
 
 constexpr int64_t kBlock = 16;  // score columns kept in one register while the head dimension is summed
 constexpr int64_t kGroup = 4;   // blocks summed side by side: independent chains of fused multiply-adds
@@ -37,17 +41,27 @@ template <typename T, int64_t kD, int64_t kNb>
 inline void score_blocks(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, const int64_t* start,
                          int64_t c0, float* s) {
   const int64_t dims = kD ? kD : D;
-  float acc[kNb][kBlock] = {};
-  for (int64_t d = 0; d < dims; ++d) {
+  float acc[kNb][kBlock] = {}, odd[kNb][kBlock] = {};  // even and odd d apart: twice the independent chains
+  int64_t d = 0;
+  for (; d + 1 < dims; d += 2) {
     const T* row = kt + d * C;
     for (int64_t b = 0; b < kNb; ++b) {
 #pragma omp simd
-      for (int64_t j = 0; j < kBlock; ++j) acc[b][j] += q[d] * static_cast<float>(row[start[b] + j]);
+      for (int64_t j = 0; j < kBlock; ++j) {
+        acc[b][j] += q[d] * static_cast<float>(row[start[b] + j]);
+        odd[b][j] += q[d + 1] * static_cast<float>(row[C + start[b] + j]);
+      }
+    }
+  }
+  for (; d < dims; ++d) {
+    for (int64_t b = 0; b < kNb; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < kBlock; ++j) acc[b][j] += q[d] * static_cast<float>(kt[d * C + start[b] + j]);
     }
   }
   for (int64_t b = 0; b < kNb; ++b) {
     const int64_t first = c0 + b * kBlock;  // the block's first new column (the last block may start before it)
-    for (int64_t c = first; c < std::min(start[b] + kBlock, t); ++c) s[c] = acc[b][c - start[b]];
+    for (int64_t c = first; c < std::min(start[b] + kBlock, t); ++c) s[c] = acc[b][c - start[b]] + odd[b][c - start[b]];
   }
 }
 
@@ -128,8 +142,12 @@ struct Step {
   float scale;
 };
 
+// Floats of scratch for the scores of t columns: t rounded up to whole vectors.
+inline int64_t score_room(int64_t t) { return (t + kLanes - 1) / kLanes * kLanes; }
+
 // One query q (float [D]) over the first t columns of one key/value head, kt [D, C] and v [C, D], mask [C]: the
-// scores, their softmax, the weighted sum of values into out [D]. s (>= max(t, 16) floats) and o ([D]) are scratch.
+// scores, their softmax, the weighted sum of values into out [D]. s (score_room(max(t, 16)) floats) and o ([D])
+// are scratch.
 template <typename T, int64_t kD>
 void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, int64_t C, int64_t t, float scale,
                 float* s, float* o, T* out) {
@@ -141,12 +159,15 @@ void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, 
     s[c] = rounded<T>(rounded<T>(rounded<T>(s[c]) * scale) + static_cast<float>(m[c]));
     top = s[c] > top ? s[c] : top;
   }
-  float total = 0.f;
-#pragma omp simd reduction(+ : total)
-  for (int64_t c = 0; c < t; ++c) {
-    s[c] = rlhfscale::exp_nonpositive(s[c] - top);
-    total += s[c];
+  std::fill(s + t, s + score_room(t), -std::numeric_limits<float>::infinity());  // their weights: 0
+  Vec sum{};
+  for (int64_t c = 0; c < t; c += kLanes) {
+    const Vec w = rlhfscale::exp_nonpositive(load(s + c) - top);
+    store(s + c, w);
+    sum += w;
   }
+  float total = 0.f;
+  for (int64_t lane = 0; lane < kLanes; ++lane) total += sum[lane];
   if constexpr (kD > 0) {
     weighted_values<T, kD>(s, 1.f / total, v, t, o);
   } else {
@@ -164,17 +185,37 @@ void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, fl
                     a.mask + b * a.mask_row, dims, a.C, a.t, a.scale, s, o, a.out + i * dims);
 }
 
+// Ask for the cache lines of bytes [p, p + n) (a software prefetch: no fault, no wait).
+inline void prefetch(const void* p, int64_t n) {
+  const char* first = static_cast<const char*>(p);
+  for (const char* at = first; at < first + n; at += 64) __builtin_prefetch(at);
+  if (n > 0) __builtin_prefetch(first + n - 1);  // the last line, where the range does not start on a line
+}
+
 // Per key/value head g of row b: store the new token in column t - 1, then attend each query head that reads g.
-// Writing just before reading keeps the strided key column's cache lines for the read.
+// Writing just before reading keeps the strided key column's cache lines for the read. The next head's keys and
+// values are prefetched first: a batch's cache outgrows the last-level cache, and the hardware prefetcher, seeing
+// one short stream per key row, leaves each head waiting on memory (at `micro`, 256 rows: a layer's step 3x
+// slower than with the cache resident).
 template <typename T, int64_t kD>
 void step(const Step<T>& a) {
   const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, col = a.t - 1;
+  const auto head = [&](int64_t j, int64_t& b, int64_t& g, T*& kt_head, T*& v_head) {
+    b = j / a.Hkv, g = j % a.Hkv;
+    kt_head = a.kt + b * a.cache_row + g * dims * a.C;
+    v_head = a.v + b * a.cache_row + g * a.C * dims;
+  };
   at::parallel_for(0, a.B * a.Hkv, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(a.t), qf(dims), o(dims);
+    std::vector<float> s(score_room(std::max<int64_t>(a.t, kBlock))), qf(dims), o(dims);
     for (int64_t j = begin; j < end; ++j) {
-      const int64_t b = j / a.Hkv, g = j % a.Hkv;
-      T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
-      T* v_head = a.v + b * a.cache_row + g * a.C * dims;
+      int64_t b, g;
+      T *kt_head, *v_head;
+      if (false) {
+        head(j + 1, b, g, kt_head, v_head);
+        for (int64_t d = 0; d < dims; ++d) prefetch(kt_head + d * a.C, a.t * sizeof(T));
+        prefetch(v_head, a.t * dims * sizeof(T));
+      }
+      head(j, b, g, kt_head, v_head);
       for (int64_t d = 0; d < dims; ++d) {
         kt_head[d * a.C + col] = a.k_new[j * dims + d];
         v_head[col * dims + d] = a.v_new[j * dims + d];
@@ -231,7 +272,7 @@ template <typename T, int64_t kD>
 void prefill(const Step<T>& a, const int64_t* rows, const int64_t* cols, const std::vector<int64_t>& starts) {
   const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, segments = static_cast<int64_t>(starts.size()) - 1;
   at::parallel_for(0, segments * a.Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(a.C), qf(dims), o(dims);
+    std::vector<float> s(score_room(std::max<int64_t>(a.C, kBlock))), qf(dims), o(dims);
     for (int64_t j = begin; j < end; ++j) {
       const int64_t first = starts[j / a.Hkv], last = starts[j / a.Hkv + 1], g = j % a.Hkv, b = rows[first];
       T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;

@@ -48,4 +48,33 @@ inline float exp_nonpositive(float x) {
   return x < -87.3f ? 0.f : p * __builtin_bit_cast(float, bits);
 }
 
+// A GCC vector of 16 floats (one AVX-512 register, or two AVX2 ones), its loads and stores from unaligned memory,
+// and exp_nonpositive on every lane.
+constexpr int64_t kLanes = 16;
+using Vec = float __attribute__((vector_size(kLanes * sizeof(float))));
+using Ints = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline Vec load(const float* p) {
+  Vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// exp(x) for x <= 0 in every lane (exp_reduced scaled by 2^n, as the scalar exp_nonpositive; the same bits);
+// exactly 0 below -87.3, -inf included.
+inline Vec exp_nonpositive(Vec x) {
+  const Ints tiny = x < -87.3f;
+  x = x < -87.3f ? Vec{} - 87.3f : x;
+  constexpr float kRound = 12582912.f;  // 1.5 · 2^23: adding and taking it away rounds to the nearest integer
+  const Vec n = (x * 1.44269504088896341f + kRound) - kRound;
+  Vec p = exp_reduced(x, n);
+  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
+  Vec scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  const Ints out = reinterpret_cast<const Ints&>(p *= scale) & ~tiny;
+  return reinterpret_cast<const Vec&>(out);
+}
+
 }  // namespace rlhfscale

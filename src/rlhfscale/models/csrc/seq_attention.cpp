@@ -32,32 +32,11 @@ namespace {
 
 using rlhfscale::to_dtype;
 
-constexpr int64_t kLanes = 16;
-using Vec = float __attribute__((vector_size(kLanes * sizeof(float))));
-using Ints = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-inline Vec load(const float* p) {
-  Vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
-
-// exp(x) for x <= 0 in every lane (`float_math.h`'s exp_reduced scaled by 2^n, as its scalar exp_nonpositive);
-// exactly 0 below -87.3, -inf included.
-inline Vec exp_nonpositive(Vec x) {
-  const Ints tiny = x < -87.3f;
-  x = x < -87.3f ? Vec{} - 87.3f : x;
-  constexpr float kRound = 12582912.f;  // 1.5 · 2^23: adding and taking it away rounds to the nearest integer
-  const Vec n = (x * 1.44269504088896341f + kRound) - kRound;
-  Vec p = rlhfscale::exp_reduced(x, n);
-  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
-  Vec scale;
-  __builtin_memcpy(&scale, &bits, sizeof scale);
-  const Ints out = reinterpret_cast<const Ints&>(p *= scale) & ~tiny;
-  return reinterpret_cast<const Vec&>(out);
-}
+using rlhfscale::exp_nonpositive;
+using rlhfscale::kLanes;
+using rlhfscale::load;
+using rlhfscale::store;
+using rlhfscale::Vec;
 
 struct Dims {
   int64_t B, U, H, Hkv, R, S1, S2, D;
