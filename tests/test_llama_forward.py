@@ -164,6 +164,24 @@ def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, fused, mo
     assert cache.length == 9 and cache.capacity == 12 and cache.positions.tolist() == [5, 7, 9]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-attention", "eager-attention"])
+def test_prefill_of_prompts_ending_anywhere_equals_full_forward(fused, monkeypatch):
+    """Rows with right pads: not every prompt ends in the last column, so the last layer runs every token (with
+    left padding it computes the last tokens' states only); the logits at each last real token are the same."""
+    if not fused:
+        monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
+    elif not decode_attention.fused_available():
+        pytest.skip("the fused kernel could not be built")
+    model = gqa_model()
+    ids, mask = padded_batch(model.config.vocab_size)
+    with torch.inference_mode():
+        logits, _ = llama.prefill(model, ids, mask, capacity=10)
+        full = llama.causal_lm_logits(model, ids, mask)
+    last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # each row's last real column: 9, 6, 7, 9
+    assert last.tolist() == [9, 6, 7, 9]
+    torch.testing.assert_close(logits, full[torch.arange(4), last], atol=1e-5, rtol=0)
+
+
 def test_decode_step_builds_the_rope_table_of_a_cache_made_without_one():
     model = gqa_model()
     ids, mask = padded_batch(model.config.vocab_size)

@@ -149,37 +149,44 @@ def self_attention(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def _layer(layer, x, cos, sin, attend, ops=kernels.PLAIN):
-    """One HF `LlamaDecoderLayer` on tokens x [N, D]; attend(q, k, v) -> [N, H·Dh] is its attention.
+def _layer(layer, x, cos, sin, attend, ops=kernels.PLAIN, keep=None):
+    """One HF `LlamaDecoderLayer` on tokens x [N, D]; attend(q, k, v) -> [M, H·Dh] is its attention.
 
-    ops: its kernels (`kernels.PLAIN`, or `kernels.FAST` for inference)."""
+    ops: its kernels (`kernels.PLAIN`, or `kernels.FAST` for inference). keep: indices [M] of the tokens whose
+    output is wanted (None: all N); the others only give their keys and values to `attend`, which gets the
+    queries of the kept tokens alone."""
     attn, mlp = layer.self_attn, layer.mlp
     N, Dh = x.shape[0], attn.head_dim
     h = ops.rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-    q = ops.apply_rope(ops.linear(attn.q_proj, h).view(N, -1, Dh), cos, sin)  # [N, H, Dh]
     k = ops.apply_rope(ops.linear(attn.k_proj, h).view(N, -1, Dh), cos, sin)  # [N, Hkv, Dh]
-    x = ops.linear_add(attn.o_proj, attend(q, k, ops.linear(attn.v_proj, h).view(N, -1, Dh)), x)
+    v = ops.linear(attn.v_proj, h).view(N, -1, Dh)
+    if keep is not None:
+        h, x, cos, sin = h[keep], x[keep], cos[keep], sin[keep]
+    q = ops.apply_rope(ops.linear(attn.q_proj, h).view(len(h), -1, Dh), cos, sin)  # [M, H, Dh]
+    x = ops.linear_add(attn.o_proj, attend(q, k, v), x)
     h = ops.rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
     return ops.linear_add(mlp.down_proj, ops.linear_mul(mlp.up_proj, h, ops.linear_silu(mlp.gate_proj, h)), x)
 
 
-def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=kernels.PLAIN) -> torch.Tensor:
+def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=kernels.PLAIN, keep=None) -> torch.Tensor:
     """Final-normed hidden states [N, D] of tokens [N] whose RoPE angles are cos, sin [N, 1, Dh].
 
-    attend(i, q, k, v) is the attention of layer i; ops: the layers' kernels (see `_layer`).
+    attend(i, q, k, v) is the attention of layer i; ops: the layers' kernels (see `_layer`). With `keep`
+    (indices [M]), the states [M, D] of those tokens only: the last layer computes the others' keys and values
+    and nothing more (a prompt's prefill needs its last token's state and every token's keys and values).
     """
     check_config(backbone.config)
-    return _layers(backbone, tokens, cos, sin, attend, ops)
+    return _layers(backbone, tokens, cos, sin, attend, ops, keep)
 
 
-def _layers(backbone: LlamaModel, tokens, cos, sin, attend, ops) -> torch.Tensor:
+def _layers(backbone: LlamaModel, tokens, cos, sin, attend, ops, keep=None) -> torch.Tensor:
     """`decoder` on a backbone whose config was checked (a decoding step: when its cache was built)."""
-    x = backbone.embed_tokens(tokens)
+    x, last = backbone.embed_tokens(tokens), len(backbone.layers) - 1
     for i, layer in enumerate(backbone.layers):
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
             x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), use_reentrant=False)  # recomputed in backward
         else:
-            x = _layer(layer, x, cos, sin, partial(attend, i), ops)
+            x = _layer(layer, x, cos, sin, partial(attend, i), ops, keep if i == last else None)
     return ops.rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)
 
 
@@ -336,33 +343,51 @@ def prefill(
     logits, group = [], max(1, PREFILL_TOKENS // P)
     for rows in (slice(start, start + group) for start in range(0, B, group)):
         real = attention_mask[rows].bool()
-        tokens = _prefill_rows(model, cache, rows, real, input_ids[rows][real], positions[rows][real])
-        logits.append(cache.ops.linear(model.lm_head, tokens[real.sum(-1).cumsum(0) - 1]))  # each row's last token
+        last = _prefill_rows(model, cache, rows, real, input_ids[rows][real], positions[rows][real])
+        logits.append(cache.ops.linear(model.lm_head, last))
     return torch.cat(logits), cache
 
 
 def _prefill_rows(model, cache, rows, real, tokens, positions) -> torch.Tensor:
-    """Hidden states [N, D] of the real tokens [N] of the prompts `rows` (a slice of the batch), caching their keys
-    and values. real [B', P] marks where they sit, row by row.
-    """
+    """Final hidden states [B', D] of the last real token of each prompt in `rows` (a slice of the batch), caching
+    the keys and values of its real tokens [N]. real [B', P] marks where they sit, row by row.
+
+    Where every prompt ends in column P - 1 (left padding), the last layer computes the other tokens' keys and
+    values only (`decoder`'s `keep`): at `micro` that skips 44% of a prefill's products."""
     b, p = real.nonzero(as_tuple=True)  # row and column of each real token
+    (B, P), layers = real.shape, len(model.model.layers)
+    ends = real.sum(-1).cumsum(0) - 1  # each prompt's last token among the N
+    keep = ends if bool(real[:, -1].all()) else None
     if decode_attention.uses_fused(tokens.device):  # the fused kernel stores and attends in one pass
-        def fused(i, q, k, v):
+        def attend(i, q, k, v):
+            if keep is not None and i == layers - 1:
+                return _attend_last(cache, i, rows, b, p, q, k, v, keep)
             return decode_attention.prefill(q, k, v, cache.k[i], cache.v[i], cache.mask, b + rows.start, p)
+    else:
+        causal = attention_mask_4d(real)  # [B', 1, P, P]
 
-        return decoder(model.model, tokens, *cache.rope.at(positions), fused, ops=cache.ops)
-    causal = attention_mask_4d(real)  # [B', 1, P, P]
+        def attend(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
+            if keep is not None and i == layers - 1:
+                return _attend_last(cache, i, rows, b, p, q, k, v, keep)
+            # keys, values: views of the cache's first P columns, [B', P, Hkv, Dh]
+            keys, values = cache.k[i, rows, ..., :P].permute(0, 3, 1, 2), cache.v[i, rows, :, :P].transpose(1, 2)
+            keys[b, p], values[b, p] = k, v
+            queries = q.new_zeros(*real.shape, *q.shape[1:])  # a pad queries its own (zero) key
+            queries[b, p] = q
+            a = self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
+            return a.transpose(1, 2)[b, p].flatten(1)
 
-    def attend(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
-        P = real.shape[1]  # keys, values: views of the cache's first P columns, [B', P, Hkv, Dh]
-        keys, values = cache.k[i, rows, ..., :P].permute(0, 3, 1, 2), cache.v[i, rows, :, :P].transpose(1, 2)
-        keys[b, p], values[b, p] = k, v
-        queries = q.new_zeros(*real.shape, *q.shape[1:])  # a pad queries its own (zero) key
-        queries[b, p] = q
-        a = self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
-        return a.transpose(1, 2)[b, p].flatten(1)
+    h = decoder(model.model, tokens, *cache.rope.at(positions), attend, ops=cache.ops, keep=keep)
+    return h if keep is not None else h[ends]
 
-    return decoder(model.model, tokens, *cache.rope.at(positions), attend, ops=cache.ops)
+
+def _attend_last(cache, i, rows, b, p, q, k, v, ends) -> torch.Tensor:
+    """Layer i of a prefill whose prompts (cache rows `rows`) all end in column P - 1: store the keys and values
+    k, v [N, Hkv, Dh] of every real token (row b, column p) in the cache, then attend the queries q [B', H, Dh] of
+    the last tokens (`ends`) as a decoding step at column P - 1 does. Returns [B', H·Dh]."""
+    kt, vc, P = cache.k[i, rows], cache.v[i, rows], cache.length
+    kt[b, :, :, p], vc[b, :, p] = k, v
+    return decode_attention.attend(q, k[ends], v[ends], kt, vc, cache.mask[rows], P)
 
 
 def decode_step(model: LlamaForCausalLM, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
