@@ -23,7 +23,9 @@ prompt through the model once per step (`models.shared_prefix`), so it does
 fewer FLOPs than this count, which charges every prompt copy: the fraction
 is of the work the step stands for, the same yardstick for both sides.
 `ours_peak_frac_run` counts only the FLOPs our side actually runs: each distinct
-prompt once, every response token. TRL logs once, after its last step (per-step
+prompt once, every response token, and in the sampler's prefill the last layer's
+products on each prompt's last token alone (the other prompt tokens need only their
+keys and values there: `models.llama`'s prefill). TRL logs once, after its last step (per-step
 logging costs it time), so its token count is the mean over all its steps.
 """
 
@@ -73,6 +75,7 @@ class Timing:
     tokens: float  # non-pad prompt + response tokens per step
     response_len: float  # mean response tokens
     tokens_run: float | None = None  # tokens that went through the model: each distinct prompt once, every response
+    prompt_tokens_run: float | None = None  # the distinct prompts' tokens among them
 
 
 def time_ours(s: Setup) -> Timing:
@@ -94,7 +97,9 @@ def time_ours(s: Setup) -> Timing:
     steps = [b - a for a, b in zip(ends[s.warmup - 1:], ends[s.warmup:])]
     seq, length = statistics.mean(tokens[s.warmup:]), statistics.mean(lengths[s.warmup:])
     responses = length * s.prompts * s.n
-    return Timing(statistics.median(steps), seq, length, tokens_run=responses + (seq - responses) / s.n)
+    prompt_tokens = (seq - responses) / s.n
+    return Timing(statistics.median(steps), seq, length, tokens_run=responses + prompt_tokens,
+                  prompt_tokens_run=prompt_tokens)
 
 
 def time_trl(s: Setup) -> Timing:
@@ -139,6 +144,14 @@ def time_trl(s: Setup) -> Timing:
     return Timing(statistics.median(steps), last["num_tokens"] / (s.warmup + s.steps), last["completions/mean_length"])
 
 
+def last_layer_outputs(policy) -> int:
+    """The parameters of the last decoder layer that a prefill runs on each prompt's last token only: all but its
+    input norm and key and value projections."""
+    layer = policy.model.layers[-1]
+    kv = (layer.input_layernorm, layer.self_attn.k_proj, layer.self_attn.v_proj)
+    return sum(p.numel() for p in layer.parameters()) - sum(p.numel() for m in kv for p in m.parameters())
+
+
 def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta: float, warmup: int, steps: int,
             rounds: int, bf16: bool, trl_bf16: bool, peak: float, seed: int = 0) -> dict:
     """Our GRPO and TRL's on one ladder size: samples/s, their ratio, and each side's fraction of `peak`."""
@@ -153,9 +166,11 @@ def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta
             trl.append(time_trl(setup))
     best_ours, best_trl = min(ours, key=lambda t: t.step_s), min(trl, key=lambda t: t.step_s)
     n_params = count_non_embedding(policy)
+    # the prefill's products skipped: 2 FLOPs a parameter, a prompt's tokens but its last
+    skipped = 2 * last_layer_outputs(policy) * (best_ours.prompt_tokens_run - prompts)
 
-    def peak_frac(t: Timing, tokens: float | None = None) -> float:
-        return (2 + 6 + (2 if beta > 0 else 0)) * n_params * (tokens or t.tokens) / t.step_s / peak
+    def peak_frac(t: Timing, tokens: float | None = None, skipped: float = 0.0) -> float:
+        return ((2 + 6 + (2 if beta > 0 else 0)) * n_params * (tokens or t.tokens) - skipped) / t.step_s / peak
 
     return {
         "ours_samples_s": prompts * n / best_ours.step_s,
@@ -163,7 +178,7 @@ def compare(size: str, *, prompts: int, n: int, new_tokens: int, lr: float, beta
         "ratio_vs_trl": best_trl.step_s / best_ours.step_s,
         "ratio_vs_trl_rounds": [t.step_s / o.step_s for o, t in zip(ours, trl)],
         "ours_peak_frac": peak_frac(best_ours),
-        "ours_peak_frac_run": peak_frac(best_ours, best_ours.tokens_run),
+        "ours_peak_frac_run": peak_frac(best_ours, best_ours.tokens_run, skipped),
         "trl_peak_frac": peak_frac(best_trl),
         "size": size, "params": n_params, "prompts": prompts, "n": n, "new_tokens": new_tokens,
         "ours_step_s": best_ours.step_s, "trl_step_s": best_trl.step_s,
