@@ -26,10 +26,13 @@
 
 namespace {
 
+using rlhfscale::Ints;
 using rlhfscale::kLanes;
 using rlhfscale::load;
+using rlhfscale::load_as_float;
 using rlhfscale::rounded;
 using rlhfscale::store;
+using rlhfscale::store_as;
 using rlhfscale::Vec;
 
 constexpr int64_t kBlock = 16;  // score columns kept in one register while the head dimension is summed
@@ -91,38 +94,35 @@ inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t
   }
 }
 
-// o[d] = sum_c p[c] v[c][d] for c < t, p[c] = round(w[c] * inv), for any head size D: one chain.
+// o[d] = sum_c p[c] v[c][d] for c < t, for any head size D: one chain.
 template <typename T>
-inline void weighted_values_any(const float* w, float inv, const T* v, int64_t D, int64_t t, float* o) {
+inline void weighted_values_any(const float* p, const T* v, int64_t D, int64_t t, float* o) {
   std::fill(o, o + D, 0.f);
   for (int64_t c = 0; c < t; ++c) {
-    const float p = rounded<T>(w[c] * inv);
     const T* row = v + c * D;
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) o[d] += p * static_cast<float>(row[d]);
+    for (int64_t d = 0; d < D; ++d) o[d] += p[c] * static_cast<float>(row[d]);
   }
 }
 
 // The same for a head size kD known at compile time: even and odd columns summed apart (two independent chains
 // held in registers), then added.
 template <typename T, int64_t kD>
-inline void weighted_values(const float* w, float inv, const T* v, int64_t t, float* o) {
+inline void weighted_values(const float* p, const T* v, int64_t t, float* o) {
   float even[kD] = {}, odd[kD] = {};
   int64_t c = 0;
   for (; c + 1 < t; c += 2) {
-    const float p0 = rounded<T>(w[c] * inv), p1 = rounded<T>(w[c + 1] * inv);
     const T* r0 = v + c * kD;
     const T* r1 = r0 + kD;
 #pragma omp simd
     for (int64_t d = 0; d < kD; ++d) {
-      even[d] += p0 * static_cast<float>(r0[d]);
-      odd[d] += p1 * static_cast<float>(r1[d]);
+      even[d] += p[c] * static_cast<float>(r0[d]);
+      odd[d] += p[c + 1] * static_cast<float>(r1[d]);
     }
   }
   if (c < t) {
-    const float p = rounded<T>(w[c] * inv);
 #pragma omp simd
-    for (int64_t d = 0; d < kD; ++d) even[d] += p * static_cast<float>(v[c * kD + d]);
+    for (int64_t d = 0; d < kD; ++d) even[d] += p[c] * static_cast<float>(v[c * kD + d]);
   }
   for (int64_t d = 0; d < kD; ++d) o[d] = even[d] + odd[d];
 }
@@ -153,13 +153,19 @@ void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, 
                 float* s, float* o, T* out) {
   const int64_t dims = kD ? kD : D;
   scores_of<T, kD>(q, kt, dims, C, t, s);
-  float top = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : top)
-  for (int64_t c = 0; c < t; ++c) {
-    s[c] = rounded<T>(rounded<T>(rounded<T>(s[c]) * scale) + static_cast<float>(m[c]));
-    top = s[c] > top ? s[c] : top;
+  // s = round(round(round(s) * scale) + mask), 16 columns at a time; the lanes past t get -inf (weight 0)
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const Ints lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  Vec tops = Vec{} + kNegInf;
+  for (int64_t c = 0; c < t; c += kLanes) {
+    const int64_t n = std::min(kLanes, t - c);
+    Vec x = rounded<T>(rounded<T>(rounded<T>(load(s + c)) * scale) + load_as_float(m + c, n));
+    x = lane < static_cast<int32_t>(n) ? x : Vec{} + kNegInf;
+    store(s + c, x);
+    tops = x > tops ? x : tops;
   }
-  std::fill(s + t, s + score_room(t), -std::numeric_limits<float>::infinity());  // their weights: 0
+  float top = kNegInf;
+  for (int64_t i = 0; i < kLanes; ++i) top = std::max(top, tops[i]);
   Vec sum{};
   for (int64_t c = 0; c < t; c += kLanes) {
     const Vec w = rlhfscale::exp_nonpositive(load(s + c) - top);
@@ -167,13 +173,18 @@ void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, 
     sum += w;
   }
   float total = 0.f;
-  for (int64_t lane = 0; lane < kLanes; ++lane) total += sum[lane];
+  for (int64_t i = 0; i < kLanes; ++i) total += sum[i];
+  const float inv = 1.f / total;
+  for (int64_t c = 0; c < t; c += kLanes) store(s + c, rounded<T>(load(s + c) * inv));  // p_c
   if constexpr (kD > 0) {
-    weighted_values<T, kD>(s, 1.f / total, v, t, o);
+    weighted_values<T, kD>(s, v, t, o);
   } else {
-    weighted_values_any<T>(s, 1.f / total, v, dims, t, o);
+    weighted_values_any<T>(s, v, dims, t, o);
   }
-  for (int64_t d = 0; d < dims; ++d) out[d] = rlhfscale::to_dtype<T>(o[d]);
+  for (int64_t d = 0; d < dims; d += kLanes) {
+    const int64_t n = std::min(kLanes, dims - d);
+    store_as(out + d, n == kLanes ? load(o + d) : load_as_float(o + d, n), n);
+  }
 }
 
 // Query head h of row b over the t columns written so far.
@@ -185,37 +196,17 @@ void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, fl
                     a.mask + b * a.mask_row, dims, a.C, a.t, a.scale, s, o, a.out + i * dims);
 }
 
-// Ask for the cache lines of bytes [p, p + n) (a software prefetch: no fault, no wait).
-inline void prefetch(const void* p, int64_t n) {
-  const char* first = static_cast<const char*>(p);
-  for (const char* at = first; at < first + n; at += 64) __builtin_prefetch(at);
-  if (n > 0) __builtin_prefetch(first + n - 1);  // the last line, where the range does not start on a line
-}
-
 // Per key/value head g of row b: store the new token in column t - 1, then attend each query head that reads g.
-// Writing just before reading keeps the strided key column's cache lines for the read. The next head's keys and
-// values are prefetched first: a batch's cache outgrows the last-level cache, and the hardware prefetcher, seeing
-// one short stream per key row, leaves each head waiting on memory (at `micro`, 256 rows: a layer's step 3x
-// slower than with the cache resident).
+// Writing just before reading keeps the strided key column's cache lines for the read.
 template <typename T, int64_t kD>
 void step(const Step<T>& a) {
   const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, col = a.t - 1;
-  const auto head = [&](int64_t j, int64_t& b, int64_t& g, T*& kt_head, T*& v_head) {
-    b = j / a.Hkv, g = j % a.Hkv;
-    kt_head = a.kt + b * a.cache_row + g * dims * a.C;
-    v_head = a.v + b * a.cache_row + g * a.C * dims;
-  };
   at::parallel_for(0, a.B * a.Hkv, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> s(score_room(std::max<int64_t>(a.t, kBlock))), qf(dims), o(dims);
     for (int64_t j = begin; j < end; ++j) {
-      int64_t b, g;
-      T *kt_head, *v_head;
-      if (false) {
-        head(j + 1, b, g, kt_head, v_head);
-        for (int64_t d = 0; d < dims; ++d) prefetch(kt_head + d * a.C, a.t * sizeof(T));
-        prefetch(v_head, a.t * dims * sizeof(T));
-      }
-      head(j, b, g, kt_head, v_head);
+      const int64_t b = j / a.Hkv, g = j % a.Hkv;
+      T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
+      T* v_head = a.v + b * a.cache_row + g * a.C * dims;
       for (int64_t d = 0; d < dims; ++d) {
         kt_head[d * a.C + col] = a.k_new[j * dims + d];
         v_head[col * dims + d] = a.v_new[j * dims + d];

@@ -53,6 +53,8 @@ inline float exp_nonpositive(float x) {
 constexpr int64_t kLanes = 16;
 using Vec = float __attribute__((vector_size(kLanes * sizeof(float))));
 using Ints = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
+using Bits = uint32_t __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+using Halves = uint16_t __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 
 inline Vec load(const float* p) {
   Vec v;
@@ -61,6 +63,57 @@ inline Vec load(const float* p) {
 }
 
 inline void store(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// The bfloat16 bits of every lane of x, to nearest, ties to even, NaN a quiet NaN (`to_dtype`'s, in the high half).
+inline Bits bfloat16_bits(Vec x) {
+  Bits bits;
+  __builtin_memcpy(&bits, &x, sizeof bits);
+  const Bits nearest = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  return x != x ? Bits{} + 0x7FC00000u : nearest;
+}
+
+// `rounded` in every lane: x rounded to the dtype T and back to float.
+template <typename T>
+inline Vec rounded(Vec x) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const Bits bits = bfloat16_bits(x);
+    __builtin_memcpy(&x, &bits, sizeof x);
+  } else {
+    for (int64_t i = 0; i < kLanes; ++i) x[i] = rounded<T>(x[i]);
+  }
+  return x;
+}
+
+// The first n (<= kLanes) values of p as floats; the other lanes 0.
+template <typename T>
+inline Vec load_as_float(const T* p, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (n == kLanes) {
+      Halves h;
+      __builtin_memcpy(&h, p, sizeof h);
+      const Bits bits = __builtin_convertvector(h, Bits) << 16;
+      Vec x;
+      __builtin_memcpy(&x, &bits, sizeof x);
+      return x;
+    }
+  }
+  Vec x{};
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(p[i]);
+  return x;
+}
+
+// x[0, n) stored as T (`to_dtype`), n <= kLanes.
+template <typename T>
+inline void store_as(T* p, Vec x, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (n == kLanes) {
+      const Halves h = __builtin_convertvector(bfloat16_bits(x) >> 16, Halves);
+      __builtin_memcpy(static_cast<void*>(p), &h, sizeof h);
+      return;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) p[i] = to_dtype<T>(x[i]);
+}
 
 // exp(x) for x <= 0 in every lane (exp_reduced scaled by 2^n, as the scalar exp_nonpositive; the same bits);
 // exactly 0 below -87.3, -inf included.
