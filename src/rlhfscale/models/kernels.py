@@ -176,6 +176,7 @@ class Prepacked(FAST):
     autocast (under either it packs nothing)."""
 
     def __init__(self, model: nn.Module, rows: int):
+        self.rows = rows
         self.packed = {}  # module -> (packed weight, weight version when packed, D_in · D_out)
         self.row_ops = decode_attention.fused_available()  # the extension, asked once
         if _ONEDNN is None or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):

@@ -132,13 +132,13 @@ inline void weighted_values(const float* p, const T* v, int64_t t, float* o) {
 template <typename T>
 struct Step {
   const T* q;      // [B, H, D]
-  const T* k_new;  // [B, Hkv, D]
-  const T* v_new;  // [B, Hkv, D]
+  const T* k_new;  // [B, Hkv, D], row stride `k_row`
+  const T* v_new;  // [B, Hkv, D], row stride `v_row`
   T* kt;           // [B, Hkv, D, C], row stride `cache_row`
   T* v;            // [B, Hkv, C, D], row stride `cache_row`
   const T* mask;   // [B, C], row stride `mask_row`
   T* out;          // [B, H, D]
-  int64_t B, H, Hkv, C, D, t, cache_row, mask_row;
+  int64_t B, H, Hkv, C, D, t, cache_row, mask_row, k_row, v_row;
   float scale;
 };
 
@@ -208,8 +208,8 @@ void step(const Step<T>& a) {
       T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
       T* v_head = a.v + b * a.cache_row + g * a.C * dims;
       for (int64_t d = 0; d < dims; ++d) {
-        kt_head[d * a.C + col] = a.k_new[j * dims + d];
-        v_head[col * dims + d] = a.v_new[j * dims + d];
+        kt_head[d * a.C + col] = a.k_new[b * a.k_row + g * dims + d];
+        v_head[col * dims + d] = a.v_new[b * a.v_row + g * dims + d];
       }
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         attend_head<T, kD>(a, b, g, h, s.data(), qf.data(), o.data());
@@ -229,8 +229,9 @@ void step_of(const Step<T>& a) {
   }
 }
 
-// q [B, H, D]; k, v [B, Hkv, D]: the new token's, stored in column t - 1 of the cache layer kt [B, Hkv, D, C],
-// v_cache [B, Hkv, C, D] (rows possibly strided); mask [B, C] additive (0 or -inf). Returns [B, H * D].
+// q [B, H, D]; k, v [B, Hkv, D]: the new token's (rows possibly strided, as slices of one product's output), stored
+// in column t - 1 of the cache layer kt [B, Hkv, D, C], v_cache [B, Hkv, C, D] (rows possibly strided); mask [B, C]
+// additive (0 or -inf). Returns [B, H * D].
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kt,
                             const at::Tensor& v_cache, const at::Tensor& mask, int64_t t, double scale) {
   TORCH_CHECK(q.dim() == 3 && kt.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2, "decode_attention: expected "
@@ -239,10 +240,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(kt.sizes() == at::IntArrayRef({B, Hkv, D, C}) && v_cache.sizes() == at::IntArrayRef({B, Hkv, C, D}) &&
               k.sizes() == at::IntArrayRef({B, Hkv, D}) && v.sizes() == k.sizes() && mask.size(0) == B &&
               mask.size(1) >= t && 0 < t && t <= C && H % Hkv == 0, "decode_attention: sizes do not match");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && kt.stride(3) == 1 &&
-              kt.stride(2) == C && kt.stride(1) == D * C && v_cache.stride(3) == 1 && v_cache.stride(2) == D &&
-              v_cache.stride(1) == C * D && v_cache.stride(0) == kt.stride(0) && mask.stride(1) == 1,
-              "decode_attention: expected contiguous heads");
+  // a row's heads side by side (the rows themselves may be strided; strides of dimensions of size 1 do not count)
+  const auto heads_packed = [](const at::Tensor& x) {
+    return (x.size(2) == 1 || x.stride(2) == 1) && (x.size(1) == 1 || x.stride(1) == x.size(2));
+  };
+  TORCH_CHECK(q.is_contiguous() && heads_packed(k) && heads_packed(v) &&
+              kt.stride(3) == 1 && kt.stride(2) == C && kt.stride(1) == D * C && v_cache.stride(3) == 1 &&
+              v_cache.stride(2) == D && v_cache.stride(1) == C * D && v_cache.stride(0) == kt.stride(0) &&
+              mask.stride(1) == 1, "decode_attention: expected contiguous heads");
   for (const auto* x : {&k, &v, &kt, &v_cache, &mask})
     TORCH_CHECK(x->scalar_type() == q.scalar_type(), "decode_attention: expected one dtype");
   auto out = at::empty({B, H * D}, q.options());
@@ -250,7 +255,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
     using T = scalar_t;
     step_of<T>({q.const_data_ptr<T>(), k.const_data_ptr<T>(), v.const_data_ptr<T>(), kt.mutable_data_ptr<T>(),
                 v_cache.mutable_data_ptr<T>(), mask.const_data_ptr<T>(), out.mutable_data_ptr<T>(), B, H, Hkv, C, D,
-                t, kt.stride(0), mask.stride(0), static_cast<float>(scale)});
+                t, kt.stride(0), mask.stride(0), k.stride(0), v.stride(0), static_cast<float>(scale)});
   });
   return out;
 }
@@ -328,7 +333,7 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
     using T = scalar_t;
     const Step<T> a{q.const_data_ptr<T>(), k.const_data_ptr<T>(), v.const_data_ptr<T>(), kt.mutable_data_ptr<T>(),
                     v_cache.mutable_data_ptr<T>(), mask.const_data_ptr<T>(), out.mutable_data_ptr<T>(), N, H, Hkv, C,
-                    D, 0, kt.stride(0), mask.stride(0), static_cast<float>(scale)};
+                    D, 0, kt.stride(0), mask.stride(0), Hkv * D, Hkv * D, static_cast<float>(scale)};
     const int64_t* r = rows.const_data_ptr<int64_t>();
     const int64_t* c = cols.const_data_ptr<int64_t>();
     switch (D) {
