@@ -139,6 +139,14 @@ def test_autocast_runs_in_bfloat16_close_to_float32():
     assert (low.float() - full)[real].abs().max() < 0.05 * full[real].abs().max()
 
 
+def use_attention(fused: bool, monkeypatch) -> None:
+    """Decode with the fused kernel (the test skipped where it could not be built) or with the eager ops."""
+    if not fused:
+        monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
+    elif not decode_attention.fused_available():
+        pytest.skip("the fused kernel could not be built")
+
+
 @pytest.mark.parametrize("make", [ladder_model, gqa_model], ids=["ladder", "gqa-untied"])
 @pytest.mark.parametrize("prefill_tokens", [2048, 12], ids=["one-group", "groups-of-2-rows"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-attention", "eager-attention"])
@@ -146,10 +154,7 @@ def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, fused, mo
     """Either attention (the fused kernel, which also leaves the unwritten cache columns unfilled, or the eager ops
     over a zero-filled cache), prompts prefilled in one group or several."""
     monkeypatch.setattr(llama, "PREFILL_TOKENS", prefill_tokens)
-    if not fused:
-        monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
-    elif not decode_attention.fused_available():
-        pytest.skip("the fused kernel could not be built")
+    use_attention(fused, monkeypatch)
     model = make()
     ids, mask = padded_batch(model.config.vocab_size)
     prompt, rest = ids[[0, 2, 3], :6], ids[[0, 2, 3], 6:]  # left-padded prompts, 4 more tokens each
@@ -168,10 +173,7 @@ def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, fused, mo
 def test_prefill_of_prompts_ending_anywhere_equals_full_forward(fused, monkeypatch):
     """Rows with right pads: not every prompt ends in the last column, so the last layer runs every token (with
     left padding it computes the last tokens' states only); the logits at each last real token are the same."""
-    if not fused:
-        monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
-    elif not decode_attention.fused_available():
-        pytest.skip("the fused kernel could not be built")
+    use_attention(fused, monkeypatch)
     model = gqa_model()
     ids, mask = padded_batch(model.config.vocab_size)
     with torch.inference_mode():
