@@ -355,7 +355,7 @@ def _prefill_rows(model, cache, rows, real, tokens, positions) -> torch.Tensor:
     Where every prompt ends in column P - 1 (left padding), the last layer computes the other tokens' keys and
     values only (`decoder`'s `keep`): at `micro` that skips 44% of a prefill's products."""
     b, p = real.nonzero(as_tuple=True)  # row and column of each real token
-    (B, P), layers = real.shape, len(model.model.layers)
+    P, layers = real.shape[1], len(model.model.layers)
     ends = real.sum(-1).cumsum(0) - 1  # each prompt's last token among the N
     keep = ends if bool(real[:, -1].all()) else None
     if decode_attention.uses_fused(tokens.device):  # the fused kernel stores and attends in one pass
