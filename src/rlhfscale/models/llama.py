@@ -158,12 +158,12 @@ def _layer(layer, x, cos, sin, attend, ops=kernels.PLAIN, keep=None):
     attn, mlp = layer.self_attn, layer.mlp
     N, Dh = x.shape[0], attn.head_dim
     h = ops.rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+    hq, cq, sq = (h, cos, sin) if keep is None else (h[keep], cos[keep], sin[keep])
+    # q, k, v in this order: autograd sums h's gradient from them in reverse, so another order would change training
+    q = ops.apply_rope(ops.linear(attn.q_proj, hq).view(len(hq), -1, Dh), cq, sq)  # [M, H, Dh]
     k = ops.apply_rope(ops.linear(attn.k_proj, h).view(N, -1, Dh), cos, sin)  # [N, Hkv, Dh]
     v = ops.linear(attn.v_proj, h).view(N, -1, Dh)
-    if keep is not None:
-        h, x, cos, sin = h[keep], x[keep], cos[keep], sin[keep]
-    q = ops.apply_rope(ops.linear(attn.q_proj, h).view(len(h), -1, Dh), cos, sin)  # [M, H, Dh]
-    x = ops.linear_add(attn.o_proj, attend(q, k, v), x)
+    x = ops.linear_add(attn.o_proj, attend(q, k, v), x if keep is None else x[keep])
     h = ops.rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
     return ops.linear_add(mlp.down_proj, ops.linear_mul(mlp.up_proj, h, ops.linear_silu(mlp.gate_proj, h)), x)
 
