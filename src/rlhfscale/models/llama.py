@@ -359,16 +359,12 @@ def _prefill_rows(model, cache, rows, real, tokens, positions) -> torch.Tensor:
     ends = real.sum(-1).cumsum(0) - 1  # each prompt's last token among the N
     keep = ends if bool(real[:, -1].all()) else None
     if decode_attention.uses_fused(tokens.device):  # the fused kernel stores and attends in one pass
-        def attend(i, q, k, v):
-            if keep is not None and i == layers - 1:
-                return _attend_last(cache, i, rows, b, p, q, k, v, keep)
+        def attend_all(i, q, k, v):
             return decode_attention.prefill(q, k, v, cache.k[i], cache.v[i], cache.mask, b + rows.start, p)
     else:
         causal = attention_mask_4d(real)  # [B', 1, P, P]
 
-        def attend(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
-            if keep is not None and i == layers - 1:
-                return _attend_last(cache, i, rows, b, p, q, k, v, keep)
+        def attend_all(i, q, k, v):  # q [N, H, Dh], k, v [N, Hkv, Dh] -> placed in their rows [B', P, heads, Dh]
             # keys, values: views of the cache's first P columns, [B', P, Hkv, Dh]
             keys, values = cache.k[i, rows, ..., :P].permute(0, 3, 1, 2), cache.v[i, rows, :, :P].transpose(1, 2)
             keys[b, p], values[b, p] = k, v
@@ -376,6 +372,11 @@ def _prefill_rows(model, cache, rows, real, tokens, positions) -> torch.Tensor:
             queries[b, p] = q
             a = self_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal)
             return a.transpose(1, 2)[b, p].flatten(1)
+
+    def attend(i, q, k, v):
+        if keep is not None and i == layers - 1:  # the last tokens' queries only
+            return _attend_last(cache, i, rows, b, p, q, k, v, keep)
+        return attend_all(i, q, k, v)
 
     h = decoder(model.model, tokens, *cache.rope.at(positions), attend, ops=cache.ops, keep=keep)
     return h if keep is not None else h[ends]

@@ -27,7 +27,7 @@ template <typename T>
 inline float rounded(float x) { return static_cast<float>(to_dtype<T>(x)); }
 
 // e^r for r = x - n ln2, |r| <= ln2 / 2 (n the nearest integer to x / ln2): Cephes' expf polynomial of degree 6, for
-// a float or a GCC vector of floats (`seq_attention.cpp`), ln2 split in two so r keeps its low bits.
+// a float or a GCC vector of floats (`Vec` below), ln2 split in two so r keeps its low bits.
 template <typename F>
 inline F exp_reduced(F x, F n) {
   const F r = x - n * 0.693359375f + n * 2.12194440e-4f;
