@@ -14,11 +14,20 @@ from rlhfscale.rollout.sampler import sample
 fused = pytest.mark.skipif(not decode_attention.fused_available(), reason="the fused kernel could not be built")
 
 
+def kernel_layout(kt, v, mask):
+    """A cache layer (keys as columns kt [B, Hkv, D, C], v [B, Hkv, C, D], mask [B, 1, 1, C]) in the fused kernel's
+    layout: C padded to whole tiles with columns it must not read (large, masked), the keys tiled."""
+    pad = -kt.shape[-1] % decode_attention.TILE
+    kt, v = F.pad(kt, (0, pad), value=1e4), F.pad(v, (0, 0, 0, pad), value=1e4)
+    return decode_attention.tiled_keys(kt), v, F.pad(mask, (0, pad), value=float("-inf"))
+
+
 def fused_attend(q, kt, v, mask, t):
     """The kernel with column t - 1 as the new token: it stores it (the same values) and attends."""
     B, _, D = q.shape
     k_new, v_new = kt[..., t - 1].clone(), v[:, :, t - 1].clone()
-    return torch.ops.rlhfscale.decode_attention(q, k_new, v_new, kt, v, mask.view(B, -1), t, D**-0.5)
+    tiles, v, mask = kernel_layout(kt, v, mask)
+    return torch.ops.rlhfscale.decode_attention(q, k_new, v_new, tiles, v, mask.view(B, -1), t, D**-0.5)
 
 
 def eager_attend(q, kt, v, mask, t):
@@ -75,12 +84,12 @@ def test_one_head_by_hand(attend):
 @pytest.mark.parametrize(("H", "Hkv", "D", "C", "t"), [
     (4, 4, 32, 47, 31),  # the ladder's head size: a loop of known length
     (4, 2, 64, 40, 40),  # grouped query heads, every column written
-    (2, 1, 24, 37, 37),  # another head size; the last block of 16 columns overlaps the one before
+    (2, 1, 24, 37, 37),  # another head size; a last tile of 16 columns partly written
     (3, 3, 128, 16, 5),
-    (2, 2, 32, 12, 9),  # a cache narrower than one block of 16 columns
-    (2, 2, 32, 100, 90),  # six blocks: a group of four summed side by side, then two
-    (2, 1, 64, 70, 69),  # five blocks, the last overlapping; an odd count of value rows
-    (2, 2, 24, 80, 77),  # a head size without an unrolled loop, in groups of blocks
+    (2, 2, 32, 12, 9),  # a cache narrower than one tile of 16 columns
+    (2, 2, 32, 100, 90),  # six tiles: a group of four summed side by side, then two
+    (2, 1, 64, 70, 69),  # five tiles; an odd count of value rows
+    (2, 2, 24, 80, 77),  # a head size without an unrolled loop, in groups of tiles
 ])  # fmt: skip
 def test_equals_a_plain_loop(attend, H, Hkv, D, C, t):
     q, kt, v, mask = cache_layer(3, H, Hkv, D, C, t)
@@ -102,11 +111,13 @@ def test_columns_past_t_and_masked_pads_change_nothing():
 def test_the_new_token_is_stored_in_column_t_minus_1_and_read(monkeypatch, kernel):
     if not kernel:
         monkeypatch.setattr(decode_attention, "fused_available", lambda: False)
-    q, kt, v, mask = cache_layer(3, 4, 2, 32, 47, 20)
+    q, kt, v, mask = cache_layer(3, 4, 2, 32, 48, 20)
     k_new, v_new = torch.randn(3, 2, 32), torch.randn(3, 2, 32)
     expected_kt, expected_v = kt.clone(), v.clone()
     expected_kt[..., 19], expected_v[:, :, 19] = k_new, v_new
-    out = decode_attention.attend(q, k_new, v_new, kt, v, mask, 20)
+    cache = decode_attention.tiled_keys(kt) if kernel else kt
+    out = decode_attention.attend(q, k_new, v_new, cache, v, mask, 20)
+    kt = decode_attention.key_columns(cache) if kernel else cache
     assert torch.equal(kt, expected_kt) and torch.equal(v, expected_v)  # column 19 written, nothing else
     torch.testing.assert_close(out.double(), reference(q, expected_kt, expected_v, mask, 20), atol=2e-5, rtol=1e-5)
 
@@ -165,8 +176,9 @@ def test_the_switch_takes_0_or_1_and_refuses_anything_else(monkeypatch):
 
 def prompt_batch(H, Hkv, D, C, lengths, seed=0):
     """Left-padded prompts of `lengths` tokens in rows of P = max(lengths) columns: their q [N, H, D], k, v
-    [N, Hkv, D], row and column of each, and a cache layer (kt [B, Hkv, D, C], v [B, Hkv, C, D]) holding 1e4
-    everywhere but the pads (zeros), with its mask [B, 1, 1, C] (0 on the prompts' tokens)."""
+    [N, Hkv, D], row and column of each, and a cache layer (kt [B, Hkv, D, C], v [B, Hkv, C, D]; C a multiple of
+    `TILE`, for `decode_attention.tiled_keys`) holding 1e4 everywhere but the pads (zeros), with its mask
+    [B, 1, 1, C] (0 on the prompts' tokens)."""
     g = torch.Generator().manual_seed(seed)
     B, P, N = len(lengths), max(lengths), sum(lengths)
     rows = torch.tensor([b for b, n in enumerate(lengths) for _ in range(n)])
@@ -200,12 +212,12 @@ def test_prefill_attention_by_hand():
     q = (1, 0), keys (0, 0) and (2, 0): scores 0 and √2, so the weights are 1 / (e^√2 + 1) and e^√2 / (e^√2 + 1)."""
     q = torch.tensor([[[5.0, 5.0]], [[1.0, 0.0]]])
     k, v = torch.tensor([[[0.0, 0.0]], [[2.0, 0.0]]]), torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
-    kt_cache, v_cache = torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 3, 2)
-    mask = torch.tensor([[[[0.0, 0.0, float("-inf")]]]])
-    out = decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, torch.tensor([0, 0]), torch.tensor([0, 1]))
+    tiles, v_cache = torch.zeros(1, 1, 1, 2, 16), torch.zeros(1, 1, 16, 2)  # one tile of 16 columns
+    mask = F.pad(torch.zeros(1, 1, 1, 2), (0, 14), value=float("-inf"))
+    out = decode_attention.prefill(q, k, v, tiles, v_cache, mask, torch.tensor([0, 0]), torch.tensor([0, 1]))
     w = math.exp(math.sqrt(2)) / (math.exp(math.sqrt(2)) + 1)
     torch.testing.assert_close(out, torch.tensor([[1.0, 0.0], [1 - w, w]]), atol=1e-6, rtol=0)
-    assert torch.equal(kt_cache[0, 0, :, :2], k[:, 0].T) and torch.equal(v_cache[0, 0, :2], v[:, 0])
+    assert torch.equal(tiles[0, 0, 0, :, :2], k[:, 0].T) and torch.equal(v_cache[0, 0, :2], v[:, 0])
 
 
 @fused
@@ -215,27 +227,61 @@ def test_prefill_attention_by_hand():
     (2, 1, 24, [6, 2]),  # a head size without an unrolled loop
 ])  # fmt: skip
 def test_prefill_attention_equals_a_plain_loop_and_stores_every_token(H, Hkv, D, lengths):
-    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(H, Hkv, D, 40, lengths)
+    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(H, Hkv, D, 48, lengths)
     expected_kt, expected_v = kt_cache.clone(), v_cache.clone()
     expected_kt[rows, :, :, cols], expected_v[rows, :, cols] = k, v
-    out = decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, rows, cols)
+    tiles = decode_attention.tiled_keys(kt_cache)
+    out = decode_attention.prefill(q, k, v, tiles, v_cache, mask, rows, cols)
     torch.testing.assert_close(out.double(), prefill_reference(q, k, v, rows, cols), atol=2e-5, rtol=1e-5)
-    assert torch.equal(kt_cache, expected_kt) and torch.equal(v_cache, expected_v)  # their columns, nothing else
+    assert torch.equal(decode_attention.key_columns(tiles), expected_kt)  # their columns, nothing else
+    assert torch.equal(v_cache, expected_v)
 
 
 @fused
 def test_prefill_attention_pads_and_later_columns_change_nothing():
-    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(4, 4, 32, 30, [4, 11, 7])
-    out = decode_attention.prefill(q, k, v, kt_cache.clone(), v_cache.clone(), mask, rows, cols)
+    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(4, 4, 32, 32, [4, 11, 7])
+    tiled = decode_attention.tiled_keys
+    out = decode_attention.prefill(q, k, v, tiled(kt_cache), v_cache.clone(), mask, rows, cols)
     kt_cache[0, ..., :7], v_cache[0, :, :7] = 55.0, -55.0  # row 0's pads
     kt_cache[..., 11:], v_cache[:, :, 11:] = float("nan"), float("nan")  # past the prompts
-    assert torch.equal(decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, rows, cols), out)
+    assert torch.equal(decode_attention.prefill(q, k, v, tiled(kt_cache), v_cache, mask, rows, cols), out)
 
 
 @fused
 def test_prefill_attention_refuses_tokens_out_of_order():
-    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(2, 2, 32, 20, [3, 3])
+    q, k, v, rows, cols, kt_cache, v_cache, mask = prompt_batch(2, 2, 32, 32, [3, 3])
+    kt_cache = decode_attention.tiled_keys(kt_cache)
     with pytest.raises(RuntimeError, match="expected tokens sorted by row, then column; token 1 is not"):
         decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, rows, cols.flip(0))
     with pytest.raises(RuntimeError, match="token 5 at row 2, column 2: outside the cache"):
         decode_attention.prefill(q, k, v, kt_cache, v_cache, mask, torch.tensor([0, 0, 0, 1, 1, 2]), cols)
+
+
+def test_tiled_keys_hold_column_c_in_tile_c_over_16():
+    """Column c of keys [..., D, C] sits in tile c // 16 at lane c % 16, and `key_columns` undoes the tiling."""
+    kt = torch.arange(2 * 3 * 48, dtype=torch.float32).view(2, 3, 48)  # [B=2, D=3, C=48]
+    tiles = decode_attention.tiled_keys(kt)
+    assert tiles.shape == (2, 3, 3, 16) and tiles.is_contiguous()  # [B, C / 16, D, 16]
+    assert tiles[1, 2, 0, 5] == kt[1, 0, 37] and tiles[0, 0, 2, 15] == kt[0, 2, 15]
+    assert torch.equal(decode_attention.key_columns(tiles), kt)
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_store_keys_writes_the_same_columns_in_either_layout(tiled):
+    g = torch.Generator().manual_seed(0)
+    kt = torch.randn(3, 2, 4, 32, generator=g)  # [B, Hkv, D, C]
+    k = torch.randn(4, 2, 4, generator=g)
+    rows, cols = torch.tensor([0, 0, 2, 1]), torch.tensor([3, 17, 31, 0])
+    expected = kt.clone()
+    for i in range(4):
+        expected[rows[i], :, :, cols[i]] = k[i]
+    cache = decode_attention.tiled_keys(kt) if tiled else kt.clone()
+    decode_attention.store_keys(cache, rows, cols, k)
+    assert torch.equal(decode_attention.key_columns(cache) if tiled else cache, expected)
+
+
+@fused
+def test_the_kernel_refuses_keys_that_are_not_tiled():
+    q, kt, v, mask = cache_layer(2, 4, 4, 32, 32, 20)
+    with pytest.raises(RuntimeError, match=r"decode_attention: expected keys \[B, Hkv, C / 16, D, 16\]"):
+        torch.ops.rlhfscale.decode_attention(q, q, q, kt, v, mask.view(2, -1), 20, 32**-0.5)

@@ -166,7 +166,27 @@ def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, fused, mo
             steps.append(llama.decode_step(model, cache, rest[:, t]))
         full = llama.causal_lm_logits(model, ids[[0, 2, 3]], torch.cat((prompt_mask, torch.ones_like(rest)), 1))
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:9], atol=1e-5, rtol=0)
-    assert cache.length == 9 and cache.capacity == 12 and cache.positions.tolist() == [5, 7, 9]
+    assert cache.length == 9 and cache.positions.tolist() == [5, 7, 9]
+    assert cache.capacity == (16 if fused else 12)  # the fused kernel's keys: whole tiles of 16 columns
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-attention", "eager-attention"])
+def test_a_full_cache_doubles_and_keeps_what_it_holds(fused, monkeypatch):
+    """Prompts of 6 columns and 14 more tokens in a cache of capacity 6: rounded up to one tile of 16 columns
+    (fused kernel), which doubles once, or doubling from 6 to 24 (eager ops); either way the full forward's
+    logits."""
+    use_attention(fused, monkeypatch)
+    model = ladder_model()
+    ids, mask = padded_batch(model.config.vocab_size)
+    rest = torch.randint(3, model.config.vocab_size, (4, 14), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        logits, cache = llama.prefill(model, ids[:, :6], mask[:, :6], capacity=6)
+        assert cache.capacity == (16 if fused else 6)
+        steps = [logits] + [llama.decode_step(model, cache, rest[:, t]) for t in range(13)]
+        full = llama.causal_lm_logits(model, torch.cat((ids[:, :6], rest), 1),
+                                      torch.cat((mask[:, :6], torch.ones_like(rest)), 1))
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:19], atol=1e-5, rtol=0)
+    assert cache.length == 19 and cache.capacity == (32 if fused else 24)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-attention", "eager-attention"])

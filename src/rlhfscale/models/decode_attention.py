@@ -7,9 +7,13 @@ For query head h of row b and its key/value head g, over the cache columns c wri
 Eagerly that is a batched matmul per product: B·H products of [1, Dh] by [Dh, C]. On a CPU each costs a
 fixed 0.1-0.2 µs, and the batched bf16 matmul is slower still: at `micro` (256 rows) the two products took a
 third of a bf16 sampler's time, and they read every column of the cache, written or not. The kernel
-(`csrc/decode_attention.cpp`) does the whole step in one pass over the t written columns. Keys are stored
-transposed ([Dh, C] per head) so that both of its products run along contiguous rows. Its roundings are
+(`csrc/decode_attention.cpp`) does the whole step in one pass over the t written columns. Its roundings are
 the eager step's: a bf16 cache gets the eager numerics, a float32 one the same math summed in another order.
+
+Keys are stored transposed so that both of the kernel's products run along contiguous rows: for the eager ops
+[Dh, C] per head, for the kernel in tiles of `TILE` columns, [C / TILE, Dh, TILE] (`key_layout`), so that the t
+columns it reads sit together in memory rather than in Dh rows strided by C (`tiled_keys` and `key_columns`
+convert).
 
 The kernel (built in one extension with the row ops of `models.kernels`, `csrc/row_ops.cpp`, and the sampler's
 draw, `csrc/sample.cpp`) is compiled on first use by `torch.utils.cpp_extension` (a C++ compiler and ninja; about
@@ -38,6 +42,7 @@ CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp", CSRC / "sample.cpp", CSRC / "seq_attention.cpp"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the extension builds (attention, row ops, draw)
+TILE = 16  # key columns per tile in the fused kernel's cache layout
 
 
 def build_name() -> str:
@@ -98,10 +103,36 @@ def uses_fused(device: torch.device) -> bool:
     return torch.device(device).type == "cpu" and fused_available()
 
 
+def key_layout(device: torch.device) -> str:
+    """How a cache on `device` stores its keys: "tiled" ([..., C / TILE, Dh, TILE], for the fused kernel: C a
+    multiple of TILE) or "columns" ([..., Dh, C], for the eager ops)."""
+    return "tiled" if uses_fused(device) else "columns"
+
+
+def tiled_keys(kt: torch.Tensor) -> torch.Tensor:
+    """Keys [..., Dh, C] (C a multiple of TILE) in tiles, [..., C / TILE, Dh, TILE] (a copy)."""
+    *lead, Dh, C = kt.shape
+    return kt.reshape(*lead, Dh, C // TILE, TILE).transpose(-3, -2).contiguous()
+
+
+def key_columns(tiles: torch.Tensor) -> torch.Tensor:
+    """Tiled keys [..., C / TILE, Dh, TILE] as columns, [..., Dh, C] (a copy)."""
+    return tiles.transpose(-3, -2).flatten(-2)
+
+
+def store_keys(kt_cache: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, k: torch.Tensor) -> None:
+    """Write keys k [N, Hkv, Dh] into columns cols [N] of rows rows [N] of a cache layer's keys, tiled
+    [B, Hkv, C / TILE, Dh, TILE] or columns [B, Hkv, Dh, C]."""
+    if kt_cache.dim() == 5:
+        kt_cache[rows, :, cols // TILE, :, cols % TILE] = k
+    else:
+        kt_cache[rows, :, :, cols] = k
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.Tensor, v_cache: torch.Tensor,
            mask: torch.Tensor, t: int) -> torch.Tensor:
-    """Store the new token's k, v [B, Hkv, Dh] in column t - 1 of a cache layer, keys transposed kt_cache
-    [B, Hkv, Dh, C] and values v_cache [B, Hkv, C, Dh]; then softmax(q kᵀ / √Dh + mask) v for q [B, H, Dh] over
+    """Store the new token's k, v [B, Hkv, Dh] in column t - 1 of a cache layer, keys kt_cache in the layout of
+    `key_layout` and values v_cache [B, Hkv, C, Dh]; then softmax(q kᵀ / √Dh + mask) v for q [B, H, Dh] over
     the first t columns, mask [B, 1, 1, C] additive (0, or -inf on prompt pads and unwritten columns). Query
     head i reads key/value head i // (H / Hkv). Returns [B, H·Dh]."""
     B, H, Dh = q.shape
@@ -116,8 +147,8 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kt_cache: torch.T
             mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """The prompts' attention through the fused kernel (`uses_fused`): store the keys and values k, v [N, Hkv, Dh]
     of N prompt tokens in columns cols [N] of cache rows rows [N] (sorted by row, then column) of a cache layer
-    (kt_cache [B, Hkv, Dh, C], v_cache [B, Hkv, C, Dh]); then attend each token's q [N, H, Dh] to its row's
-    columns up to its own, mask [B, 1, 1, C] hiding the pads. Returns [N, H·Dh]."""
+    (kt_cache tiled [B, Hkv, C / TILE, Dh, TILE], v_cache [B, Hkv, C, Dh]); then attend each token's q [N, H, Dh]
+    to its row's columns up to its own, mask [B, 1, 1, C] hiding the pads. Returns [N, H·Dh]."""
     B, Dh = kt_cache.shape[0], q.shape[-1]
     return torch.ops.rlhfscale.prefill_attention(q.contiguous(), k.contiguous(), v.contiguous(), kt_cache, v_cache,
                                                  mask.view(B, -1), rows, cols, Dh**-0.5)

@@ -252,7 +252,9 @@ def select_logprobs(
 class KVCache:
     """Keys and values of every layer, for decoding one token at a time.
 
-    k: [L, B, Hkv, Dh, C], the keys transposed (a column per token), C the capacity;
+    k: the keys transposed (a column per token), C the capacity: [L, B, Hkv, Dh, C], or where the fused kernel
+        attends [L, B, Hkv, C / TILE, Dh, TILE], in tiles of `decode_attention.TILE` columns (`key_layout`; C
+        then a multiple of TILE);
     v: [L, B, Hkv, C, Dh]. Columns [0, length) hold the prompt and the tokens fed
         so far, prompt pads zeros; the others zeros, or anything where the fused
         kernel attends (`decode_attention.uses_fused`: it never reads them).
@@ -280,16 +282,20 @@ class KVCache:
 
     @classmethod
     def for_prompts(cls, model: LlamaForCausalLM, attention_mask: torch.Tensor, capacity: int) -> KVCache:
-        """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns."""
+        """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns (rounded up to whole
+        tiles where the keys are tiled)."""
         config, (B, P), emb = model.config, attention_mask.shape, model.model.embed_tokens.weight
         check_config(config)
         L, Hkv, Dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+        tiled, T = decode_attention.key_layout(emb.device) == "tiled", decode_attention.TILE
+        capacity = -(-capacity // T) * T if tiled else capacity
         mask = torch.full((B, 1, 1, capacity), float("-inf"), dtype=emb.dtype, device=emb.device)
         mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
         rope = Rope.of(config, capacity, emb.dtype, emb.device)
-        if decode_attention.uses_fused(emb.device):  # it reads written columns and prompt pads only: those zeroed
-            k, v = emb.new_empty((L, B, Hkv, Dh, capacity)), emb.new_empty((L, B, Hkv, capacity, Dh))
-            k[..., :P], v[..., :P, :] = 0, 0
+        if tiled:  # the fused kernel reads written columns and prompt pads only: those zeroed
+            k, v = emb.new_empty((L, B, Hkv, capacity // T, Dh, T)), emb.new_empty((L, B, Hkv, capacity, Dh))
+            k[:, :, :, : -(-P // T)].zero_()
+            v[:, :, :, :P].zero_()
         else:  # the eager attention reads every column, the mask hiding the unwritten ones
             k, v = emb.new_zeros((L, B, Hkv, Dh, capacity)), emb.new_zeros((L, B, Hkv, capacity, Dh))
         ops = kernels.for_inference(model, rows=B)
@@ -313,7 +319,7 @@ class KVCache:
     def open_column(self) -> None:
         """Make room for one more token: unmask column `length`, doubling the capacity if full."""
         if self.length == self.capacity:
-            self.k = torch.cat((self.k, torch.zeros_like(self.k)), dim=4)
+            self.k = torch.cat((self.k, torch.zeros_like(self.k)), dim=3 if self.k.dim() == 6 else 4)
             self.v = torch.cat((self.v, torch.zeros_like(self.v)), dim=3)
             self.mask = torch.cat((self.mask, torch.full_like(self.mask, float("-inf"))), dim=-1)
         self.mask[..., self.length] = 0
@@ -387,7 +393,8 @@ def _attend_last(cache, i, rows, b, p, q, k, v, ends) -> torch.Tensor:
     k, v [N, Hkv, Dh] of every real token (row b, column p) in the cache, then attend the queries q [B', H, Dh] of
     the last tokens (`ends`) as a decoding step at column P - 1 does. Returns [B', H·Dh]."""
     kt, vc, P = cache.k[i, rows], cache.v[i, rows], cache.length
-    kt[b, :, :, p], vc[b, :, p] = k, v
+    decode_attention.store_keys(kt, b, p, k)
+    vc[b, :, p] = v
     return decode_attention.attend(q, k[ends], v[ends], kt, vc, cache.mask[rows], P)
 
 

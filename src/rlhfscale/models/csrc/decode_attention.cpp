@@ -2,7 +2,8 @@
 // t - 1 of the cache, and each query row reads only the t columns written so far. The prompts' prefill
 // (`prefill_attention`): every prompt token stored in its column, then read as a decoding step at that column.
 //
-// For query head h of row b (key/value head g = h / (H / Hkv)), with keys stored transposed, kt [D, C]:
+// For query head h of row b (key/value head g = h / (H / Hkv)), with keys stored transposed in tiles of kTile
+// columns, [C / kTile, D, kTile] (kt_dc: element d of column c):
 //
 //   s_c = round(round(sum_d q_d kt_dc) * scale) + mask_c      for c < t   (round: to the cache dtype)
 //   p_c = round(exp(s_c - max s) / sum_c' exp(s_c' - max s))
@@ -11,7 +12,9 @@
 // Sums and products are float. The roundings sit where the eager step (`models.decode_attention.eager`: batched
 // matmul, scale, mask, float softmax cast back, batched matmul, each in the cache dtype) rounds, so a bfloat16
 // cache gets the eager numerics and a float32 cache the same math in another summation order. Both products run
-// along a contiguous row (kt's columns, v's features), so they vectorize without horizontal sums.
+// along a contiguous row (a tile's columns, v's features), so they vectorize without horizontal sums. The tiles
+// keep the t columns read dense: with keys [D, C] a step read D rows of t columns at a stride of C, and a float32
+// `micro` step whose cache is not in the CPU's caches took 2.5x the time of one on a cache of C = t.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -19,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -35,64 +39,57 @@ using rlhfscale::store;
 using rlhfscale::store_as;
 using rlhfscale::Vec;
 
-constexpr int64_t kBlock = 16;  // score columns kept in one register while the head dimension is summed
-constexpr int64_t kGroup = 4;   // blocks summed side by side: independent chains of fused multiply-adds
+constexpr int64_t kTile = 16;  // key columns per tile, kept in one register while the head dimension is summed
+constexpr int64_t kGroup = 4;  // tiles summed side by side: independent chains of fused multiply-adds
 
-// s[c] = sum_d q[d] kt[d][c] for the kNb blocks of columns starting at start[0..kNb), summed side by side so that
-// each multiply-add does not wait for the one before it. Columns past t are computed and dropped.
+// s[c] = sum_d q[d] kt[d][c] for the columns of the kNb tiles from `tile` on (of one head's keys, tiles
+// [C / kTile, D, kTile]), summed side by side so that each multiply-add does not wait for the one before it. The
+// columns of a tile past t are computed and dropped.
 template <typename T, int64_t kD, int64_t kNb>
-inline void score_blocks(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, const int64_t* start,
-                         int64_t c0, float* s) {
+inline void score_tiles(const float* q, const T* kt, int64_t D, int64_t t, int64_t tile, float* s) {
   const int64_t dims = kD ? kD : D;
-  float acc[kNb][kBlock] = {}, odd[kNb][kBlock] = {};  // even and odd d apart: twice the independent chains
+  const T* first = kt + tile * dims * kTile;
+  float acc[kNb][kTile] = {}, odd[kNb][kTile] = {};  // even and odd d apart: twice the independent chains
   int64_t d = 0;
   for (; d + 1 < dims; d += 2) {
-    const T* row = kt + d * C;
     for (int64_t b = 0; b < kNb; ++b) {
+      const T* row = first + (b * dims + d) * kTile;
 #pragma omp simd
-      for (int64_t j = 0; j < kBlock; ++j) {
-        acc[b][j] += q[d] * static_cast<float>(row[start[b] + j]);
-        odd[b][j] += q[d + 1] * static_cast<float>(row[C + start[b] + j]);
+      for (int64_t j = 0; j < kTile; ++j) {
+        acc[b][j] += q[d] * static_cast<float>(row[j]);
+        odd[b][j] += q[d + 1] * static_cast<float>(row[kTile + j]);
       }
     }
   }
   for (; d < dims; ++d) {
     for (int64_t b = 0; b < kNb; ++b) {
+      const T* row = first + (b * dims + d) * kTile;
 #pragma omp simd
-      for (int64_t j = 0; j < kBlock; ++j) acc[b][j] += q[d] * static_cast<float>(kt[d * C + start[b] + j]);
+      for (int64_t j = 0; j < kTile; ++j) acc[b][j] += q[d] * static_cast<float>(row[j]);
     }
   }
   for (int64_t b = 0; b < kNb; ++b) {
-    const int64_t first = c0 + b * kBlock;  // the block's first new column (the last block may start before it)
-    for (int64_t c = first; c < std::min(start[b] + kBlock, t); ++c) s[c] = acc[b][c - start[b]] + odd[b][c - start[b]];
+    const int64_t c0 = (tile + b) * kTile;
+    for (int64_t c = c0; c < std::min(c0 + kTile, t); ++c) s[c] = acc[b][c - c0] + odd[b][c - c0];
   }
 }
 
-// s[c] = sum_d q[d] kt[d][c] for c < t, in blocks of kBlock columns, kGroup blocks at a time. Columns in [t, C)
-// exist, so a block may read past t (what it computes there is dropped); the last block ends at C, overlapping the
-// one before it when C is not a multiple of kBlock.
+// s[c] = sum_d q[d] kt[d][c] for c < t: the tiles holding those columns, kGroup at a time.
 template <typename T, int64_t kD>
-inline void scores_of(const float* q, const T* kt, int64_t D, int64_t C, int64_t t, float* s) {
-  const int64_t dims = kD ? kD : D;
-  if (C < kBlock) {  // a cache narrower than one block: column by column
-    for (int64_t c = 0; c < t; ++c) {
-      float dot = 0.f;
-      for (int64_t d = 0; d < dims; ++d) dot += q[d] * static_cast<float>(kt[d * C + c]);
-      s[c] = dot;
-    }
-    return;
-  }
-  for (int64_t c0 = 0; c0 < t; c0 += kGroup * kBlock) {
-    int64_t start[kGroup], nb = 0;
-    for (; nb < kGroup && c0 + nb * kBlock < t; ++nb) start[nb] = std::min(c0 + nb * kBlock, C - kBlock);
-    switch (nb) {
-      case 1: score_blocks<T, kD, 1>(q, kt, D, C, t, start, c0, s); break;
-      case 2: score_blocks<T, kD, 2>(q, kt, D, C, t, start, c0, s); break;
-      case 3: score_blocks<T, kD, 3>(q, kt, D, C, t, start, c0, s); break;
-      default: score_blocks<T, kD, kGroup>(q, kt, D, C, t, start, c0, s);
+inline void scores_of(const float* q, const T* kt, int64_t D, int64_t t, float* s) {
+  const int64_t tiles = (t + kTile - 1) / kTile;
+  for (int64_t tile = 0; tile < tiles; tile += kGroup) {
+    switch (std::min(kGroup, tiles - tile)) {
+      case 1: score_tiles<T, kD, 1>(q, kt, D, t, tile, s); break;
+      case 2: score_tiles<T, kD, 2>(q, kt, D, t, tile, s); break;
+      case 3: score_tiles<T, kD, 3>(q, kt, D, t, tile, s); break;
+      default: score_tiles<T, kD, kGroup>(q, kt, D, t, tile, s);
     }
   }
 }
+
+// Where column c's key element d sits in one head's key tiles [C / kTile, D, kTile].
+inline int64_t key_at(int64_t c, int64_t d, int64_t D) { return (c / kTile * D + d) * kTile + c % kTile; }
 
 // o[d] = sum_c p[c] v[c][d] for c < t, for any head size D: one chain.
 template <typename T>
@@ -134,7 +131,7 @@ struct Step {
   const T* q;      // [B, H, D]
   const T* k_new;  // [B, Hkv, D], row stride `k_row`
   const T* v_new;  // [B, Hkv, D], row stride `v_row`
-  T* kt;           // [B, Hkv, D, C], row stride `cache_row`
+  T* kt;           // [B, Hkv, C / kTile, D, kTile], row stride `cache_row`
   T* v;            // [B, Hkv, C, D], row stride `cache_row`
   const T* mask;   // [B, C], row stride `mask_row`
   T* out;          // [B, H, D]
@@ -145,14 +142,14 @@ struct Step {
 // Floats of scratch for the scores of t columns: t rounded up to whole vectors.
 inline int64_t score_room(int64_t t) { return (t + kLanes - 1) / kLanes * kLanes; }
 
-// One query q (float [D]) over the first t columns of one key/value head, kt [D, C] and v [C, D], mask [C]: the
-// scores, their softmax, the weighted sum of values into out [D]. s (score_room(max(t, 16)) floats) and o ([D])
-// are scratch.
+// One query q (float [D]) over the first t columns of one key/value head, key tiles kt [C / kTile, D, kTile] and
+// v [C, D], mask [C]: the scores, their softmax, the weighted sum of values into out [D]. s (score_room(t) floats)
+// and o ([D]) are scratch.
 template <typename T, int64_t kD>
-void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, int64_t C, int64_t t, float scale,
-                float* s, float* o, T* out) {
+void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, int64_t t, float scale, float* s,
+                float* o, T* out) {
   const int64_t dims = kD ? kD : D;
-  scores_of<T, kD>(q, kt, dims, C, t, s);
+  scores_of<T, kD>(q, kt, dims, t, s);
   // s = round(round(round(s) * scale) + mask), 16 columns at a time; the lanes past t get -inf (weight 0)
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const Ints lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
@@ -193,7 +190,7 @@ void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, fl
   const int64_t dims = kD ? kD : a.D, i = b * a.H + h;
   for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(a.q[i * dims + d]);
   attend_one<T, kD>(qf, a.kt + b * a.cache_row + g * dims * a.C, a.v + b * a.cache_row + g * a.C * dims,
-                    a.mask + b * a.mask_row, dims, a.C, a.t, a.scale, s, o, a.out + i * dims);
+                    a.mask + b * a.mask_row, dims, a.t, a.scale, s, o, a.out + i * dims);
 }
 
 // Per key/value head g of row b: store the new token in column t - 1, then attend each query head that reads g.
@@ -202,13 +199,13 @@ template <typename T, int64_t kD>
 void step(const Step<T>& a) {
   const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, col = a.t - 1;
   at::parallel_for(0, a.B * a.Hkv, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(score_room(std::max<int64_t>(a.t, kBlock))), qf(dims), o(dims);
+    std::vector<float> s(score_room(a.t)), qf(dims), o(dims);
     for (int64_t j = begin; j < end; ++j) {
       const int64_t b = j / a.Hkv, g = j % a.Hkv;
       T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
       T* v_head = a.v + b * a.cache_row + g * a.C * dims;
       for (int64_t d = 0; d < dims; ++d) {
-        kt_head[d * a.C + col] = a.k_new[b * a.k_row + g * dims + d];
+        kt_head[key_at(col, d, dims)] = a.k_new[b * a.k_row + g * dims + d];
         v_head[col * dims + d] = a.v_new[b * a.v_row + g * dims + d];
       }
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
@@ -229,25 +226,45 @@ void step_of(const Step<T>& a) {
   }
 }
 
+// Whether the strides of x's last dimensions are `strides`, those of dimensions of size 1 aside (they never step).
+bool strides_are(const at::Tensor& x, std::initializer_list<int64_t> strides) {
+  int64_t dim = x.dim() - static_cast<int64_t>(strides.size());
+  for (const int64_t stride : strides) {
+    if (x.size(dim) != 1 && x.stride(dim) != stride) return false;
+    ++dim;
+  }
+  return true;
+}
+
+// The columns C of a cache layer's keys kt [B, Hkv, C / kTile, D, kTile] and values v_cache [B, Hkv, C, D], both
+// with their heads packed in a row and rows at the same stride; `op` names the caller in the message.
+int64_t cache_columns(const at::Tensor& kt, const at::Tensor& v_cache, int64_t D, const char* op) {
+  TORCH_CHECK(kt.dim() == 5 && kt.size(4) == kTile && kt.size(3) == D && v_cache.dim() == 4, op, ": expected keys "
+              "[B, Hkv, C / ", kTile, ", D, ", kTile, "] and values [B, Hkv, C, D]");
+  const int64_t B = kt.size(0), Hkv = kt.size(1), C = kt.size(2) * kTile;
+  TORCH_CHECK(v_cache.sizes() == at::IntArrayRef({B, Hkv, C, D}), op, ": keys and values do not match");
+  TORCH_CHECK(strides_are(kt, {C * D, D * kTile, kTile, 1}) && strides_are(v_cache, {C * D, D, 1}) &&
+              (B == 1 || v_cache.stride(0) == kt.stride(0)), op, ": expected contiguous heads");
+  return C;
+}
+
 // q [B, H, D]; k, v [B, Hkv, D]: the new token's (rows possibly strided, as slices of one product's output), stored
-// in column t - 1 of the cache layer kt [B, Hkv, D, C], v_cache [B, Hkv, C, D] (rows possibly strided); mask [B, C]
-// additive (0 or -inf). Returns [B, H * D].
+// in column t - 1 of the cache layer kt [B, Hkv, C / kTile, D, kTile], v_cache [B, Hkv, C, D] (rows possibly
+// strided); mask [B, C] additive (0 or -inf). Returns [B, H * D].
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kt,
                             const at::Tensor& v_cache, const at::Tensor& mask, int64_t t, double scale) {
-  TORCH_CHECK(q.dim() == 3 && kt.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2, "decode_attention: expected "
-              "q [B, H, D], kt [B, Hkv, D, C], v_cache [B, Hkv, C, D], mask [B, C]");
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = kt.size(1), C = kt.size(3);
-  TORCH_CHECK(kt.sizes() == at::IntArrayRef({B, Hkv, D, C}) && v_cache.sizes() == at::IntArrayRef({B, Hkv, C, D}) &&
-              k.sizes() == at::IntArrayRef({B, Hkv, D}) && v.sizes() == k.sizes() && mask.size(0) == B &&
-              mask.size(1) >= t && 0 < t && t <= C && H % Hkv == 0, "decode_attention: sizes do not match");
+  TORCH_CHECK(q.dim() == 3 && mask.dim() == 2, "decode_attention: expected q [B, H, D], mask [B, C]");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = kt.size(1);
+  const int64_t C = cache_columns(kt, v_cache, D, "decode_attention");
+  TORCH_CHECK(kt.size(0) == B && k.sizes() == at::IntArrayRef({B, Hkv, D}) && v.sizes() == k.sizes() &&
+              mask.size(0) == B && mask.size(1) >= t && 0 < t && t <= C && H % Hkv == 0,
+              "decode_attention: sizes do not match");
   // a row's heads side by side (the rows themselves may be strided; strides of dimensions of size 1 do not count)
   const auto heads_packed = [](const at::Tensor& x) {
     return (x.size(2) == 1 || x.stride(2) == 1) && (x.size(1) == 1 || x.stride(1) == x.size(2));
   };
-  TORCH_CHECK(q.is_contiguous() && heads_packed(k) && heads_packed(v) &&
-              kt.stride(3) == 1 && kt.stride(2) == C && kt.stride(1) == D * C && v_cache.stride(3) == 1 &&
-              v_cache.stride(2) == D && v_cache.stride(1) == C * D && v_cache.stride(0) == kt.stride(0) &&
-              mask.stride(1) == 1, "decode_attention: expected contiguous heads");
+  TORCH_CHECK(q.is_contiguous() && heads_packed(k) && heads_packed(v) && mask.stride(1) == 1,
+              "decode_attention: expected contiguous heads");
   for (const auto* x : {&k, &v, &kt, &v_cache, &mask})
     TORCH_CHECK(x->scalar_type() == q.scalar_type(), "decode_attention: expected one dtype");
   auto out = at::empty({B, H * D}, q.options());
@@ -268,14 +285,14 @@ template <typename T, int64_t kD>
 void prefill(const Step<T>& a, const int64_t* rows, const int64_t* cols, const std::vector<int64_t>& starts) {
   const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, segments = static_cast<int64_t>(starts.size()) - 1;
   at::parallel_for(0, segments * a.Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(score_room(std::max<int64_t>(a.C, kBlock))), qf(dims), o(dims);
+    std::vector<float> s(score_room(a.C)), qf(dims), o(dims);
     for (int64_t j = begin; j < end; ++j) {
       const int64_t first = starts[j / a.Hkv], last = starts[j / a.Hkv + 1], g = j % a.Hkv, b = rows[first];
       T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
       T* v_head = a.v + b * a.cache_row + g * a.C * dims;
       for (int64_t i = first; i < last; ++i) {
         for (int64_t d = 0; d < dims; ++d) {
-          kt_head[d * a.C + cols[i]] = a.k_new[(i * a.Hkv + g) * dims + d];
+          kt_head[key_at(cols[i], d, dims)] = a.k_new[(i * a.Hkv + g) * dims + d];
           v_head[cols[i] * dims + d] = a.v_new[(i * a.Hkv + g) * dims + d];
         }
       }
@@ -283,8 +300,8 @@ void prefill(const Step<T>& a, const int64_t* rows, const int64_t* cols, const s
         for (int64_t h = g * group; h < (g + 1) * group; ++h) {
           const int64_t at = (i * a.H + h) * dims;
           for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(a.q[at + d]);
-          attend_one<T, kD>(qf.data(), kt_head, v_head, a.mask + b * a.mask_row, dims, a.C, cols[i] + 1, a.scale,
-                            s.data(), o.data(), a.out + at);
+          attend_one<T, kD>(qf.data(), kt_head, v_head, a.mask + b * a.mask_row, dims, cols[i] + 1, a.scale, s.data(),
+                            o.data(), a.out + at);
         }
       }
     }
@@ -307,21 +324,18 @@ std::vector<int64_t> row_starts(const int64_t* rows, const int64_t* cols, int64_
 }
 
 // q [N, H, D]; k, v [N, Hkv, D] of the prompt tokens, stored in their cache columns (rows, cols [N], int64) of the
-// cache layer kt [B, Hkv, D, C], v_cache [B, Hkv, C, D]; mask [B, C] additive. Returns [N, H * D].
+// cache layer kt [B, Hkv, C / kTile, D, kTile], v_cache [B, Hkv, C, D]; mask [B, C] additive. Returns [N, H * D].
 at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kt,
                              const at::Tensor& v_cache, const at::Tensor& mask, const at::Tensor& rows,
                              const at::Tensor& cols, double scale) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && kt.dim() == 4 && v_cache.dim() == 4 && mask.dim() == 2,
-              "prefill_attention: expected q [N, H, D], k [N, Hkv, D], kt [B, Hkv, D, C], v_cache [B, Hkv, C, D], "
-              "mask [B, C]");
-  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), B = kt.size(0), Hkv = kt.size(1), C = kt.size(3);
-  TORCH_CHECK(kt.sizes() == at::IntArrayRef({B, Hkv, D, C}) && v_cache.sizes() == at::IntArrayRef({B, Hkv, C, D}) &&
-              k.sizes() == at::IntArrayRef({N, Hkv, D}) && v.sizes() == k.sizes() && mask.size(0) == B &&
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && mask.dim() == 2, "prefill_attention: expected q [N, H, D], "
+              "k [N, Hkv, D], mask [B, C]");
+  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), B = kt.size(0), Hkv = kt.size(1);
+  const int64_t C = cache_columns(kt, v_cache, D, "prefill_attention");
+  TORCH_CHECK(k.sizes() == at::IntArrayRef({N, Hkv, D}) && v.sizes() == k.sizes() && mask.size(0) == B &&
               mask.size(1) >= C && H % Hkv == 0 && rows.numel() == N && cols.numel() == N,
               "prefill_attention: sizes do not match");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && kt.stride(3) == 1 &&
-              kt.stride(2) == C && kt.stride(1) == D * C && v_cache.stride(3) == 1 && v_cache.stride(2) == D &&
-              v_cache.stride(1) == C * D && v_cache.stride(0) == kt.stride(0) && mask.stride(1) == 1 &&
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && mask.stride(1) == 1 &&
               rows.is_contiguous() && cols.is_contiguous(), "prefill_attention: expected contiguous heads");
   TORCH_CHECK(rows.scalar_type() == at::kLong && cols.scalar_type() == at::kLong, "prefill_attention: expected "
               "int64 rows and cols");
