@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from . import hf_forward, llama, shared_prefix
+from .cache_memory import CacheMemory
 
 FAST_HEADS = (LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification)
 
@@ -100,13 +101,22 @@ def response_hidden_states(model: PreTrainedModel, prompt_ids: torch.Tensor, pro
     return hf_forward.response_outputs(model.base_model, prompt_ids, prompt_mask, response_ids, response_mask)
 
 
-def prefill(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, capacity: int):
+def prefill(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, capacity: int,
+            memory: CacheMemory | None = None):
     """Left-padded prompts ids, attn [B, P] through a causal LM: next-token logits [B, V] at each row's last
-    token and a cache for `decode_step` (room for `capacity` >= P tokens on the fast path; the generic
-    cache grows). The cache has ``select(rows)``, which keeps (or repeats) batch rows."""
+    token and a cache for `decode_step` (room for `capacity` >= P tokens on the fast path, where the fused CPU
+    kernel's cache takes `memory`, if given; the generic cache grows). The cache has ``select(rows)``, which keeps
+    (or repeats) batch rows."""
     if fast_path_ok(model):
-        return llama.prefill(model, ids, attn, capacity)
+        return llama.prefill(model, ids, attn, capacity, memory)
     return hf_forward.prefill(model, ids, attn)
+
+
+def select_rows(cache, rows: torch.Tensor, memory: CacheMemory | None = None):
+    """The cache from `prefill` of batch rows `rows` only (``select``): the fast path's in `memory` where given."""
+    if isinstance(cache, llama.KVCache):
+        return cache.select(rows, memory)
+    return cache.select(rows)
 
 
 def decode_step(model: PreTrainedModel, cache, tokens: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from rlhfscale.errors import BadInput
 
 from . import decode_attention, kernels, seq_attention
+from .cache_memory import CacheMemory
 from .decode_plan import DecodePlan
 
 # RoPE variants whose frequencies do not depend on the sequence length.
@@ -281,9 +282,10 @@ class KVCache:
     plan: DecodePlan | None = None
 
     @classmethod
-    def for_prompts(cls, model: LlamaForCausalLM, attention_mask: torch.Tensor, capacity: int) -> KVCache:
+    def for_prompts(cls, model: LlamaForCausalLM, attention_mask: torch.Tensor, capacity: int,
+                    memory: CacheMemory | None = None) -> KVCache:
         """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns (rounded up to whole
-        tiles where the keys are tiled)."""
+        tiles where the keys are tiled, and then in `memory` where given)."""
         config, (B, P), emb = model.config, attention_mask.shape, model.model.embed_tokens.weight
         check_config(config)
         L, Hkv, Dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
@@ -293,7 +295,7 @@ class KVCache:
         mask[:, 0, 0, :P].masked_fill_(attention_mask.bool(), 0.0)
         rope = Rope.of(config, capacity, emb.dtype, emb.device)
         if tiled:  # the fused kernel reads written columns and prompt pads only: those zeroed
-            k, v = emb.new_empty((L, B, Hkv, capacity // T, Dh, T)), emb.new_empty((L, B, Hkv, capacity, Dh))
+            k, v = _tiled_buffers((L, B, Hkv, capacity, Dh), emb, memory)
             k[:, :, :, : -(-P // T)].zero_()
             v[:, :, :, :P].zero_()
         else:  # the eager attention reads every column, the mask hiding the unwritten ones
@@ -307,12 +309,18 @@ class KVCache:
         """C, the columns the cache has room for."""
         return self.v.shape[3]
 
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """The cache of the batch rows `rows` [B'] only (drops finished sequences, or repeats a prompt's rows).
+    def select(self, rows: torch.Tensor, memory: CacheMemory | None = None) -> KVCache:
+        """The cache of the batch rows `rows` [B'] only (drops finished sequences, or repeats a prompt's rows), in
+        `memory` where given and the keys are tiled.
 
         `index_select`, not `k[:, rows]`: on a CPU the advanced-indexing gather of these 5-d buffers is
         about 10x slower."""
-        k, v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        if memory is not None and self.k.dim() == 6:
+            L, _, Hkv, C, Dh = self.v.shape
+            k, v = _tiled_buffers((L, len(rows), Hkv, C, Dh), self.v, memory)
+            torch.index_select(self.k, 1, rows, out=k), torch.index_select(self.v, 1, rows, out=v)
+        else:
+            k, v = self.k.index_select(1, rows), self.v.index_select(1, rows)
         return KVCache(k, v, self.mask.index_select(0, rows), self.positions.index_select(0, rows), self.length,
                        self.rope, self.ops, self.plan)
 
@@ -332,19 +340,32 @@ class KVCache:
         return decode_attention.attend(q, k, v, self.k[layer], self.v[layer], self.mask, self.length + 1)
 
 
+def _tiled_buffers(shape: tuple[int, ...], like: torch.Tensor, memory: CacheMemory | None):
+    """Uninitialised k [L, B, Hkv, C / TILE, Dh, TILE] and v [L, B, Hkv, C, Dh] of shape = (L, B, Hkv, C, Dh), of
+    `like`'s dtype and device, side by side in one buffer: `memory`'s where given."""
+    L, B, Hkv, C, Dh = shape
+    n, T = L * B * Hkv * C * Dh, decode_attention.TILE  # elements of k, and of v
+    nbytes = 2 * n * like.element_size()
+    block = memory.take(nbytes) if memory else torch.empty(nbytes, dtype=torch.uint8, device=like.device)
+    k, v = block.view(like.dtype).view(2, n)
+    return k.view(L, B, Hkv, C // T, Dh, T), v.view(shape)
+
+
 def prefill(
-    model: LlamaForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int
+    model: LlamaForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int,
+    memory: CacheMemory | None = None,
 ) -> tuple[torch.Tensor, KVCache]:
     """Run left-padded prompts [B, P] through the model, caching keys and values.
 
     Returns the next-token logits [B, V] at each row's last token and a
-    `KVCache` of `capacity` >= P columns. Only the real tokens go through the
+    `KVCache` of `capacity` >= P columns (in `memory` where given and it applies:
+    `KVCache.for_prompts`). Only the real tokens go through the
     layers (the pads are skipped, not computed and masked); they are placed in
     their rows for the attention only. Prompts go through in groups of about
     `PREFILL_TOKENS` tokens.
     """
     B, P = input_ids.shape
-    cache = KVCache.for_prompts(model, attention_mask, capacity)
+    cache = KVCache.for_prompts(model, attention_mask, capacity, memory)
     positions = positions_of(attention_mask)
     logits, group = [], max(1, PREFILL_TOKENS // P)
     for rows in (slice(start, start + group) for start in range(0, B, group)):

@@ -3,7 +3,8 @@
     prompts ─left-pad─▶ prefill ─▶ logits ─▶ next token ─▶ decode_step ─▶ logits ─▶ …
 
 Each distinct prompt is prefilled once and its cache copied to the rows that
-continue it (RL samples n responses per prompt). Each step then feeds one
+continue it (RL samples n responses per prompt). On a CPU the cache takes memory
+kept from the last rollout (`CACHE_MEMORY`, `models.cache_memory`). Each step then feeds one
 token per unfinished row through `models.forward.decode_step`: for the ladder's
 Llama models the hand-written forward, into a cache allocated once with room for
 the prompts and every token fed; for any other model its own forward and KV cache
@@ -24,9 +25,12 @@ from dataclasses import dataclass, fields
 import torch
 from transformers import PreTrainedModel
 
-from rlhfscale.models.forward import decode_step, input_device, prefill
+from rlhfscale.models.cache_memory import CacheMemory
+from rlhfscale.models.forward import decode_step, input_device, prefill, select_rows
 from rlhfscale.models.kernels import extension_ok
 from rlhfscale.models.shared_prefix import distinct_prompts
+
+CACHE_MEMORY = CacheMemory()  # the KV caches' memory on a CPU, kept from one rollout to the next
 
 
 @dataclass
@@ -139,22 +143,24 @@ def sample(
     autograd (e.g. as masks and old log-probs of an RL loss).
     """
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k)
-    with torch.inference_mode():
-        rollout = _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id, pad_id, generator)
+    with torch.inference_mode(), CACHE_MEMORY.lend() as memory:
+        rollout = _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id, pad_id, generator,
+                            memory)
     return Rollout(**{f.name: getattr(rollout, f.name).clone() for f in fields(Rollout)})
 
 
-def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id, pad_id, generator) -> Rollout:
-    """The decoding loop of `sample`."""
+def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id, pad_id, generator,
+              memory) -> Rollout:
+    """The decoding loop of `sample`; the cache takes `memory` (`models.cache_memory`) where it can."""
     device = input_device(model)
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     (B, P), R = prompt_ids.shape, max_new_tokens
     ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)  # the n copies of a prompt: one prefill
     if len(ids_u) == B:  # every prompt distinct: prefill them in place, no copy of the cache
-        logits, cache = prefill(model, prompt_ids, prompt_mask, capacity=P + R - 1)  # the last token is not fed
+        logits, cache = prefill(model, prompt_ids, prompt_mask, P + R - 1, memory)  # the last token is not fed
     else:
-        logits, cache = prefill(model, ids_u, mask_u, capacity=P + R - 1)
-        logits, cache = logits.index_select(0, inverse), cache.select(inverse)
+        logits, cache = prefill(model, ids_u, mask_u, P + R - 1)
+        logits, cache = logits.index_select(0, inverse), select_rows(cache, inverse, memory)
 
     tokens_out = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     logprobs_out = torch.zeros((B, R), dtype=torch.float32, device=device)
