@@ -318,7 +318,8 @@ class KVCache:
         if memory is not None and self.k.dim() == 6:
             L, _, Hkv, C, Dh = self.v.shape
             k, v = _tiled_buffers((L, len(rows), Hkv, C, Dh), self.v, memory)
-            torch.index_select(self.k, 1, rows, out=k), torch.index_select(self.v, 1, rows, out=v)
+            torch.index_select(self.k, 1, rows, out=k)
+            torch.index_select(self.v, 1, rows, out=v)
         else:
             k, v = self.k.index_select(1, rows), self.v.index_select(1, rows)
         return KVCache(k, v, self.mask.index_select(0, rows), self.positions.index_select(0, rows), self.length,
