@@ -42,7 +42,8 @@ class CacheMemory:
 
     def take(self, nbytes: int) -> torch.Tensor:
         """nbytes of CPU memory, uint8 [nbytes]: the block (grown to nbytes where smaller) the first time in a
-        `lend`, fresh memory after that. Its contents are whatever the last rollout left."""
+        `lend`, fresh memory after that. Its contents are whatever the last rollout left. The block is allocated
+        under the caller's grad mode: the sampler's `torch.inference_mode()`, so it is written under it only."""
         if not self._lent or self._taken:
             return torch.empty(nbytes, dtype=torch.uint8)
         self._taken = True
