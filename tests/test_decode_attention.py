@@ -285,3 +285,22 @@ def test_the_kernel_refuses_keys_that_are_not_tiled():
     q, kt, v, mask = cache_layer(2, 4, 4, 32, 32, 20)
     with pytest.raises(RuntimeError, match=r"decode_attention: expected keys \[B, Hkv, C / 16, D, 16\]"):
         torch.ops.rlhfscale.decode_attention(q, q, q, kt, v, mask.view(2, -1), 20, 32**-0.5)
+
+
+@fused
+def test_the_kernel_takes_strided_rows_of_new_keys_and_values_but_not_strided_heads():
+    """k and v may be row slices of a wider tensor (the prepared step's q, k, v product): the same output as
+    contiguous ones. Heads that are not side by side within a row are refused."""
+    q, kt, v, mask = cache_layer(3, 4, 2, 32, 32, 20)
+    tiles, B = decode_attention.tiled_keys(kt), 3
+    wide = torch.randn(B, 3 * 2 * 32, generator=torch.Generator().manual_seed(1))
+    k_new, v_new = wide[:, :64].view(B, 2, 32), wide[:, 64:128].view(B, 2, 32)  # rows strided by 192
+
+    def run(k, v_in):
+        return torch.ops.rlhfscale.decode_attention(q, k, v_in, tiles.clone(), v.clone(), mask.view(B, -1), 20,
+                                                    32**-0.5)
+
+    assert torch.equal(run(k_new, v_new), run(k_new.contiguous(), v_new.contiguous()))
+    heads_apart = k_new.contiguous().transpose(1, 2).contiguous().transpose(1, 2)  # [B, 2, 32], head stride 1
+    with pytest.raises(RuntimeError, match="decode_attention: expected contiguous heads"):
+        run(heads_apart, v_new)

@@ -259,11 +259,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(kt.size(0) == B && k.sizes() == at::IntArrayRef({B, Hkv, D}) && v.sizes() == k.sizes() &&
               mask.size(0) == B && mask.size(1) >= t && 0 < t && t <= C && H % Hkv == 0,
               "decode_attention: sizes do not match");
-  // a row's heads side by side (the rows themselves may be strided; strides of dimensions of size 1 do not count)
-  const auto heads_packed = [](const at::Tensor& x) {
-    return (x.size(2) == 1 || x.stride(2) == 1) && (x.size(1) == 1 || x.stride(1) == x.size(2));
-  };
-  TORCH_CHECK(q.is_contiguous() && heads_packed(k) && heads_packed(v) && mask.stride(1) == 1,
+  // k and v: a row's heads side by side (the rows themselves may be strided)
+  TORCH_CHECK(q.is_contiguous() && strides_are(k, {D, 1}) && strides_are(v, {D, 1}) && mask.stride(1) == 1,
               "decode_attention: expected contiguous heads");
   for (const auto* x : {&k, &v, &kt, &v_cache, &mask})
     TORCH_CHECK(x->scalar_type() == q.scalar_type(), "decode_attention: expected one dtype");
