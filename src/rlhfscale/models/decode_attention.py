@@ -38,8 +38,9 @@ from rlhfscale.errors import BadInput
 
 CSRC = Path(__file__).with_name("csrc")
 # the attention; RMSNorm and RoPE (`kernels`); the sampler's draw (`rollout.sampler.next_tokens`); the attention of
-# whole sequences, with its backward (`seq_attention`)
-SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp", CSRC / "sample.cpp", CSRC / "seq_attention.cpp"]
+# whole sequences, with its backward (`seq_attention`); the backwards of training's row ops (`train_ops`)
+SOURCES = [CSRC / "decode_attention.cpp", CSRC / "row_ops.cpp", CSRC / "sample.cpp", CSRC / "seq_attention.cpp",
+           CSRC / "train_ops.cpp"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 ENV = "RLHFSCALE_FUSED_ATTENTION"  # 0: the eager ops even where the extension builds (attention, row ops, draw)
 TILE = 16  # key columns per tile in the fused kernel's cache layout

@@ -120,6 +120,11 @@ class PLAIN:
         """module(x) + other (a residual connection): [N, D_in], [N, D_out] -> [N, D_out]."""
         return module(x) + other
 
+    @classmethod
+    def swiglu(cls, mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """An MLP's gated product silu(h W_gateᵀ) · h W_upᵀ: [N, D] -> [N, D_ff]."""
+        return cls.linear_mul(mlp.up_proj, h, cls.linear_silu(mlp.gate_proj, h))
+
 
 class FAST(PLAIN):
     """`PLAIN`'s products through oneDNN where `onednn_ok` (the activation, product or sum in the matmul's
@@ -209,6 +214,10 @@ class Prepacked(FAST):
                 and x.stride(1) == Dh and not torch.is_grad_enabled()):
             return torch.ops.rlhfscale.rope(x, cos.reshape(N, Dh).contiguous(), sin.reshape(N, Dh).contiguous())
         return FAST.apply_rope(x, cos, sin)
+
+    def swiglu(self, mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """`PLAIN.swiglu` through this instance's products."""
+        return self.linear_mul(mlp.up_proj, h, self.linear_silu(mlp.gate_proj, h))
 
     def linear(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         w = self._weight(module, x)

@@ -46,7 +46,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from rlhfscale.errors import BadInput
 
-from . import decode_attention, kernels, seq_attention
+from . import decode_attention, kernels, seq_attention, train_ops
 from .cache_memory import CacheMemory
 from .decode_plan import DecodePlan
 
@@ -150,10 +150,10 @@ def self_attention(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def _layer(layer, x, cos, sin, attend, ops=kernels.PLAIN, keep=None):
+def _layer(layer, x, cos, sin, attend, ops=train_ops.TRAIN, keep=None):
     """One HF `LlamaDecoderLayer` on tokens x [N, D]; attend(q, k, v) -> [M, H·Dh] is its attention.
 
-    ops: its kernels (`kernels.PLAIN`, or `kernels.FAST` for inference). keep: indices [M] of the tokens whose
+    ops: its kernels (`train_ops.TRAIN`, or `kernels.FAST` for inference). keep: indices [M] of the tokens whose
     output is wanted (None: all N); the others only give their keys and values to `attend`, which gets the
     queries of the kept tokens alone."""
     attn, mlp = layer.self_attn, layer.mlp
@@ -166,10 +166,10 @@ def _layer(layer, x, cos, sin, attend, ops=kernels.PLAIN, keep=None):
     v = ops.linear(attn.v_proj, h).view(N, -1, Dh)
     x = ops.linear_add(attn.o_proj, attend(q, k, v), x if keep is None else x[keep])
     h = ops.rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-    return ops.linear_add(mlp.down_proj, ops.linear_mul(mlp.up_proj, h, ops.linear_silu(mlp.gate_proj, h)), x)
+    return ops.linear_add(mlp.down_proj, ops.swiglu(mlp, h), x)
 
 
-def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=kernels.PLAIN, keep=None) -> torch.Tensor:
+def decoder(backbone: LlamaModel, tokens, cos, sin, attend, ops=train_ops.TRAIN, keep=None) -> torch.Tensor:
     """Final-normed hidden states [N, D] of tokens [N] whose RoPE angles are cos, sin [N, 1, Dh].
 
     attend(i, q, k, v) is the attention of layer i; ops: the layers' kernels (see `_layer`). With `keep`
@@ -185,7 +185,7 @@ def _layers(backbone: LlamaModel, tokens, cos, sin, attend, ops, keep=None) -> t
     x, last = backbone.embed_tokens(tokens), len(backbone.layers) - 1
     for i, layer in enumerate(backbone.layers):
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
-            x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), use_reentrant=False)  # recomputed in backward
+            x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), ops, use_reentrant=False)  # recomputed in backward
         else:
             x = _layer(layer, x, cos, sin, partial(attend, i), ops, keep if i == last else None)
     return ops.rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)

@@ -87,6 +87,9 @@ inline Vec rounded(Vec x) {
 // The first n (<= kLanes) values of p as floats; the other lanes 0.
 template <typename T>
 inline Vec load_as_float(const T* p, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n == kLanes) return load(p);
+  }
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (n == kLanes) {
       Halves h;
@@ -105,6 +108,9 @@ inline Vec load_as_float(const T* p, int64_t n) {
 // x[0, n) stored as T (`to_dtype`), n <= kLanes.
 template <typename T>
 inline void store_as(T* p, Vec x, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n == kLanes) return store(p, x);
+  }
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (n == kLanes) {
       const Halves h = __builtin_convertvector(bfloat16_bits(x) >> 16, Halves);

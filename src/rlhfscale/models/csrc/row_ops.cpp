@@ -1,13 +1,15 @@
-// Two per-token steps of a Llama layer in one pass each, for the sampler's forwards on a CPU. Eagerly each is five
-// to seven tensor ops, and at the sampler's sizes (256 tokens of 128 features) every op costs more in its fixed
-// overhead than in its arithmetic.
+// Two per-token steps of a Llama layer in one pass each: the sampler's forwards on a CPU, and the forwards of
+// training (`models.train_ops`, whose backwards are `train_ops.cpp`). Eagerly each is five to seven tensor ops, and
+// at the sampler's sizes (256 tokens of 128 features) every op costs more in its fixed overhead than in its
+// arithmetic.
 //
 //   rms_norm:  out = round(w * round(x / sqrt(mean(x^2) + eps)))   the mean in float
 //   rope:      out = round(round(x * cos) + roll(x, D/2) * sin)     per head, sin signed as in `llama.Rope`
 //
 // (round: to the tensor's dtype.) Arithmetic is float and the roundings sit where the eager ops
-// (`kernels.rms_norm`, `kernels.apply_rope`) round, so a bfloat16 model gets the eager numerics and a float32 one
-// the same math summed in another order.
+// (`kernels.rms_norm`, `kernels.apply_rope`) round: rope's sum is one fma, as eager addcmul's, so rope gives the
+// eager bits in every dtype (autocast's bf16 x with float angles included); rms_norm a bfloat16 model's, and a
+// float32 one the same math summed in another order.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -42,31 +44,35 @@ void rms_norm_rows(const T* x, const T* w, T* out, int64_t N, int64_t D, int64_t
   });
 }
 
-// out [N, heads, D] = rope of x [N, heads, D] (token row stride `row`) at the angles cos, sin [N, D].
-template <typename T>
-void rope_rows(const T* x, const T* cos, const T* sin, T* out, int64_t N, int64_t heads, int64_t D, int64_t row) {
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")  // x cos rounds before the sum; the sum is one fma, as eager addcmul's
+// out [N, heads, D] = rope of x [N, heads, D] (token row stride `row`) at the angles cos, sin [N, D]. X, C, O: the
+// dtypes of x, of the angles and of out (their promotion: a bf16 x under autocast with float angles gives float).
+template <typename X, typename C, typename O>
+void rope_rows(const X* x, const C* cos, const C* sin, O* out, int64_t N, int64_t heads, int64_t D, int64_t row) {
   const int64_t half = D / 2;
   at::parallel_for(0, N, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      const T* c = cos + n * D;
-      const T* s = sin + n * D;
+      const C* c = cos + n * D;
+      const C* s = sin + n * D;
       for (int64_t h = 0; h < heads; ++h) {
-        const T* xh = x + n * row + h * D;
-        T* oh = out + (n * heads + h) * D;
+        const X* xh = x + n * row + h * D;
+        O* oh = out + (n * heads + h) * D;
 #pragma omp simd
         for (int64_t j = 0; j < half; ++j) {  // first half: its partner is x[j + D/2]
-          const float a = rounded<T>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
-          oh[j] = to_dtype<T>(a + static_cast<float>(xh[j + half]) * static_cast<float>(s[j]));
+          const float a = rounded<O>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
+          oh[j] = to_dtype<O>(__builtin_fmaf(static_cast<float>(xh[j + half]), static_cast<float>(s[j]), a));
         }
 #pragma omp simd
         for (int64_t j = half; j < D; ++j) {  // second half: x[j - D/2]
-          const float a = rounded<T>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
-          oh[j] = to_dtype<T>(a + static_cast<float>(xh[j - half]) * static_cast<float>(s[j]));
+          const float a = rounded<O>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
+          oh[j] = to_dtype<O>(__builtin_fmaf(static_cast<float>(xh[j - half]), static_cast<float>(s[j]), a));
         }
       }
     }
   });
 }
+#pragma GCC pop_options
 
 // x [N, D] (rows possibly strided), weight [D] -> [N, D].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -82,18 +88,28 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return out;
 }
 
-// x [N, heads, D] (token rows possibly strided, heads contiguous); cos, sin [N, D] -> [N, heads, D].
+// x [N, heads, D] (token rows possibly strided, heads contiguous); cos, sin [N, D] -> [N, heads, D]: all of one
+// dtype, or x bfloat16 and the angles float (out float, as eager type promotion gives).
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2) && x.size(2) % 2 == 0,
               "rope: expected x [N, heads, D] with contiguous heads and D even");
   const int64_t N = x.size(0), heads = x.size(1), D = x.size(2);
+  const bool mixed = x.scalar_type() == at::kBFloat16 && cos.scalar_type() == at::kFloat;
   TORCH_CHECK(cos.sizes() == at::IntArrayRef({N, D}) && sin.sizes() == cos.sizes() && cos.is_contiguous() &&
-              sin.is_contiguous() && cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(),
-              "rope: expected contiguous cos, sin [N, D] of x's dtype");
-  auto out = at::empty({N, heads, D}, x.options());
+              sin.is_contiguous() && sin.scalar_type() == cos.scalar_type() &&
+              (cos.scalar_type() == x.scalar_type() || mixed),
+              "rope: expected contiguous cos, sin [N, D] of x's dtype (or float for a bfloat16 x)");
+  auto out = at::empty({N, heads, D}, x.options().dtype(cos.scalar_type()));
+  if (mixed) {
+    rope_rows<c10::BFloat16, float, float>(x.const_data_ptr<c10::BFloat16>(), cos.const_data_ptr<float>(),
+                                           sin.const_data_ptr<float>(), out.mutable_data_ptr<float>(), N, heads, D,
+                                           x.stride(0));
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "rope", [&] {
-    rope_rows<scalar_t>(x.const_data_ptr<scalar_t>(), cos.const_data_ptr<scalar_t>(), sin.const_data_ptr<scalar_t>(),
-                        out.mutable_data_ptr<scalar_t>(), N, heads, D, x.stride(0));
+    rope_rows<scalar_t, scalar_t, scalar_t>(x.const_data_ptr<scalar_t>(), cos.const_data_ptr<scalar_t>(),
+                                            sin.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N,
+                                            heads, D, x.stride(0));
   });
   return out;
 }
