@@ -83,8 +83,8 @@ def test_rope_gradient_of_a_token_depends_on_its_row_only():
 def test_rms_norm_backward_by_hand():
     """x = (3, 4), w = (1, 2), g = (1, 0), eps 0: r = 1/√12.5, dw = g x r = (3r, 0), and
     dx = r (g w - x r² mean(g w x)) = r (1 - 9 r² / 2, -12 r² / 2) = r (0.64, -0.48)."""
-    _, (dx, dw) = grads(lambda x, w: fused_rms_norm(x, w, 0.0), [torch.tensor([[3.0, 4.0]]),
-                                                                   torch.tensor([1.0, 2.0])], torch.tensor([[1.0, 0.0]]))
+    x, w, g = torch.tensor([[3.0, 4.0]]), torch.tensor([1.0, 2.0]), torch.tensor([[1.0, 0.0]])
+    _, (dx, dw) = grads(lambda x, w: fused_rms_norm(x, w, 0.0), [x, w], g)
     r = 1 / math.sqrt(12.5)
     torch.testing.assert_close(dx, torch.tensor([[0.64 * r, -0.48 * r]]), atol=1e-6, rtol=0)
     torch.testing.assert_close(dw, torch.tensor([3 * r, 0.0]), atol=1e-6, rtol=0)
@@ -152,8 +152,9 @@ def test_swiglu_equals_a_loop_and_the_eager_autograd_over_the_whole_range():
     a[0, :4] = torch.tensor([-200.0, -90.0, 90.0, 200.0])
     out, (da, db) = grads(train_ops.FusedSwiGLU.apply, [a, b], g)
     sig = torch.sigmoid(a.double())
-    loop = [(float(x) * float(s) * float(y), float(h) * float(y) * float(s) * (1 + float(x) * (1 - float(s))),
-             float(h) * float(x) * float(s)) for x, y, h, s in zip(a.flatten(), b.flatten(), g.flatten(), sig.flatten())]
+    loop = []
+    for x, y, h, s in zip(*(t.flatten().tolist() for t in (a, b, g, sig))):  # out, da, db of one element
+        loop.append((x * s * y, h * y * s * (1 + x * (1 - s)), h * x * s))
     for ours, column in zip((out, da, db), zip(*loop)):
         torch.testing.assert_close(ours.double().flatten(), torch.tensor(column, dtype=torch.float64), atol=1e-5,
                                    rtol=1e-5)

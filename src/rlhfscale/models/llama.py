@@ -185,7 +185,8 @@ def _layers(backbone: LlamaModel, tokens, cos, sin, attend, ops, keep=None) -> t
     x, last = backbone.embed_tokens(tokens), len(backbone.layers) - 1
     for i, layer in enumerate(backbone.layers):
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
-            x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), ops, use_reentrant=False)  # recomputed in backward
+            # recomputed in backward
+            x = checkpoint(_layer, layer, x, cos, sin, partial(attend, i), ops, use_reentrant=False)
         else:
             x = _layer(layer, x, cos, sin, partial(attend, i), ops, keep if i == last else None)
     return ops.rms_norm(x, backbone.norm.weight, backbone.norm.variance_epsilon)

@@ -112,7 +112,7 @@ def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class TRAIN(kernels.PLAIN):
-    """`kernels.PLAIN` with RMSNorm and RoPE fused both ways (see the module docstring)."""
+    """`kernels.PLAIN` with RMSNorm, RoPE and SwiGLU's gate fused both ways (see the module docstring)."""
 
     rms_norm = staticmethod(rms_norm)
     apply_rope = staticmethod(apply_rope)
