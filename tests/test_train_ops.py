@@ -10,7 +10,7 @@ from rlhfscale.models import decode_attention, kernels, train_ops
 from rlhfscale.models.ladder import build_model
 from rlhfscale.models.llama import causal_lm_logits
 
-from test_row_ops import angles
+from test_row_ops import angles, rope_loop
 
 fused = pytest.mark.skipif(not decode_attention.fused_available(), reason="the C++ extension could not be built")
 DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32)]
@@ -63,8 +63,6 @@ def test_rope_forward_and_backward_are_the_eager_bits(x_dtype, angle_dtype):
     eager, (dx_eager,) = grads(lambda t: kernels.apply_rope(t, cos, sin), [x], g)
     assert ours.dtype == eager.dtype and torch.equal(ours, eager) and torch.equal(dx, dx_eager)
     if x_dtype == angle_dtype == torch.float32:
-        from test_row_ops import rope_loop
-
         torch.testing.assert_close(dx, rope_loop(g, cos, -sin), atol=1e-6, rtol=1e-6)
 
 

@@ -95,9 +95,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`kernels.apply_rope` of x [N, heads, Dh] at cos, sin [N, 1, Dh] (`llama.Rope.at`), fused both ways on a CPU
     where x and the angles are of one dtype, or x bf16 and the angles float32 (autocast)."""
-    mixed = x.dtype == torch.bfloat16 and cos.dtype == sin.dtype == torch.float32
-    if x.dim() == 3 and (kernels.extension_ok(x, cos, sin) or (mixed and kernels.extension_ok(cos, sin)
-                                                                and x.device == cos.device)):
+    mixed = x.dtype == torch.bfloat16 and cos.dtype == torch.float32
+    if x.dim() == 3 and (x.dtype == cos.dtype or mixed) and x.device == cos.device and kernels.extension_ok(cos, sin):
         N, Dh = x.shape[0], x.shape[2]
         return FusedRope.apply(x.contiguous(), cos.reshape(N, Dh).contiguous(), sin.reshape(N, Dh).contiguous())
     return kernels.apply_rope(x, cos, sin)

@@ -1,13 +1,17 @@
-// The backwards of two per-token steps of a Llama layer in one pass each, for the forwards that train on a CPU
-// (`models.train_ops`; the forwards are `row_ops.cpp`'s). Eagerly the backward of RoPE is four tensor ops and that
-// of RMSNorm about eight, every one a pass over memory. Here (round: to the tensor's dtype; arithmetic in float):
+// For the forwards that train on a CPU (`models.train_ops`), in one pass each: the backwards of RoPE and RMSNorm
+// (their forwards are `row_ops.cpp`'s), and SwiGLU's gate both ways. Eagerly the backward of RoPE is four tensor
+// ops, that of RMSNorm about eight and SwiGLU's gate three forward and three backward, every one a pass over
+// memory. Here (round: to the tensor's dtype; arithmetic in float):
 //
 //   rope_backward:      dx = round(round(g * cos) + roll(round(g * sin), -D/2))   per head, sin signed
 //   rms_norm_backward:  dx = r (dn - n mean(dn n)),  dw = Σ_rows g round(n);  n = x r, dn = g w,
 //                       r = 1 / sqrt(mean(x²) + eps)
+//   swiglu:             out = round(round(silu(a)) * b)
+//   swiglu_backward:    da = round(round(g * b) * σ(a) (1 + a (1 - σ(a)))),  db = round(g * round(silu(a)))
 //
 // rope_backward rounds where autograd's backward of the eager `kernels.apply_rope` rounds: the same bits.
-// rms_norm_backward sums in its own order (dw over blocks of rows in a fixed order, whatever the threads).
+// rms_norm_backward sums in its own order (dw over blocks of rows in a fixed order, whatever the threads), and
+// swiglu takes its own exp (`float_math.h`): within a float rounding of the eager ops.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -185,10 +189,7 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad, const
 // a fixed order: the same bits whatever the threads).
 std::tuple<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& grad, const at::Tensor& x,
                                                      const at::Tensor& weight, double eps) {
-  TORCH_CHECK(grad.is_contiguous() && x.is_contiguous() && grad.sizes() == x.sizes() &&
-              grad.scalar_type() == x.scalar_type() &&
-              (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
-              "rms_norm_backward: expected a contiguous float or bfloat16 x and gradient of one shape");
+  check_elementwise("rms_norm_backward", {grad, x});
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
               weight.scalar_type() == x.scalar_type(),
               "rms_norm_backward: expected x [N, D] and a contiguous weight [D] of its dtype");
