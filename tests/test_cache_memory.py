@@ -4,7 +4,7 @@ per lend, and invisible in what the sampler draws."""
 import pytest
 import torch
 
-from rlhfscale.models import decode_attention
+from rlhfscale.models import decode_attention, kernels
 from rlhfscale.models.cache_memory import CacheMemory
 from rlhfscale.models.ladder import build_model
 from rlhfscale.rollout import sampler
@@ -60,3 +60,31 @@ def test_the_sampler_decodes_in_the_kept_memory_and_draws_the_same(n, monkeypatc
     assert block.data_ptr() != start and all(start <= a < start + kept.nbytes for a in addresses)
     fresh = draw(second, CacheMemory())
     assert torch.equal(reused.response_ids, fresh.response_ids) and torch.equal(reused.logprobs, fresh.logprobs)
+
+
+@pytest.mark.skipif(not decode_attention.fused_available(), reason="the fused kernel could not be built")
+def test_a_rollout_after_an_update_packs_the_new_weights_into_the_kept_buffers(monkeypatch):
+    """The packed weights kept from the last rollout are filled again from the model: after a change of the
+    weights in place (an optimizer step), the rollout draws what it draws with nothing kept."""
+    monkeypatch.setattr(kernels, "MIN_MACS", 0)  # every product through the packed weights
+    model = build_model("nano", 60, seed=7, pad_token_id=0, bos_token_id=1, eos_token_id=2).eval()
+    prompts = [p for p in [[1, 4, 5], [1, 6], [1, 7, 8, 9, 10]] for _ in range(4)]
+
+    def draw(memory):
+        monkeypatch.setattr(sampler, "CACHE_MEMORY", memory)
+        return sampler.sample(model, prompts, max_new_tokens=8, eos_id=-1, pad_id=0,
+                              generator=torch.Generator().manual_seed(3))
+
+    kept = CacheMemory()
+    draw(kept)
+    buffers = {id(entry[1]) for entry in kept.packs.values()}
+    assert len(buffers) == len(kept.packs) > 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.5)
+    after = draw(kept)
+    assert {id(entry[1]) for entry in kept.packs.values()} == buffers  # the same buffers, filled again
+    fresh = draw(CacheMemory())
+    assert torch.equal(after.response_ids, fresh.response_ids) and torch.equal(after.logprobs, fresh.logprobs)
+    kept.release()
+    assert not kept.packs

@@ -134,3 +134,52 @@ def test_bf16_packed_products_round_once_from_the_float_accumulator():
         assert got.dtype == torch.bfloat16
         half_ulp = torch.exp2(torch.floor(torch.log2(want.abs().clamp(min=1e-30))) - 8)
         assert ((got.float() - want).abs() <= half_ulp + 1e-6).all()
+
+
+@needs_fast
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_kept_pack_takes_the_new_weights_with_a_fresh_packings_bits(dtype):
+    """`kernels.pack` into a kept buffer: the buffer of the last call, holding the weights given now (not the old
+    ones), with the bits of a fresh packing; another shape, dtype or row count gets a buffer of its own."""
+    torch.manual_seed(0)
+    kept, x = {}, torch.randn(40, 48, dtype=dtype)
+    with torch.inference_mode():
+        first = kernels.pack(torch.randn(80, 48, dtype=dtype), 64, kept, "w")
+        w = torch.randn(80, 48, dtype=dtype)
+        again = kernels.pack(w, 64, kept, "w")
+        assert again is first and kept["w"][1] is first
+        fresh = torch.ops.mkldnn._reorder_linear_weight(w, 64)
+        assert torch.equal(kernels._ONEDNN(x, again, None, "none", [], ""),
+                           kernels._ONEDNN(x, fresh, None, "none", [], ""))
+        torch.testing.assert_close(kernels._ONEDNN(x, again, None, "none", [], "").float(), (x @ w.T).float(),
+                                   atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)
+        other = kernels.pack(torch.randn(80, 40, dtype=dtype), 64, kept, "w")  # another shape
+        assert other is not first
+        assert kernels.pack(torch.randn(80, 40, dtype=dtype), 8, kept, "w") is not other  # another row count
+        assert kept["w"][0] == (8, (80, 40), dtype)
+
+
+@needs_fast
+def test_prepacked_fills_the_kept_buffers_of_the_last_instance(monkeypatch):
+    """A second `Prepacked` on the model (a later rollout) copies the model's weights now into the buffers the first
+    one packed, the stacked q, k and v of the prepared step among them; its products are a fresh instance's."""
+    monkeypatch.setattr(kernels, "MIN_MACS", 0)  # every product through the packed weights
+    model = build_model("nano", 60, seed=3).eval()
+    kept, x = {}, torch.randn(64, 192)  # (rows enough for oneDNN; columns sliced to each product's input)
+    with torch.inference_mode():
+        first = kernels.Prepacked(model, rows=64, kept=kept)
+        plan = DecodePlan.of(model, first)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)  # an optimizer step would
+        second = kernels.Prepacked(model, rows=64, kept=kept)
+        assert all(second.packed[m][0] is first.packed[m][0] for m in first.packed)
+        assert DecodePlan.of(model, second).layers[0].qkv is plan.layers[0].qkv
+        fresh = kernels.Prepacked(model, rows=64)
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                assert torch.equal(second.linear(m, x[:, : m.in_features]), fresh.linear(m, x[:, : m.in_features]))
+        layers = model.config.num_hidden_layers
+        assert len(first.packed) == 7 * layers + 1  # each layer's products, the head
+        assert len(kept) == len(first.packed) + layers  # and each layer's stacked q, k, v
+

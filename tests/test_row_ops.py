@@ -137,7 +137,7 @@ def test_sampler_with_and_without_the_row_ops_gives_the_same_tokens(monkeypatch)
     ours = run()
     assert len(calls) >= 2 * 2 * 8  # q and k of both layers, in the prefill and every decode step
     monkeypatch.setattr(kernels, "row_ops_ok", lambda *tensors: False)
-    monkeypatch.setattr(kernels, "for_inference", lambda model, rows: kernels.FAST)  # no prepacked kernels
+    monkeypatch.setattr(kernels, "for_inference", lambda model, rows, kept: kernels.FAST)  # no prepacked kernels
     calls.clear()
     eager = run()
     assert not calls

@@ -176,9 +176,9 @@ def test_the_cache_is_allocated_once_with_room_for_every_fed_token(model, prompt
 def test_each_distinct_prompt_is_prefilled_once(model, prompts, monkeypatch):
     sizes, real_prefill = [], sampler.prefill
 
-    def counting(m, ids, mask, capacity):
+    def counting(m, ids, mask, capacity, *memory, **packs):
         sizes.append(ids.shape[0])
-        return real_prefill(m, ids, mask, capacity)
+        return real_prefill(m, ids, mask, capacity, *memory, **packs)
 
     monkeypatch.setattr(sampler, "prefill", counting)
     repeated = [p for p in prompts[:3] for _ in range(4)] + prompts[:1]  # 13 rows, 3 distinct prompts

@@ -76,7 +76,7 @@ class DecodePlan:
         layers = tuple(
             Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                   (layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon),
-                  *_stacked_qkv(layer.self_attn, ops.rows), *(packed(m) for m in _products(layer)[3:]))
+                  *_stacked_qkv(layer.self_attn, ops), *(packed(m) for m in _products(layer)[3:]))
             for layer in backbone.layers
         )  # fmt: skip
         return cls(
@@ -110,12 +110,12 @@ class DecodePlan:
         return onednn(ops.rms_norm(x, self.norm, self.norm_eps), self.head, None, "none", [], "")
 
 
-def _stacked_qkv(attn, rows: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The q, k and v projections' weights stacked [Wq; Wk; Wv] and packed for products of about `rows` rows, and
-    where their outputs split."""
+def _stacked_qkv(attn, ops: kernels.Prepacked) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The q, k and v projections' weights stacked [Wq; Wk; Wv] and packed as `ops` packs (kept under the attention
+    module), and where their outputs split."""
     w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
     qs = attn.q_proj.out_features
-    return torch.ops.mkldnn._reorder_linear_weight(w, rows), (qs, qs + attn.k_proj.out_features)
+    return ops.pack(attn, w), (qs, qs + attn.k_proj.out_features)
 
 
 def _products(layer) -> tuple:

@@ -16,6 +16,8 @@ window, attention biases, another RoPE) is never run through it.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import torch
 from transformers import (
     LlamaForCausalLM,
@@ -102,13 +104,14 @@ def response_hidden_states(model: PreTrainedModel, prompt_ids: torch.Tensor, pro
 
 
 def prefill(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, capacity: int,
-            memory: CacheMemory | None = None):
+            memory: CacheMemory | None = None, packs: MutableMapping | None = None):
     """Left-padded prompts ids, attn [B, P] through a causal LM: next-token logits [B, V] at each row's last
     token and a cache for `decode_step` (room for `capacity` >= P tokens on the fast path, where the fused CPU
-    kernel's cache takes `memory`, if given; the generic cache grows). The cache has ``select(rows)``, which keeps
-    (or repeats) batch rows."""
+    kernel's cache takes `memory`, if given, and the packed weights the buffers of `packs`, if given:
+    `CacheMemory.packs`; the generic cache grows). The cache has ``select(rows)``, which keeps (or repeats) batch
+    rows."""
     if fast_path_ok(model):
-        return llama.prefill(model, ids, attn, capacity, memory)
+        return llama.prefill(model, ids, attn, capacity, memory, packs)
     return hf_forward.prefill(model, ids, attn)
 
 

@@ -16,8 +16,12 @@ models and training forwards are unchanged.
 
 oneDNN reorders a plain weight into its blocked layout on every call. `Prepacked` does it once for a model whose
 weights hold still (the sampler's rollout): for float32, `FAST`'s products bit for bit, 3-10% faster at the
-sampler's shapes. It also packs a bfloat16 model's weights (RL's bf16 actor), which `FAST` leaves to the module:
-there the activation, product or sum applies to the float accumulator and the result is rounded to bf16 once,
+sampler's shapes. A fresh packing (`torch.ops.mkldnn._reorder_linear_weight`) also builds oneDNN's product
+descriptor to learn the layout, 100-220 µs a weight at `micro` whatever its size; `pack` copies the weight into a
+buffer of that layout kept from the last rollout instead (30-40 µs; `models.cache_memory` keeps them).
+
+`Prepacked` also packs a bfloat16 model's weights (RL's bf16 actor), which `FAST` leaves to the module: there the
+activation, product or sum applies to the float accumulator and the result is rounded to bf16 once,
 where the eager ops round after the product and again after the activation. Packed, a bf16 model's decoding step
 is prepared too (`models.decode_plan`): a bf16 rollout at `micro`, 128 rows by 16 tokens, in 0.79-0.88 of the
 time of the modules' own products.
@@ -29,6 +33,8 @@ tensor ops each; at the sampler's sizes each op's fixed cost outweighs its arith
 """
 
 from __future__ import annotations
+
+from collections.abc import MutableMapping
 
 import torch
 import torch.nn.functional as F
@@ -178,10 +184,11 @@ class Prepacked(FAST):
     place after packing is refused: its tensor version moved.
 
     For inference only (no autograd): built under `torch.inference_mode()` or `torch.no_grad()`, without
-    autocast (under either it packs nothing)."""
+    autocast (under either it packs nothing). `kept`: buffers of packed weights kept from the last rollout on this
+    model (`pack`), filled with this model's weights now; they are this instance's until the next one takes them."""
 
-    def __init__(self, model: nn.Module, rows: int):
-        self.rows = rows
+    def __init__(self, model: nn.Module, rows: int, kept: MutableMapping | None = None):
+        self.rows, self.kept = rows, kept
         self.packed = {}  # module -> (packed weight, weight version when packed, D_in · D_out)
         self.row_ops = decode_attention.fused_available()  # the extension, asked once
         if _ONEDNN is None or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
@@ -189,7 +196,12 @@ class Prepacked(FAST):
         for m in model.modules():
             w = m.weight if type(m) is nn.Linear and m.bias is None else None
             if w is not None and w.device.type == "cpu" and w.dtype in PACKED_DTYPES:
-                self.packed[m] = (torch.ops.mkldnn._reorder_linear_weight(w, rows), w._version, w.numel())
+                self.packed[m] = (self.pack(m, w), w._version, w.numel())
+
+    def pack(self, key: object, weight: torch.Tensor) -> torch.Tensor:
+        """`pack` of weight [D_out, D_in] for this instance's rows, into the buffer kept under `key` where there is
+        one."""
+        return pack(weight, self.rows, self.kept, key)
 
     def _weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         """The packed weight of `module` where x [N, D_in] through it takes oneDNN (`onednn_ok`), else None."""
@@ -240,9 +252,24 @@ class Prepacked(FAST):
         return _ONEDNN.binary(x, other, w, None, "add")
 
 
-def for_inference(model: nn.Module, rows: int) -> type[FAST] | Prepacked:
+def pack(weight: torch.Tensor, rows: int, kept: MutableMapping | None = None, key: object = None) -> torch.Tensor:
+    """weight [D_out, D_in] (float32 or bfloat16, on a CPU) in oneDNN's blocked layout for products of about `rows`
+    rows. With `kept` (a mapping kept from one call to the next): copied into the buffer kept under `key` by an
+    earlier call of the same shape, dtype and rows (the same bits as a fresh packing, without building oneDNN's
+    descriptor again: see the module docstring), or packed afresh and kept there."""
+    like = (rows, weight.shape, weight.dtype)
+    entry = kept.get(key) if kept is not None else None
+    if entry is not None and entry[0] == like:
+        return entry[1].copy_(weight.contiguous().to_mkldnn())
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    if kept is not None:
+        kept[key] = (like, packed)
+    return packed
+
+
+def for_inference(model: nn.Module, rows: int, kept: MutableMapping | None = None) -> type[FAST] | Prepacked:
     """The kernels of a run of inference forwards on `model` with fixed weights, about `rows` rows a product:
-    `Prepacked` where it packs any weight (float32 or bfloat16 on a CPU, without autograd or autocast), else
-    `FAST`."""
-    ops = Prepacked(model, rows)
+    `Prepacked` (its weights packed into the buffers of `kept` where given) where it packs any weight (float32 or
+    bfloat16 on a CPU, without autograd or autocast), else `FAST`."""
+    ops = Prepacked(model, rows, kept)
     return ops if ops.packed else FAST

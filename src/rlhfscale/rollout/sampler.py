@@ -3,8 +3,8 @@
     prompts ─left-pad─▶ prefill ─▶ logits ─▶ next token ─▶ decode_step ─▶ logits ─▶ …
 
 Each distinct prompt is prefilled once and its cache copied to the rows that
-continue it (RL samples n responses per prompt). On a CPU the cache takes memory
-kept from the last rollout (`CACHE_MEMORY`, `models.cache_memory`). Each step then feeds one
+continue it (RL samples n responses per prompt). On a CPU the cache, and the weights packed for
+oneDNN, take memory kept from the last rollout (`CACHE_MEMORY`, `models.cache_memory`). Each step then feeds one
 token per unfinished row through `models.forward.decode_step`: for the ladder's
 Llama models the hand-written forward, into a cache allocated once with room for
 the prompts and every token fed; for any other model its own forward and KV cache
@@ -156,10 +156,11 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     (B, P), R = prompt_ids.shape, max_new_tokens
     ids_u, mask_u, inverse = distinct_prompts(prompt_ids, prompt_mask)  # the n copies of a prompt: one prefill
+    packs = memory.packs if memory is not None else None
     if len(ids_u) == B:  # every prompt distinct: prefill them in place, no copy of the cache
-        logits, cache = prefill(model, prompt_ids, prompt_mask, P + R - 1, memory)  # the last token is not fed
+        logits, cache = prefill(model, prompt_ids, prompt_mask, P + R - 1, memory, packs)  # the last token is not fed
     else:
-        logits, cache = prefill(model, ids_u, mask_u, P + R - 1)
+        logits, cache = prefill(model, ids_u, mask_u, P + R - 1, packs=packs)
         logits, cache = logits.index_select(0, inverse), select_rows(cache, inverse, memory)
 
     tokens_out = torch.full((B, R), pad_id, dtype=torch.long, device=device)
