@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlhfscale.models import decode_attention, kernels, llama
+from rlhfscale.models import decode_attention, kernels, kv_cache, llama
 from rlhfscale.models.decode_plan import DecodePlan
 from rlhfscale.models.ladder import build_model
 from test_llama_forward import gqa_model, padded_batch
@@ -18,7 +18,7 @@ def prefilled(model, rows=6):
     """A cache of `rows` left-padded prompts of the model, prefilled, and the tokens to feed next."""
     ids, mask = padded_batch(model.config.vocab_size)
     pick = [0, 2, 3, 0, 2, 3][:rows]
-    _, cache = llama.prefill(model, ids[pick, :6], mask[pick, :6], capacity=12)
+    _, cache = kv_cache.prefill(model, ids[pick, :6], mask[pick, :6], capacity=12)
     return cache, ids[pick, 6:]
 
 
@@ -34,7 +34,7 @@ def test_plan_steps_equal_the_layer_steps_bit_for_bit(make, dtype, monkeypatch):
         bare = cache.select(torch.arange(len(feed)))
         bare.plan = None  # the same packed kernels, through `llama._layer`
         for t in range(feed.shape[1]):
-            assert torch.equal(llama.decode_step(model, cache, feed[:, t]), llama.decode_step(model, bare, feed[:, t]))
+            assert torch.equal(kv_cache.decode_step(model, cache, feed[:, t]), kv_cache.decode_step(model, bare, feed[:, t]))
     written = cache.length  # the columns past it were never filled
     keys = decode_attention.key_columns
     assert torch.equal(keys(cache.k)[..., :written], keys(bare.k)[..., :written])
@@ -52,9 +52,9 @@ def test_a_step_of_fewer_rows_than_the_products_need_takes_the_layer_path(monkey
         cache.plan = DecodePlan.of(model, cache.ops)
         layers = []
         monkeypatch.setattr(llama, "_layer", lambda *a: layers.append(1) or _layer(*a))
-        llama.decode_step(model, cache, feed[:, 0])
+        kv_cache.decode_step(model, cache, feed[:, 0])
         assert not layers
-        llama.decode_step(model, cache.select(torch.arange(5)), feed[:5, 1])
+        kv_cache.decode_step(model, cache.select(torch.arange(5)), feed[:5, 1])
         assert len(layers) == model.config.num_hidden_layers
 
 
@@ -90,10 +90,10 @@ def test_weights_changed_after_packing_are_refused(monkeypatch):
     with torch.no_grad():
         model.model.layers[1].mlp.up_proj.weight.mul_(2)  # an optimizer step would
     with torch.inference_mode(), pytest.raises(RuntimeError, match="a weight changed in place after it was packed"):
-        llama.decode_step(model, cache, feed[:, 0])
+        kv_cache.decode_step(model, cache, feed[:, 0])
     cache.plan = None
     with torch.inference_mode(), pytest.raises(RuntimeError, match="a weight changed in place after it was packed"):
-        llama.decode_step(model, cache, feed[:, 0])  # `kernels.Prepacked` itself
+        kv_cache.decode_step(model, cache, feed[:, 0])  # `kernels.Prepacked` itself
 
 
 @needs_fast

@@ -19,7 +19,7 @@ from transformers import (
 
 from rlhfscale.config import RunConfig
 from rlhfscale.errors import BadInput
-from rlhfscale.models import forward, llama, response_logprobs, shared_prefix
+from rlhfscale.models import forward, kv_cache, llama, response_logprobs, shared_prefix
 from rlhfscale.models.critic import critic_from_policy, response_values, token_values
 from rlhfscale.models.io import load_policy, new_policy
 from rlhfscale.models.ladder import build_model
@@ -86,8 +86,8 @@ def qwen3(bpe):
 @pytest.fixture
 def no_fast_path(monkeypatch):
     """Every fast-path entry point fails the test if it runs."""
-    for module, name in [(llama, "hidden_states"), (llama, "token_logprobs"), (llama, "prefill"),
-                         (llama, "decode_step"), (shared_prefix, "response_logprobs"),
+    for module, name in [(llama, "hidden_states"), (llama, "token_logprobs"), (kv_cache, "prefill"),
+                         (kv_cache, "decode_step"), (shared_prefix, "response_logprobs"),
                          (shared_prefix, "response_hidden_states")]:
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("the fast path ran"))
 

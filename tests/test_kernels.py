@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlhfscale.models import kernels, llama
+from rlhfscale.models import kernels, kv_cache, llama
 from rlhfscale.models.ladder import build_model
 from rlhfscale.rollout.sampler import sample
 
@@ -96,7 +96,7 @@ def test_prefill_then_decode_through_onednn_equals_full_forward(monkeypatch):
     mask[::3, :4] = 0  # some rows left-padded
     ids = ids.masked_fill(mask == 0, 0)
     with torch.inference_mode():
-        logits, cache = llama.prefill(model, ids[:, :6], mask[:, :6], capacity=8)
-        steps = [logits] + [llama.decode_step(model, cache, ids[:, t]) for t in (6, 7)]
+        logits, cache = kv_cache.prefill(model, ids[:, :6], mask[:, :6], capacity=8)
+        steps = [logits] + [kv_cache.decode_step(model, cache, ids[:, t]) for t in (6, 7)]
         full = llama.causal_lm_logits(model, ids, mask)
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:8], atol=1e-5, rtol=0)

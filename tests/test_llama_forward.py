@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from rlhfscale.errors import BadInput
-from rlhfscale.models import decode_attention, llama
+from rlhfscale.models import decode_attention, kv_cache, llama
 from rlhfscale.models.ladder import build_model
 
 
@@ -153,17 +153,17 @@ def use_attention(fused: bool, monkeypatch) -> None:
 def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, fused, monkeypatch):
     """Either attention (the fused kernel, which also leaves the unwritten cache columns unfilled, or the eager ops
     over a zero-filled cache), prompts prefilled in one group or several."""
-    monkeypatch.setattr(llama, "PREFILL_TOKENS", prefill_tokens)
+    monkeypatch.setattr(kv_cache, "PREFILL_TOKENS", prefill_tokens)
     use_attention(fused, monkeypatch)
     model = make()
     ids, mask = padded_batch(model.config.vocab_size)
     prompt, rest = ids[[0, 2, 3], :6], ids[[0, 2, 3], 6:]  # left-padded prompts, 4 more tokens each
     prompt_mask = mask[[0, 2, 3], :6]
     with torch.inference_mode():
-        logits, cache = llama.prefill(model, prompt, prompt_mask, capacity=6)  # full: the first step doubles it
+        logits, cache = kv_cache.prefill(model, prompt, prompt_mask, capacity=6)  # full: the first step doubles it
         steps = [logits]
         for t in range(rest.shape[1] - 1):
-            steps.append(llama.decode_step(model, cache, rest[:, t]))
+            steps.append(kv_cache.decode_step(model, cache, rest[:, t]))
         full = llama.causal_lm_logits(model, ids[[0, 2, 3]], torch.cat((prompt_mask, torch.ones_like(rest)), 1))
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:9], atol=1e-5, rtol=0)
     assert cache.length == 9 and cache.positions.tolist() == [5, 7, 9]
@@ -180,9 +180,9 @@ def test_a_full_cache_doubles_and_keeps_what_it_holds(fused, monkeypatch):
     ids, mask = padded_batch(model.config.vocab_size)
     rest = torch.randint(3, model.config.vocab_size, (4, 14), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        logits, cache = llama.prefill(model, ids[:, :6], mask[:, :6], capacity=6)
+        logits, cache = kv_cache.prefill(model, ids[:, :6], mask[:, :6], capacity=6)
         assert cache.capacity == (16 if fused else 6)
-        steps = [logits] + [llama.decode_step(model, cache, rest[:, t]) for t in range(13)]
+        steps = [logits] + [kv_cache.decode_step(model, cache, rest[:, t]) for t in range(13)]
         full = llama.causal_lm_logits(model, torch.cat((ids[:, :6], rest), 1),
                                       torch.cat((mask[:, :6], torch.ones_like(rest)), 1))
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:19], atol=1e-5, rtol=0)
@@ -197,7 +197,7 @@ def test_prefill_of_prompts_ending_anywhere_equals_full_forward(fused, monkeypat
     model = gqa_model()
     ids, mask = padded_batch(model.config.vocab_size)
     with torch.inference_mode():
-        logits, _ = llama.prefill(model, ids, mask, capacity=10)
+        logits, _ = kv_cache.prefill(model, ids, mask, capacity=10)
         full = llama.causal_lm_logits(model, ids, mask)
     last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # each row's last real column: 9, 6, 7, 9
     assert last.tolist() == [9, 6, 7, 9]
@@ -209,6 +209,6 @@ def test_decode_step_builds_the_rope_table_of_a_cache_made_without_one():
     ids, mask = padded_batch(model.config.vocab_size)
     prompt, prompt_mask, nxt = ids[[0, 3], :6], mask[[0, 3], :6], ids[[0, 3], 6]
     with torch.inference_mode():
-        _, cache = llama.prefill(model, prompt, prompt_mask, capacity=8)
-        bare = llama.KVCache(cache.k.clone(), cache.v.clone(), cache.mask.clone(), cache.positions.clone(), cache.length)
-        torch.testing.assert_close(llama.decode_step(model, bare, nxt), llama.decode_step(model, cache, nxt))
+        _, cache = kv_cache.prefill(model, prompt, prompt_mask, capacity=8)
+        bare = kv_cache.KVCache(cache.k.clone(), cache.v.clone(), cache.mask.clone(), cache.positions.clone(), cache.length)
+        torch.testing.assert_close(kv_cache.decode_step(model, bare, nxt), kv_cache.decode_step(model, cache, nxt))

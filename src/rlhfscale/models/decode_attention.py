@@ -1,4 +1,4 @@
-"""The attention of one decoding step over a `llama.KVCache` layer: a fused C++ kernel on a CPU, eager ops elsewhere.
+"""The attention of one decoding step over a `kv_cache.KVCache` layer: a fused C++ kernel on a CPU, eager ops elsewhere.
 
 For query head h of row b and its key/value head g, over the cache columns c written so far (t of them):
 

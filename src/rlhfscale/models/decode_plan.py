@@ -1,6 +1,6 @@
-"""The sampler's decoding step on a CPU, prepared once a rollout (`llama.decode_step` runs it where it applies).
+"""The sampler's decoding step on a CPU, prepared once a rollout (`kv_cache.decode_step` runs it where it applies).
 
-`llama.decode_step` runs each layer through `llama._layer`, which looks up modules, weights and kernels at every
+`kv_cache.decode_step` runs each layer through `llama._layer`, which looks up modules, weights and kernels at every
 call (`kernels.Prepacked`). On a CPU those lookups cost about a tenth of a `micro` decoding step. A `DecodePlan`
 does them once, when the rollout's cache is built: every layer's tensors in a flat record, and the step as the
 straight sequence of the same kernel calls in the same order, so its logits equal `_layer`'s bit for bit (tested).
@@ -87,7 +87,7 @@ class DecodePlan:
         )  # fmt: skip
 
     def logits(self, cache, tokens: torch.Tensor) -> torch.Tensor:
-        """Next-token logits [B, V] of tokens [B] fed in column `cache.length` of a `llama.KVCache` whose column is
+        """Next-token logits [B, V] of tokens [B] fed in column `cache.length` of a `kv_cache.KVCache` whose column is
         open (`open_column`); leaves `length` and `positions` to the caller. B >= `min_rows`."""
         if any(w._version != version for w, version in self.weights):
             raise RuntimeError("decode plan: a weight changed in place after it was packed; build the cache again")

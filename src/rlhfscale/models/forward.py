@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from . import hf_forward, llama, shared_prefix
+from . import hf_forward, kv_cache, llama, shared_prefix
 from .cache_memory import CacheMemory
 
 FAST_HEADS = (LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification)
@@ -111,21 +111,21 @@ def prefill(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor, capac
     `CacheMemory.packs`; the generic cache grows). The cache has ``select(rows)``, which keeps (or repeats) batch
     rows."""
     if fast_path_ok(model):
-        return llama.prefill(model, ids, attn, capacity, memory, packs)
+        return kv_cache.prefill(model, ids, attn, capacity, memory, packs)
     return hf_forward.prefill(model, ids, attn)
 
 
 def select_rows(cache, rows: torch.Tensor, memory: CacheMemory | None = None):
     """The cache from `prefill` of batch rows `rows` only (``select``): the fast path's in `memory` where given."""
-    if isinstance(cache, llama.KVCache):
+    if isinstance(cache, kv_cache.KVCache):
         return cache.select(rows, memory)
     return cache.select(rows)
 
 
 def decode_step(model: PreTrainedModel, cache, tokens: torch.Tensor) -> torch.Tensor:
     """Feed one token per row, tokens [B], to a cache from `prefill`; returns next-token logits [B, V]."""
-    if isinstance(cache, llama.KVCache):
-        return llama.decode_step(model, cache, tokens)
+    if isinstance(cache, kv_cache.KVCache):
+        return kv_cache.decode_step(model, cache, tokens)
     return hf_forward.decode_step(model, cache, tokens)
 
 

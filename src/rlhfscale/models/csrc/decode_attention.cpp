@@ -274,7 +274,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
-// The prompts' attention (`llama.prefill`), fused: N prompt tokens, token i in column cols[i] of cache row rows[i],
+// The prompts' attention (`kv_cache.prefill`), fused: N prompt tokens, token i in column cols[i] of cache row rows[i],
 // sorted by row, then column; starts[j] is the first token of the j-th row. Per key/value head of a row: store every
 // token's key and value in its column, then attend each token to the columns up to its own, the prompt's pads among
 // them masked: a decoding step's math (`attend_one`) with t = cols[i] + 1, the keys read from the cache.
