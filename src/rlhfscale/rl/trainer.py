@@ -234,20 +234,10 @@ def train(
     `resume` (a state `checkpoint.load()` returned) continues from it and ends as the uninterrupted run.
     """
     rl, sc, algo = cfg.rl, cfg.sampling, ALGORITHMS.get(cfg.rl.algorithm)
-    n, temperature, device = rl.n_samples, sc.temperature, policy.device
-    amp = lambda: mixed_precision(device, rl.bf16)  # noqa: E731
+    n, temperature, amp = rl.n_samples, sc.temperature, lambda: mixed_precision(policy.device, rl.bf16)
     estimator = ESTIMATORS.get(algo.estimator)
     norm_std = algo.norm_std if algo.norm_std is not None else rl.norm_std is not False
-    kl_ctl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target else FixedKLController(rl.kl_coef)
-    loop = LoopState(random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed), RunningMeanStd(),
-                     kl_ctl)
-    ref = reference(policy, rl.ref_device)
-    opt, schedule = make_optimizer(policy, critic, rl)
-    if resume is not None:
-        restore_state(resume, loop, policy, critic, opt, schedule)
-    actor = make_actor(policy, rl.bf16)
-    if engine is not None and resume is not None:
-        engine.push(policy)  # the engine started from the input policy; the run continues from the checkpoint
+    loop, ref, opt, schedule, actor = start(policy, critic, cfg, resume, engine)
     params = (count_non_embedding(policy), count_non_embedding(critic) if critic is not None else 0, reward_params)
     texts = list(dict.fromkeys(e.prompt for e in prompts))
     prompt_ids = dict(zip(texts, encode_prompts(tok, texts)))  # through the chat template when there is one
@@ -256,21 +246,10 @@ def train(
         t0 = time.perf_counter()
         # 1. rollout: n responses for each of P prompts, the n of a prompt contiguous
         examples = [e for e in draw(loop.rng, prompts, rl.prompts_per_step) for _ in range(n)]
-        rollout_ids = [prompt_ids[e.prompt] for e in examples]
-        if engine is None:
-            ro = sample(actor, rollout_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=sc.top_p,
-                        top_k=sc.top_k, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=loop.gen)
-        else:
-            ro = engine.sample(rollout_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=sc.top_p,
-                               top_k=sc.top_k, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, device=device)
+        ro = rollout(actor, engine, [prompt_ids[e.prompt] for e in examples], tok, sc, max_new_tokens, loop.gen)
         ids, attn, Lp, mask = ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1], ro.response_mask.float()
         t_gen = time.perf_counter() - t0
-        gap = {}
-        if engine is not None:  # the behaviour policy's log-probs are the trainer's; the engine's are compared to them
-            with torch.no_grad(), amp():
-                own = response_logprobs(actor, ids, attn, Lp, temperature).float()
-            gap = {f"rl/logprob_{k}": v.item() for k, v in logprob_gap(ro.logprobs, own, mask).items()}
-            ro.logprobs = own * mask
+        gap = {} if engine is None else own_logprobs(actor, ro, temperature, amp)
 
         # 2. reward: proxy scores from the sources, shaped, on the last token; dense step rewards where they are
         r = reward_fn(examples, tok.batch_decode(ro.response_ids, skip_special_tokens=True), ro)
@@ -320,6 +299,46 @@ def train(
             on_step(step, info)
         if checkpoint is not None and checkpoint.due(step, rl.steps):
             save_state(checkpoint, loop, policy, critic, opt, schedule, extra_state())
+
+
+def start(policy, critic, cfg: RLSettings, resume: dict[str, Any] | None, engine: RolloutEngine | None):
+    """What the loop starts from: its state (`LoopState`), the reference policy, the optimizer and its schedule,
+    and the actor that samples; restored from `resume` where given (and the engine given the resumed policy)."""
+    rl = cfg.rl
+    kl_ctl = (AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target
+              else FixedKLController(rl.kl_coef))
+    loop = LoopState(random.Random(cfg.seed), torch.Generator(device=policy.device).manual_seed(cfg.seed),
+                     RunningMeanStd(), kl_ctl)
+    ref = reference(policy, rl.ref_device)
+    opt, schedule = make_optimizer(policy, critic, rl)
+    if resume is not None:
+        restore_state(resume, loop, policy, critic, opt, schedule)
+    actor = make_actor(policy, rl.bf16)
+    if engine is not None and resume is not None:
+        engine.push(policy)  # the engine started from the input policy; the run continues from the checkpoint
+    return loop, ref, opt, schedule, actor
+
+
+def rollout(actor, engine: RolloutEngine | None, prompt_ids: list[list[int]], tok, sc: SamplingConfig,
+            max_new_tokens: int, gen: torch.Generator) -> Rollout:
+    """The responses to `prompt_ids` (token lists) with the config's sampling: from the native sampler on `actor`
+    (drawing from `gen`), or from `engine`."""
+    kwargs = dict(max_new_tokens=max_new_tokens, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k,
+                  eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    if engine is None:
+        return sample(actor, prompt_ids, generator=gen, **kwargs)
+    return engine.sample(prompt_ids, device=actor.device, **kwargs)
+
+
+def own_logprobs(actor, ro: Rollout, temperature: float, amp) -> dict[str, float]:
+    """Replace a rollout engine's log-probs in `ro` by the trainer's on `actor` (the behaviour policy's are the
+    trainer's); returns the gap between the two (`losses.logprob_gap`) as ``rl/logprob_*`` diagnostics."""
+    mask = ro.response_mask.float()
+    with torch.no_grad(), amp():
+        own = response_logprobs(actor, ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1], temperature).float()
+    gap = {f"rl/logprob_{k}": v.item() for k, v in logprob_gap(ro.logprobs, own, mask).items()}
+    ro.logprobs = own * mask
+    return gap
 
 
 def draw(rng: random.Random, prompts: Sequence[Example], k: int) -> list[Example]:

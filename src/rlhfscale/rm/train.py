@@ -187,7 +187,7 @@ def train_reward_model(
 
     schedule: "cosine" (warm-up, then decay to a tenth of `lr`) or "constant"; bf16: autocast the
     forward passes; token_level: the ORM's BCE at every response token; lm_coef: the weight of the
-next-token loss on what the labels call right (needs tied embeddings). Calls on_step(step, stats)
+    next-token loss on what the labels call right (needs tied embeddings). Calls on_step(step, stats)
     after each optimizer step (stats: loss, lr and the loss parts). Returns the number of tokens
     trained on (for the 6·N·tokens FLOPs estimate).
     """
