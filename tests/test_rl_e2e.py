@@ -5,11 +5,9 @@ batch baseline; a NaN reward stops the run, names the step, and leaves the last 
 import json
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
-from transformers import LlamaForSequenceClassification
 
 from rlhfscale import checks
 from rlhfscale.config import RunConfig

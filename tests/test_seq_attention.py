@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rlhfscale.models import decode_attention, llama, seq_attention, shared_prefix
 from rlhfscale.models.ladder import build_model

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rlhfscale.analysis.claim_base import (
-    ORDER, PART_SESOI, SESOI, Claim, held_fixed, make_claim, not_tested, pick, policy_axis,
+    ORDER, PART_SESOI, SESOI, Claim, held_fixed, make_claim, not_tested, policy_axis,
     shared_final_points, size_reason, untested_reason,
 )
 from rlhfscale.analysis.claims_prm import learned_rm_final

@@ -36,7 +36,7 @@ class CacheMemory:
         self._lent = False
         self._taken = False
         self._lock = threading.Lock()
-        self.packs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its packed weight's buffer
+        self.packs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (its layout key, buffer)
 
     @contextmanager
     def lend(self) -> Iterator[CacheMemory | None]:

@@ -45,7 +45,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from rlhfscale.errors import BadInput
 
-from . import kernels, seq_attention, train_ops
+from . import seq_attention, train_ops
 
 # RoPE variants whose frequencies do not depend on the sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
