@@ -34,7 +34,8 @@ def test_plan_steps_equal_the_layer_steps_bit_for_bit(make, dtype, monkeypatch):
         bare = cache.select(torch.arange(len(feed)))
         bare.plan = None  # the same packed kernels, through `llama._layer`
         for t in range(feed.shape[1]):
-            assert torch.equal(kv_cache.decode_step(model, cache, feed[:, t]), kv_cache.decode_step(model, bare, feed[:, t]))
+            step = kv_cache.decode_step
+            assert torch.equal(step(model, cache, feed[:, t]), step(model, bare, feed[:, t]))
     written = cache.length  # the columns past it were never filled
     keys = decode_attention.key_columns
     assert torch.equal(keys(cache.k)[..., :written], keys(bare.k)[..., :written])
@@ -140,7 +141,7 @@ def test_bf16_packed_products_round_once_from_the_float_accumulator():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_kept_pack_takes_the_new_weights_with_a_fresh_packings_bits(dtype):
     """`kernels.pack` into a kept buffer: the buffer of the last call, holding the weights given now (not the old
-    ones), with the bits of a fresh packing; another shape, dtype or row count gets a buffer of its own."""
+    ones), with the bits of a fresh packing; another shape or row count gets a buffer of its own."""
     torch.manual_seed(0)
     kept, x = {}, torch.randn(40, 48, dtype=dtype)
     with torch.inference_mode():

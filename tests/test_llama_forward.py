@@ -210,5 +210,6 @@ def test_decode_step_builds_the_rope_table_of_a_cache_made_without_one():
     prompt, prompt_mask, nxt = ids[[0, 3], :6], mask[[0, 3], :6], ids[[0, 3], 6]
     with torch.inference_mode():
         _, cache = kv_cache.prefill(model, prompt, prompt_mask, capacity=8)
-        bare = kv_cache.KVCache(cache.k.clone(), cache.v.clone(), cache.mask.clone(), cache.positions.clone(), cache.length)
+        bare = kv_cache.KVCache(cache.k.clone(), cache.v.clone(), cache.mask.clone(), cache.positions.clone(),
+                                cache.length)
         torch.testing.assert_close(kv_cache.decode_step(model, bare, nxt), kv_cache.decode_step(model, cache, nxt))
