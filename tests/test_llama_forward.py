@@ -148,7 +148,7 @@ def use_attention(fused: bool, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("make", [ladder_model, gqa_model], ids=["ladder", "gqa-untied"])
-@pytest.mark.parametrize("prefill_tokens", [2048, 12], ids=["one-group", "groups-of-2-rows"])
+@pytest.mark.parametrize("prefill_tokens", [4096, 12], ids=["one-group", "groups-of-2-rows"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-attention", "eager-attention"])
 def test_prefill_then_decode_equals_full_forward(make, prefill_tokens, fused, monkeypatch):
     """Either attention (the fused kernel, which also leaves the unwritten cache columns unfilled, or the eager ops
