@@ -25,7 +25,7 @@ from .llama import Rope, attention_mask_4d, check_config, checked_decoder, decod
 # holds while keeping the products large. On the 2-core CPU host, prefilling `bench rollout`'s 256 prompts
 # (3,300 tokens) in one group took 0.91 of the time of two groups of 2048 at `micro` and 0.95 at `tiny`
 # (in-process A/B, 20 interleaved rounds, medians of the paired ratios); groups of 1024, 512 and 256 took
-# 1.10, 1.24 and 1.55 of it.
+# 1.10, 1.24 and 1.55 of the time of groups of 2048.
 PREFILL_TOKENS = 4096
 
 
