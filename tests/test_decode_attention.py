@@ -174,6 +174,36 @@ def test_the_switch_takes_0_or_1_and_refuses_anything_else(monkeypatch):
         decode_attention.fused_available()
 
 
+@fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("H", "Hkv", "D"), [(4, 4, 32), (4, 2, 64), (2, 1, 24)])
+def test_the_rope_step_equals_rope_then_the_step(H, Hkv, D, dtype):
+    """`decode_attention_rope` on a q, k, v product's output (rows strided) equals RoPE of q and k (the row op) then
+    `decode_attention`, bit for bit: the output and the key stored; each row at its own position."""
+    B, C, t = 5, 32, 19
+    g = torch.Generator().manual_seed(4)
+    qkv = torch.randn(B, (H + 2 * Hkv) * D + 3, generator=g).to(dtype)[:, 3:]  # rows strided
+    cos, sin = (torch.randn(40, D, generator=g).to(dtype) for _ in range(2))
+    positions = torch.tensor([0, 7, 18, 39, 25])
+    _, kt, v, mask = cache_layer(B, H, Hkv, D, C, t, dtype)
+    kt, v, mask = kernel_layout(kt, v, mask)
+    q, k, v_new = qkv[:, : H * D].view(B, H, D), qkv[:, H * D : (H + Hkv) * D], qkv[:, (H + Hkv) * D :]
+    rope = torch.ops.rlhfscale.rope
+    q, k = rope(q, cos[positions], sin[positions]), rope(k.reshape(B, Hkv, D), cos[positions], sin[positions])
+    kt_plain, v_plain = kt.clone(), v.clone()
+    plain = torch.ops.rlhfscale.decode_attention(q, k, v_new.reshape(B, Hkv, D), kt_plain, v_plain, mask.view(B, -1),
+                                                 t, D**-0.5)
+    fused_out = torch.ops.rlhfscale.decode_attention_rope(qkv, H, cos, sin, positions, kt, v, mask.view(B, -1), t,
+                                                          D**-0.5)
+    assert torch.equal(fused_out, plain)
+    assert torch.equal(kt, kt_plain) and torch.equal(v, v_plain)
+    stored = decode_attention.key_columns(kt)[:, 0, :, t - 1]  # head 0's key of each row, [B, D]
+    assert not torch.equal(stored, qkv[:, H * D : (H + 1) * D])  # RoPE moved it
+    with pytest.raises(RuntimeError, match="row 1 at position 40, outside the tables' 40"):
+        torch.ops.rlhfscale.decode_attention_rope(qkv, H, cos, sin, torch.tensor([0, 40, 1, 2, 3]), kt, v,
+                                                  mask.view(B, -1), t, D**-0.5)
+
+
 def prompt_batch(H, Hkv, D, C, lengths, seed=0):
     """Left-padded prompts of `lengths` tokens in rows of P = max(lengths) columns: their q [N, H, D], k, v
     [N, Hkv, D], row and column of each, and a cache layer (kt [B, Hkv, D, C], v [B, Hkv, C, D]; C a multiple of

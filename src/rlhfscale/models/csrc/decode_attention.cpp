@@ -1,6 +1,8 @@
 // The attention over a KV cache on a CPU, fused. A decoding step: it stores the new token's key and value in column
 // t - 1 of the cache, and each query row reads only the t columns written so far. The prompts' prefill
 // (`prefill_attention`): every prompt token stored in its column, then read as a decoding step at that column.
+// `decode_attention_rope` is the decoding step on q and k before RoPE, which it applies as it reads them (the
+// sampler's prepared step, `models.decode_plan`).
 //
 // For query head h of row b (key/value head g = h / (H / Hkv)), with keys stored transposed in tiles of kTile
 // columns, [C / kTile, D, kTile] (kt_dc: element d of column c):
@@ -37,6 +39,7 @@ using rlhfscale::load_as_float;
 using rlhfscale::rounded;
 using rlhfscale::store;
 using rlhfscale::store_as;
+using rlhfscale::to_dtype;
 using rlhfscale::Vec;
 
 constexpr int64_t kTile = 16;  // key columns per tile, kept in one register while the head dimension is summed
@@ -128,16 +131,48 @@ inline void weighted_values(const float* p, const T* v, int64_t t, float* o) {
 // prefill, q, k_new, v_new and out hold the N prompt tokens in place of the B rows, and t is unused.)
 template <typename T>
 struct Step {
-  const T* q;      // [B, H, D]
+  const T* q;      // [B, H, D], row stride `q_row`
   const T* k_new;  // [B, Hkv, D], row stride `k_row`
   const T* v_new;  // [B, Hkv, D], row stride `v_row`
   T* kt;           // [B, Hkv, C / kTile, D, kTile], row stride `cache_row`
   T* v;            // [B, Hkv, C, D], row stride `cache_row`
   const T* mask;   // [B, C], row stride `mask_row`
   T* out;          // [B, H, D]
-  int64_t B, H, Hkv, C, D, t, cache_row, mask_row, k_row, v_row;
+  int64_t B, H, Hkv, C, D, t, cache_row, mask_row, q_row, k_row, v_row;
   float scale;
+  // Where set (a decoding step only): q and k_new come before RoPE, which the step applies at row b's position
+  // pos[b], from the tables cos, sin [positions, D] (`llama.Rope`).
+  const T* cos = nullptr;
+  const T* sin = nullptr;
+  const int64_t* pos = nullptr;
 };
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")  // x cos rounds before the sum, as in `csrc/row_ops.cpp`'s rope
+// out [D] = RoPE of one head x [D] at the angles c, s [D] (s signed as in `llama.Rope`), as floats holding values
+// of T: round(round(x cos) + roll(x, D/2) s), `csrc/row_ops.cpp`'s rope bit for bit.
+template <typename T>
+void rope_head(const T* x, const T* c, const T* s, int64_t D, float* out) {
+  const int64_t half = D / 2;
+#pragma omp simd
+  for (int64_t j = 0; j < half; ++j) {  // first half: its partner is x[j + D/2]
+    const float a = rounded<T>(static_cast<float>(x[j]) * static_cast<float>(c[j]));
+    out[j] = rounded<T>(__builtin_fmaf(static_cast<float>(x[j + half]), static_cast<float>(s[j]), a));
+  }
+#pragma omp simd
+  for (int64_t j = half; j < D; ++j) {  // second half: x[j - D/2]
+    const float a = rounded<T>(static_cast<float>(x[j]) * static_cast<float>(c[j]));
+    out[j] = rounded<T>(__builtin_fmaf(static_cast<float>(x[j - half]), static_cast<float>(s[j]), a));
+  }
+}
+#pragma GCC pop_options
+
+// Head x [D] of row b as floats into out: after RoPE where the step applies it.
+template <typename T>
+inline void load_head(const Step<T>& a, int64_t b, const T* x, int64_t D, float* out) {
+  if (a.cos != nullptr) return rope_head<T>(x, a.cos + a.pos[b] * D, a.sin + a.pos[b] * D, D, out);
+  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(x[d]);
+}
 
 // Floats of scratch for the scores of t columns: t rounded up to whole vectors.
 inline int64_t score_room(int64_t t) { return (t + kLanes - 1) / kLanes * kLanes; }
@@ -188,7 +223,7 @@ void attend_one(const float* q, const T* kt, const T* v, const T* m, int64_t D, 
 template <typename T, int64_t kD>
 void attend_head(const Step<T>& a, int64_t b, int64_t g, int64_t h, float* s, float* qf, float* o) {
   const int64_t dims = kD ? kD : a.D, i = b * a.H + h;
-  for (int64_t d = 0; d < dims; ++d) qf[d] = static_cast<float>(a.q[i * dims + d]);
+  load_head<T>(a, b, a.q + b * a.q_row + h * dims, dims, qf);
   attend_one<T, kD>(qf, a.kt + b * a.cache_row + g * dims * a.C, a.v + b * a.cache_row + g * a.C * dims,
                     a.mask + b * a.mask_row, dims, a.t, a.scale, s, o, a.out + i * dims);
 }
@@ -199,13 +234,14 @@ template <typename T, int64_t kD>
 void step(const Step<T>& a) {
   const int64_t group = a.H / a.Hkv, dims = kD ? kD : a.D, col = a.t - 1;
   at::parallel_for(0, a.B * a.Hkv, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(score_room(a.t)), qf(dims), o(dims);
+    std::vector<float> s(score_room(a.t)), qf(dims), o(dims), kf(dims);
     for (int64_t j = begin; j < end; ++j) {
       const int64_t b = j / a.Hkv, g = j % a.Hkv;
       T* kt_head = a.kt + b * a.cache_row + g * dims * a.C;
       T* v_head = a.v + b * a.cache_row + g * a.C * dims;
+      load_head<T>(a, b, a.k_new + b * a.k_row + g * dims, dims, kf.data());
       for (int64_t d = 0; d < dims; ++d) {
-        kt_head[key_at(col, d, dims)] = a.k_new[b * a.k_row + g * dims + d];
+        kt_head[key_at(col, d, dims)] = to_dtype<T>(kf[d]);  // a value of T already: the same bits
         v_head[col * dims + d] = a.v_new[b * a.v_row + g * dims + d];
       }
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
@@ -269,7 +305,44 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
     using T = scalar_t;
     step_of<T>({q.const_data_ptr<T>(), k.const_data_ptr<T>(), v.const_data_ptr<T>(), kt.mutable_data_ptr<T>(),
                 v_cache.mutable_data_ptr<T>(), mask.const_data_ptr<T>(), out.mutable_data_ptr<T>(), B, H, Hkv, C, D,
-                t, kt.stride(0), mask.stride(0), k.stride(0), v.stride(0), static_cast<float>(scale)});
+                t, kt.stride(0), mask.stride(0), H * D, k.stride(0), v.stride(0), static_cast<float>(scale)});
+  });
+  return out;
+}
+
+// The decoding step of one layer straight from its q, k, v product: qkv [B, (H + 2 Hkv) D] (rows possibly strided)
+// holds each row's query heads, then its key heads, then its value heads, q and k before RoPE; the step applies
+// RoPE at row b's position positions[b] (int64 [B]) from the tables cos, sin [P, D] of the cache dtype
+// (`llama.Rope`), then runs as `decode_attention`. Returns [B, H * D].
+at::Tensor decode_attention_rope(const at::Tensor& qkv, int64_t H, const at::Tensor& cos, const at::Tensor& sin,
+                                 const at::Tensor& positions, const at::Tensor& kt, const at::Tensor& v_cache,
+                                 const at::Tensor& mask, int64_t t, double scale) {
+  TORCH_CHECK(qkv.dim() == 2 && qkv.stride(1) == 1 && mask.dim() == 2 && cos.dim() == 2,
+              "decode_attention_rope: expected qkv [B, (H + 2 Hkv) D] with contiguous rows, cos [P, D], mask [B, C]");
+  const int64_t B = qkv.size(0), Hkv = kt.size(1), D = kt.size(3);
+  const int64_t C = cache_columns(kt, v_cache, D, "decode_attention_rope");
+  TORCH_CHECK(H > 0 && H % Hkv == 0 && D % 2 == 0 && qkv.size(1) == (H + 2 * Hkv) * D && kt.size(0) == B &&
+              mask.size(0) == B && mask.size(1) >= t && 0 < t && t <= C && cos.size(1) == D &&
+              sin.sizes() == cos.sizes() && positions.sizes() == at::IntArrayRef({B}),
+              "decode_attention_rope: sizes do not match");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && positions.is_contiguous() && mask.stride(1) == 1 &&
+              positions.scalar_type() == at::kLong, "decode_attention_rope: expected contiguous tables, int64 "
+              "positions");
+  for (const auto* x : {&cos, &sin, &kt, &v_cache, &mask})
+    TORCH_CHECK(x->scalar_type() == qkv.scalar_type(), "decode_attention_rope: expected one dtype");
+  const int64_t* pos = positions.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(0 <= pos[b] && pos[b] < cos.size(0), "decode_attention_rope: row ", b, " at position ", pos[b],
+                ", outside the tables' ", cos.size(0));
+  auto out = at::empty({B, H * D}, qkv.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, qkv.scalar_type(), "decode_attention_rope", [&] {
+    using T = scalar_t;
+    const T* q = qkv.const_data_ptr<T>();
+    const int64_t row = qkv.stride(0);
+    step_of<T>({q, q + H * D, q + (H + Hkv) * D, kt.mutable_data_ptr<T>(), v_cache.mutable_data_ptr<T>(),
+                mask.const_data_ptr<T>(), out.mutable_data_ptr<T>(), B, H, Hkv, C, D, t, kt.stride(0),
+                mask.stride(0), row, row, row, static_cast<float>(scale), cos.const_data_ptr<T>(),
+                sin.const_data_ptr<T>(), pos});
   });
   return out;
 }
@@ -344,7 +417,7 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
     using T = scalar_t;
     const Step<T> a{q.const_data_ptr<T>(), k.const_data_ptr<T>(), v.const_data_ptr<T>(), kt.mutable_data_ptr<T>(),
                     v_cache.mutable_data_ptr<T>(), mask.const_data_ptr<T>(), out.mutable_data_ptr<T>(), N, H, Hkv, C,
-                    D, 0, kt.stride(0), mask.stride(0), Hkv * D, Hkv * D, static_cast<float>(scale)};
+                    D, 0, kt.stride(0), mask.stride(0), H * D, Hkv * D, Hkv * D, static_cast<float>(scale)};
     const int64_t* r = rows.const_data_ptr<int64_t>();
     const int64_t* c = cols.const_data_ptr<int64_t>();
     switch (D) {
@@ -362,11 +435,14 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
 TORCH_LIBRARY(rlhfscale, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) kt, Tensor(b!) v_cache, Tensor mask, int t, "
         "float scale) -> Tensor");
+  m.def("decode_attention_rope(Tensor qkv, int heads, Tensor cos, Tensor sin, Tensor positions, Tensor(a!) kt, "
+        "Tensor(b!) v_cache, Tensor mask, int t, float scale) -> Tensor");
   m.def("prefill_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) kt, Tensor(b!) v_cache, Tensor mask, "
         "Tensor rows, Tensor cols, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rlhfscale, CPU, m) {
   m.impl("decode_attention", &decode_attention);
+  m.impl("decode_attention_rope", &decode_attention_rope);
   m.impl("prefill_attention", &prefill_attention);
 }
