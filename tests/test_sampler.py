@@ -6,6 +6,7 @@ import torch
 from rlhfscale.models import decode_attention
 from rlhfscale.models.ladder import build_model
 from rlhfscale.models.llama import causal_lm_logits, token_logprobs
+from rlhfscale.models.train import left_pad
 from rlhfscale.rollout import sampler
 from rlhfscale.rollout.sampler import sample, truncate
 
@@ -144,6 +145,13 @@ def test_rollout_layout(model, prompts):
     width = rollout.prompt_ids.shape[1] + 5
     assert rollout.sequences.shape == rollout.attention_mask.shape == (len(prompts), width)
     (torch.ones(1, requires_grad=True) * rollout.logprobs * rollout.response_mask).sum().backward()  # autograd-ready
+
+
+def test_left_pad_by_hand():
+    """Each row's tokens end in the last column, pads before them; an empty row is all pads."""
+    ids, mask = left_pad([[5, 6, 7], [], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 0], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 0], [0, 0, 1]]
 
 
 def test_nucleus_is_the_smallest_set_reaching_top_p():

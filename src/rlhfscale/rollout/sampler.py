@@ -29,6 +29,7 @@ from rlhfscale.models.cache_memory import CacheMemory
 from rlhfscale.models.forward import decode_step, input_device, prefill, select_rows
 from rlhfscale.models.kernels import extension_ok
 from rlhfscale.models.shared_prefix import distinct_prompts
+from rlhfscale.models.train import left_pad
 
 CACHE_MEMORY = CacheMemory()  # the KV caches' memory on a CPU, kept from one rollout to the next
 
@@ -63,14 +64,6 @@ class Rollout:
     def response_lengths(self) -> torch.Tensor:
         """Generated tokens per row, [B]."""
         return self.response_mask.sum(-1)
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> ids, mask [B, max length], right-aligned (pads on the left)."""
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids.to(device), mask.to(device)
 
 
 def truncate(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInput
-from .sampler import Rollout, left_pad
+from ..models.train import left_pad
+from .sampler import Rollout
 
 MEMORY_FRACTION = 0.1  # of the machine's memory (CPU) or the GPU's, for the engine's KV cache
 
