@@ -238,12 +238,14 @@ def bench_rollout(size: str = "micro", batch: int = 256, new_tokens: int = 32,
                   backend: str = typer.Option("native", help="native (our KV-cache sampler) or vllm"),
                   threads: int = typer.Option(0, help="torch CPU threads for the run (0: leave as set)"),
                   repeats: int = typer.Option(5, help="timed calls per side; the best and the median are compared"),
+                  device: str = typer.Option("cpu", help="torch device of both sides (cpu, cuda, cuda:1, ...)"),
+                  dtype: str = typer.Option("float32", help="the model's dtype on both sides: float32 or bfloat16"),
                   as_json: bool = typer.Option(False, "--json", help="print only the JSON line")) -> None:
     """A rollout backend against `model.generate` on the same model and prompts."""
     from .bench.rollout import run_rollout_bench
 
     result = run_rollout_bench(size=size, batch=batch, new_tokens=new_tokens, backend=backend,
-                               threads=threads or None, repeats=repeats)
+                               threads=threads or None, repeats=repeats, device=device, dtype=dtype)
     if not as_json:
         for k, v in result.items():
             typer.echo(f"{k:>14s}  {v}")

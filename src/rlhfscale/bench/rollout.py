@@ -13,8 +13,9 @@ machine, and `ratio_vs_hf_median` the medians.
 `attention` says which decode attention our sampler ran (`models.decode_attention`: the fused CPU kernel, or
 the eager ops where it could not be built).
 
-`peak_frac` is the fraction of the measured fp32 matmul peak that the backend
-reaches, counting 2·N FLOPs per generated token with N the parameters that
+`device` and `dtype` (float32 or bfloat16) say where and in what precision both sides run the model (a GPU run:
+`--device cuda --dtype bfloat16 --size large`, the ladder's ≈0.5B); `peak_frac` is the fraction of the matmul
+peak measured on that device in that dtype that the backend reaches, counting 2·N FLOPs per generated token with N the parameters that
 take part in the per-token matmuls: the non-embedding parameters plus the
 lm_head (the embedding lookup is a gather, not a matmul; attention over the
 cache and the prompt prefill are left out, so the figure is slightly low).
@@ -38,6 +39,7 @@ from rlhfscale.models.tokenizer import build_tokenizer
 from rlhfscale.rollout.sampler import sample
 
 HF_ATTENTION = ("sdpa", "eager")  # on one CPU thread at `micro`, eager measured 3-7% faster
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def arithmetic_prompts(batch: int, seed: int) -> list[list[int]]:
@@ -62,6 +64,7 @@ def run_rollout_bench(
     repeats: int = 5,
     threads: int | None = None,
     backend: str = "native",
+    dtype: str = "float32",
 ) -> dict:
     """Time a rollout backend (`native` or `vllm`) and HF `generate` on the same work; tokens per second and
     their ratio.
@@ -70,8 +73,16 @@ def run_rollout_bench(
     """
     if backend not in BACKENDS:
         raise BadInput(f"bench rollout --backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+    if dtype not in DTYPES:
+        raise BadInput(f"bench rollout --dtype: expected one of {', '.join(DTYPES)}, found {dtype!r}")
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise BadInput(f"bench rollout --device: expected a device this machine has, found {str(device)!r} "
+                       f"({str(error).splitlines()[0]})") from None
     with torch_threads(threads, "bench rollout"), ExitStack() as stack:
-        return _bench(size, batch, new_tokens, seed, device, repeats, backend, stack)
+        return _bench(size, batch, new_tokens, seed, device, DTYPES[dtype], repeats, backend, stack)
 
 
 def _native(model, tok, prompts, new_tokens, seed, device, stack):
@@ -91,7 +102,8 @@ def _vllm(model, tok, prompts, new_tokens, seed, device, stack):
     from rlhfscale.rollout.vllm_engine import VLLMEngine, require_vllm
 
     vllm, start = require_vllm(), time.perf_counter()
-    engine = stack.enter_context(VLLMEngine(model, tok, max_len=max(map(len, prompts)) + new_tokens, seed=seed))
+    engine = stack.enter_context(VLLMEngine(model, tok, max_len=max(map(len, prompts)) + new_tokens, seed=seed,
+                                            dtype=str(model.dtype).removeprefix("torch.")))
     started = time.perf_counter() - start
     params = vllm.SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=1.0,
                                  seed=seed)
@@ -120,12 +132,12 @@ def _fastest_attention(model, hf, tries: int = 2) -> str:
     return fastest
 
 
-def _bench(size, batch, new_tokens, seed, device, repeats, backend, stack) -> dict:
+def _bench(size, batch, new_tokens, seed, device, dtype, repeats, backend, stack) -> dict:
     """The measurement of `run_rollout_bench`, at the current thread count; the backend's engine, if it has
     one, stops when `stack` closes."""
     tok = build_tokenizer()
     ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
-    model = build_model(size, len(tok), seed=seed, **ids).to(device).eval()
+    model = build_model(size, len(tok), seed=seed, **ids).to(device, dtype).eval()
     prompts = arithmetic_prompts(batch, seed)
     ours, extra = BACKENDS[backend](model, tok, prompts, new_tokens, seed, device, stack)
 
@@ -150,10 +162,12 @@ def _bench(size, batch, new_tokens, seed, device, repeats, backend, stack) -> di
         ours_s.append(_seconds(ours))
         hf_s.append(_seconds(hf))
     params = non_embedding_params(size) + model.lm_head.weight.numel()
-    peak = measure_matmul_peak(device)
+    peak = measure_matmul_peak(device, dtype)
     return {
         "backend": backend,
         "size": size,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
         "params": params,
         "ours_tok_s": tokens / min(ours_s),
         "hf_tok_s": tokens / min(hf_s),

@@ -2,7 +2,7 @@
 
 Sizes are named by their non-embedding parameter count (run
 `python -m rlhfscale.models.ladder` to print the exact numbers):
-nano ≈0.1M, micro ≈0.5M, tiny ≈2M, small ≈8M, base ≈27M.
+nano ≈0.1M, micro ≈0.5M, tiny ≈2M, small ≈8M, base ≈27M, and large ≈0.5B for a GPU.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The size ladder's shapes, importable without torch (the config validates sizes against it).
 
 Sizes are named by their non-embedding parameter count: nano ≈0.1M, micro ≈0.5M, tiny ≈2M,
-small ≈8M, base ≈27M (`python -m rlhfscale.models.ladder` prints the exact numbers).
+small ≈8M, base ≈27M, and large ≈0.5B for a GPU (`python -m rlhfscale.models.ladder` prints the exact
+numbers).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ LADDER: dict[str, Preset] = {
     "tiny": Preset(hidden=192, layers=4, heads=6, ffn=640),
     "small": Preset(hidden=256, layers=8, heads=8, ffn=1024),
     "base": Preset(hidden=512, layers=8, heads=8, ffn=1536),
+    "large": Preset(hidden=1152, layers=24, heads=18, ffn=4608),  # head dim 64, as vLLM's kernels take it
 }
 
 
