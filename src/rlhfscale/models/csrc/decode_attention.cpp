@@ -36,6 +36,7 @@ using rlhfscale::Ints;
 using rlhfscale::kLanes;
 using rlhfscale::load;
 using rlhfscale::load_as_float;
+using rlhfscale::rope_head;
 using rlhfscale::rounded;
 using rlhfscale::store;
 using rlhfscale::store_as;
@@ -147,30 +148,10 @@ struct Step {
   const int64_t* pos = nullptr;
 };
 
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")  // x cos rounds before the sum, as in `csrc/row_ops.cpp`'s rope
-// out [D] = RoPE of one head x [D] at the angles c, s [D] (s signed as in `llama.Rope`), as floats holding values
-// of T: round(round(x cos) + roll(x, D/2) s), `csrc/row_ops.cpp`'s rope bit for bit.
-template <typename T>
-void rope_head(const T* x, const T* c, const T* s, int64_t D, float* out) {
-  const int64_t half = D / 2;
-#pragma omp simd
-  for (int64_t j = 0; j < half; ++j) {  // first half: its partner is x[j + D/2]
-    const float a = rounded<T>(static_cast<float>(x[j]) * static_cast<float>(c[j]));
-    out[j] = rounded<T>(__builtin_fmaf(static_cast<float>(x[j + half]), static_cast<float>(s[j]), a));
-  }
-#pragma omp simd
-  for (int64_t j = half; j < D; ++j) {  // second half: x[j - D/2]
-    const float a = rounded<T>(static_cast<float>(x[j]) * static_cast<float>(c[j]));
-    out[j] = rounded<T>(__builtin_fmaf(static_cast<float>(x[j - half]), static_cast<float>(s[j]), a));
-  }
-}
-#pragma GCC pop_options
-
 // Head x [D] of row b as floats into out: after RoPE where the step applies it.
 template <typename T>
 inline void load_head(const Step<T>& a, int64_t b, const T* x, int64_t D, float* out) {
-  if (a.cos != nullptr) return rope_head<T>(x, a.cos + a.pos[b] * D, a.sin + a.pos[b] * D, D, out);
+  if (a.cos != nullptr) return rope_head<T>(x, a.cos + a.pos[b] * D, a.sin + a.pos[b] * D, D, out);  // `row_ops`' bits
   for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(x[d]);
 }
 

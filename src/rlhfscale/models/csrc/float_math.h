@@ -1,4 +1,5 @@
-// Float helpers shared by the extension's kernels: a rounding to a tensor dtype, and an exp for their softmaxes.
+// Float helpers shared by the extension's kernels: a rounding to a tensor dtype, RoPE of one head, and an exp for
+// their softmaxes.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -25,6 +26,30 @@ inline T to_dtype(float x) {
 // x rounded to the dtype T and back to float: where an eager op on T-typed tensors would round.
 template <typename T>
 inline float rounded(float x) { return static_cast<float>(to_dtype<T>(x)); }
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")  // x cos rounds before the sum; the sum is one fma, as eager addcmul's
+// out [D] = RoPE of one head x [D] at the angles c, s [D] (s signed as in `llama.Rope`), rounded where the eager ops
+// on an O-typed result round: round(round(x cos) + roll(x, D/2) sin). Out is O, or float holding O's values.
+template <typename O, typename X, typename C, typename Out>
+inline void rope_head(const X* x, const C* c, const C* s, int64_t D, Out* out) {
+  const auto put = [](float v) {
+    if constexpr (std::is_same_v<Out, float>) return rounded<O>(v);
+    else return to_dtype<O>(v);
+  };
+  const int64_t half = D / 2;
+#pragma omp simd
+  for (int64_t j = 0; j < half; ++j) {  // first half: its partner is x[j + D/2]
+    const float a = rounded<O>(static_cast<float>(x[j]) * static_cast<float>(c[j]));
+    out[j] = put(__builtin_fmaf(static_cast<float>(x[j + half]), static_cast<float>(s[j]), a));
+  }
+#pragma omp simd
+  for (int64_t j = half; j < D; ++j) {  // second half: x[j - D/2]
+    const float a = rounded<O>(static_cast<float>(x[j]) * static_cast<float>(c[j]));
+    out[j] = put(__builtin_fmaf(static_cast<float>(x[j - half]), static_cast<float>(s[j]), a));
+  }
+}
+#pragma GCC pop_options
 
 // e^r for r = x - n ln2, |r| <= ln2 / 2 (n the nearest integer to x / ln2): Cephes' expf polynomial of degree 6, for
 // a float or a GCC vector of floats (`Vec` below), ln2 split in two so r keeps its low bits.

@@ -22,6 +22,7 @@
 
 namespace {
 
+using rlhfscale::rope_head;
 using rlhfscale::rounded;
 using rlhfscale::to_dtype;
 
@@ -44,35 +45,16 @@ void rms_norm_rows(const T* x, const T* w, T* out, int64_t N, int64_t D, int64_t
   });
 }
 
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")  // x cos rounds before the sum; the sum is one fma, as eager addcmul's
 // out [N, heads, D] = rope of x [N, heads, D] (token row stride `row`) at the angles cos, sin [N, D]. X, C, O: the
 // dtypes of x, of the angles and of out (their promotion: a bf16 x under autocast with float angles gives float).
 template <typename X, typename C, typename O>
 void rope_rows(const X* x, const C* cos, const C* sin, O* out, int64_t N, int64_t heads, int64_t D, int64_t row) {
-  const int64_t half = D / 2;
   at::parallel_for(0, N, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const C* c = cos + n * D;
-      const C* s = sin + n * D;
-      for (int64_t h = 0; h < heads; ++h) {
-        const X* xh = x + n * row + h * D;
-        O* oh = out + (n * heads + h) * D;
-#pragma omp simd
-        for (int64_t j = 0; j < half; ++j) {  // first half: its partner is x[j + D/2]
-          const float a = rounded<O>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
-          oh[j] = to_dtype<O>(__builtin_fmaf(static_cast<float>(xh[j + half]), static_cast<float>(s[j]), a));
-        }
-#pragma omp simd
-        for (int64_t j = half; j < D; ++j) {  // second half: x[j - D/2]
-          const float a = rounded<O>(static_cast<float>(xh[j]) * static_cast<float>(c[j]));
-          oh[j] = to_dtype<O>(__builtin_fmaf(static_cast<float>(xh[j - half]), static_cast<float>(s[j]), a));
-        }
-      }
-    }
+    for (int64_t n = begin; n < end; ++n)
+      for (int64_t h = 0; h < heads; ++h)
+        rope_head<O>(x + n * row + h * D, cos + n * D, sin + n * D, D, out + (n * heads + h) * D);
   });
 }
-#pragma GCC pop_options
 
 // x [N, D] (rows possibly strided), weight [D] -> [N, D].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
