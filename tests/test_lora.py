@@ -131,7 +131,7 @@ def test_target_modules_that_match_nothing_are_one_line():
 
 
 def test_the_actor_of_a_ladder_policy_with_adapters_is_a_merged_copy_on_the_fast_path():
-    from rlhfscale.rl.trainer import make_actor, sync_actor
+    from rlhfscale.rl.state import make_actor, sync_actor
 
     model, tok = new_policy("micro", 0, 64)
     policy = lora.adapted(lora.attach(model, ADAPTERS, "policy", "rl.lora"))

@@ -12,7 +12,6 @@ and shaping are pure functions from `rl.advantages`, `rl.losses` and
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +26,9 @@ from ..algorithms import ALGORITHMS
 from ..config import RLConfig, SamplingConfig
 from ..models import forward
 from ..models.critic import response_values
-from ..models.checkpoint import Checkpointer, rng_state, set_rng_state
+from ..models.checkpoint import Checkpointer
 from ..models.ladder import count_non_embedding
-from ..models.lora import adapters_off, fast_merged, has_adapters, merged_copy, sync_merged
+from ..models.lora import adapters_off
 from ..models.text import encode_prompts
 from ..models.train import mixed_precision
 from ..rewards.shaping import RunningMeanStd, asymmetric_shrink, clip_rewards, length_penalty, normalize_rewards
@@ -37,8 +36,8 @@ from ..rm.sources import Rewards
 from ..rollout.sampler import Rollout, sample
 from ..tasks.base import Example
 from .advantages import ESTIMATORS
-from .losses import logprob_gap
-from .losses import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean, masked_var, policy_loss, value_loss
+from .losses import kl_penalty, logprob_gap, masked_mean, masked_var, policy_loss, value_loss
+from .state import LoopState, save_state, start, sync_actor
 
 class RolloutEngine(Protocol):
     """Another rollout engine than the native sampler (`rollout.vllm_engine.VLLMEngine`)."""
@@ -128,53 +127,11 @@ def kl_in_reward(rl: RLConfig) -> bool:
     return (ALGORITHMS.get(rl.algorithm).kl_in if rl.kl_in == "auto" else rl.kl_in) == "reward"
 
 
-def reference(policy, device: str | None = None):
-    """The reference policy (the starting one, before any resume): a frozen copy (on `device`, rl.ref_device), or,
-    for a policy with LoRA adapters, the policy itself, run with its adapters off (its base weights never change),
-    no second copy."""
-    if has_adapters(policy):
-        return policy
-    return copy.deepcopy(policy).to(device or policy.device).eval().requires_grad_(False)
-
-
 def on_device_of(model, fn, ids: Tensor, attn: Tensor, *args, **kwargs) -> Tensor:
     """fn(model, ids, attn, ...) with the inputs on the model's device (rl.ref_device, rl.critic_device); the
     result back on the inputs' device (gradients flow through the move)."""
     dev = forward.input_device(model)
     return fn(model, ids.to(dev), attn.to(dev), *args, **kwargs).to(ids.device)
-
-
-def make_actor(policy, bf16: bool):
-    """The model that samples: the policy itself, or with rl.bf16 a bf16 copy (refreshed by `sync_actor`). A policy
-    with LoRA adapters samples from a copy with the adapters merged, when bf16 asks for a copy anyway or when that
-    copy takes the fast path (a ladder model); else from itself."""
-    if fast_merged(policy) or (bf16 and has_adapters(policy)):
-        actor = merged_copy(policy)
-    elif bf16:
-        actor = copy.deepcopy(policy)
-    else:
-        return policy
-    return actor.to(torch.bfloat16 if bf16 else actor.dtype).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def sync_actor(actor, policy) -> None:
-    if actor is policy:
-        return
-    if has_adapters(policy):
-        sync_merged(actor, policy)
-        return
-    for a, p in zip(actor.parameters(), policy.parameters()):
-        a.copy_(p)
-
-
-def make_optimizer(policy, critic, rl: RLConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the policy (lr) and the critic (critic_lr), no weight decay; linear warm-up, then constant."""
-    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": rl.lr}]
-    if critic is not None:
-        groups.append({"params": list(critic.parameters()), "lr": rl.critic_lr})
-    opt = torch.optim.AdamW(groups, betas=(rl.adam_beta1, rl.adam_beta2), eps=rl.adam_eps, weight_decay=0.0)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(rl.warmup, 1)))
 
 
 def step_flops(seq_tokens: int, rl: RLConfig, policy_n: int, critic_n: int, reward_n: int) -> float:
@@ -183,42 +140,6 @@ def step_flops(seq_tokens: int, rl: RLConfig, policy_n: int, critic_n: int, rewa
     sample_f, ref_f = 2 * policy_n, 2 * policy_n
     train_f = 6 * (policy_n + critic_n) * rl.epochs
     return (sample_f + ref_f + train_f + 2 * critic_n + 2 * reward_n) * seq_tokens
-
-
-@dataclass
-class LoopState:
-    """Everything besides the models and the optimizer that a resumed run must restore."""
-
-    rng: random.Random  # draws the prompts of each step
-    gen: torch.Generator  # the sampler's randomness
-    running: RunningMeanStd  # running reward statistics (shaping=normalize, norm_mode=running)
-    kl_ctl: FixedKLController | AdaptiveKLController
-    flops: float = 0.0
-    step: int = 0  # the last finished step
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng, self.gen), "running": vars(self.running).copy(),
-                "kl_coef": self.kl_ctl.value, "flops": self.flops}
-
-    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
-        set_rng_state(state["rng"], self.rng, self.gen)
-        self.running = RunningMeanStd(**state["running"])
-        self.kl_ctl.value, self.flops, self.step = state["kl_coef"], state["flops"], step
-
-
-def save_state(ckpt: Checkpointer, loop: LoopState, policy, critic, opt, schedule, extra: dict[str, Any]) -> None:
-    ckpt.save(loop.step, {"loop": loop.state_dict(), "policy": policy.state_dict(), "opt": opt.state_dict(),
-                          "schedule": schedule.state_dict(), "extra": extra,
-                          "critic": critic.state_dict() if critic is not None else None})
-
-
-def restore_state(state: dict[str, Any], loop: LoopState, policy, critic, opt, schedule) -> None:
-    policy.load_state_dict(state["policy"])
-    if critic is not None:
-        critic.load_state_dict(state["critic"])
-    opt.load_state_dict(state["opt"])
-    schedule.load_state_dict(state["schedule"])
-    loop.load_state_dict(state["loop"], state["step"])
 
 
 def train(
@@ -255,13 +176,10 @@ def train(
         r = reward_fn(examples, tok.batch_decode(ro.response_ids, skip_special_tokens=True), ro)
         check_finite(step, reward=r.scores, dense_reward=r.dense)
         rewards = token_rewards(shape_scores(r.scores, ro.response_lengths, n, rl, loop.running), r.dense, mask)
-        proxy, shaped = r.scores + (r.dense * mask).sum(-1), rewards.sum(-1)
+        shaped = rewards.sum(-1)  # [B], before any KL penalty
 
         # 3. KL to the reference policy (a per-token penalty in the reward, or a loss term), critic values
-        with torch.no_grad(), amp():
-            with adapters_off(policy) if ref is policy else nullcontext():
-                ref_logprobs = on_device_of(ref, response_logprobs, ids, attn, Lp, temperature)
-            values = on_device_of(critic, response_values, ids, attn, Lp) if critic is not None else None
+        ref_logprobs, values = reference_and_values(policy, ref, critic, ro, temperature, amp)
         kl = kl_penalty(ro.logprobs, ref_logprobs, rl.kl_estimator, mask)
         if kl_in_reward(rl):
             rewards = rewards - loop.kl_ctl.value * kl
@@ -278,45 +196,45 @@ def train(
         sync_actor(actor, policy)
         if engine is not None:
             engine.push(policy)
-        kl_seq = kl.sum(-1).mean().item()
-        loop.kl_ctl.update(kl_seq, len(examples))
+        loop.kl_ctl.update(kl.sum(-1).mean().item(), len(examples))
 
         # 6. log, and save the state every rl.checkpoint_every steps
-        elapsed, n_tokens, seq_tokens = time.perf_counter() - t0, int(mask.sum().item()), int(attn.sum().item())
-        loop.flops += step_flops(seq_tokens, rl, *params)
+        elapsed = time.perf_counter() - t0
+        loop.flops += step_flops(int(attn.sum().item()), rl, *params)
         loop.step = step
-        info = {
-            "rl/proxy_reward": proxy.mean().item(), "rl/reward": shaped.mean().item(),
-            "rl/reward_batch_std": shaped.std(correction=0).item(), "rl/gold_reward": r.gold.mean().item(), **r.parts,
-            "rl/kl": kl_seq, "rl/kl_coef": loop.kl_ctl.value, **stats,
-            "rl/response_len": n_tokens / len(examples), "rl/samples_per_s": len(examples) / elapsed,
-            "rl/tokens_per_s": n_tokens / elapsed, "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": seq_tokens,
-            "flops/rl": loop.flops, **gap,
-        }
-        if values is not None:
-            info["rl/explained_var"] = explained_variance(values, returns, mask)
+        info = step_info(r, shaped, kl, batch, loop, elapsed, t_gen) | stats | gap
         if on_step is not None:
             on_step(step, info)
         if checkpoint is not None and checkpoint.due(step, rl.steps):
             save_state(checkpoint, loop, policy, critic, opt, schedule, extra_state())
 
 
-def start(policy, critic, cfg: RLSettings, resume: dict[str, Any] | None, engine: RolloutEngine | None):
-    """What the loop starts from: its state (`LoopState`), the reference policy, the optimizer and its schedule,
-    and the actor that samples; restored from `resume` where given (and the engine given the resumed policy)."""
-    rl = cfg.rl
-    kl_ctl = (AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target
-              else FixedKLController(rl.kl_coef))
-    loop = LoopState(random.Random(cfg.seed), torch.Generator(device=policy.device).manual_seed(cfg.seed),
-                     RunningMeanStd(), kl_ctl)
-    ref = reference(policy, rl.ref_device)
-    opt, schedule = make_optimizer(policy, critic, rl)
-    if resume is not None:
-        restore_state(resume, loop, policy, critic, opt, schedule)
-    actor = make_actor(policy, rl.bf16)
-    if engine is not None and resume is not None:
-        engine.push(policy)  # the engine started from the input policy; the run continues from the checkpoint
-    return loop, ref, opt, schedule, actor
+def reference_and_values(policy, ref, critic, ro: Rollout, temperature: float, amp) -> tuple[Tensor, Tensor | None]:
+    """The reference policy's log-probs of the rollout's responses ``[B, R]`` (the policy with its adapters off when
+    `ref` is the policy itself) and, with a critic, its values ``[B, R]`` (else None)."""
+    ids, attn, Lp = ro.sequences, ro.attention_mask, ro.prompt_ids.shape[1]
+    with torch.no_grad(), amp():
+        with adapters_off(policy) if ref is policy else nullcontext():
+            ref_logprobs = on_device_of(ref, response_logprobs, ids, attn, Lp, temperature)
+        values = on_device_of(critic, response_values, ids, attn, Lp) if critic is not None else None
+    return ref_logprobs, values
+
+
+def step_info(r: Rewards, shaped: Tensor, kl: Tensor, b: Batch, loop: LoopState, elapsed: float, t_gen: float
+              ) -> dict[str, float]:
+    """The step's ``rl/*`` diagnostics of the rollout and its rewards: r the reward sources' scores, shaped the
+    shaped reward of each response ``[B]`` (before any KL penalty), kl the per-token KL ``[B, R]``."""
+    B, n_tokens = b.mask.shape[0], int(b.mask.sum().item())
+    info = {
+        "rl/proxy_reward": (r.scores + (r.dense * b.mask).sum(-1)).mean().item(), "rl/reward": shaped.mean().item(),
+        "rl/reward_batch_std": shaped.std(correction=0).item(), "rl/gold_reward": r.gold.mean().item(), **r.parts,
+        "rl/kl": kl.sum(-1).mean().item(), "rl/kl_coef": loop.kl_ctl.value,
+        "rl/response_len": n_tokens / B, "rl/samples_per_s": B / elapsed, "rl/tokens_per_s": n_tokens / elapsed,
+        "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": int(b.attn.sum().item()), "flops/rl": loop.flops,
+    }
+    if b.values is not None:
+        info["rl/explained_var"] = explained_variance(b.values, b.returns, b.mask)
+    return info
 
 
 def rollout(actor, engine: RolloutEngine | None, prompt_ids: list[list[int]], tok, sc: SamplingConfig,

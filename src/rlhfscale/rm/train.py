@@ -160,6 +160,23 @@ def right_prefix_end(item: Stepped) -> int:
     return ends[good - 1] if good else -1
 
 
+def training_parts(model: PreTrainedModel, data: RMData, kind: str, verdict: Verdict | None, lm_coef: float
+                   ) -> list[list]:
+    """The data sets a `kind` of reward model trains on, one batch drawn from each a step; a combination that
+    cannot train is refused here, naming what is missing."""
+    parts = {"prm": [data.steps], "generative": [data.outcomes], "likelihood": [data.split_pairs]}.get(
+        kind, [data.pairs, data.outcomes])
+    if not any(parts):
+        raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
+    if kind == "generative" and verdict is None:
+        raise ValueError("train_reward_model: a generative verifier needs its question and verdict tokens")
+    if lm_coef and kind == "likelihood":
+        raise ValueError("train_reward_model: a likelihood RM takes no auxiliary LM loss (its score is the LM's)")
+    if lm_coef and kind != "generative" and not model.config.tie_word_embeddings:
+        raise ValueError("train_reward_model: lm_coef needs a backbone with tied input and output embeddings")
+    return parts
+
+
 def train_reward_model(
     model: PreTrainedModel,
     data: RMData,
@@ -192,16 +209,7 @@ def train_reward_model(
     trained on (for the 6·N·tokens FLOPs estimate).
     """
     min_ratio = final_ratio(schedule)
-    parts = {"prm": [data.steps], "generative": [data.outcomes], "likelihood": [data.split_pairs]}.get(
-        kind, [data.pairs, data.outcomes])
-    if not any(parts):
-        raise ValueError(f"train_reward_model: no training data for a {kind} reward model")
-    if kind == "generative" and verdict is None:
-        raise ValueError("train_reward_model: a generative verifier needs its question and verdict tokens")
-    if lm_coef and kind == "likelihood":
-        raise ValueError("train_reward_model: a likelihood RM takes no auxiliary LM loss (its score is the LM's)")
-    if lm_coef and kind != "generative" and not model.config.tie_word_embeddings:
-        raise ValueError("train_reward_model: lm_coef needs a backbone with tied input and output embeddings")
+    parts = training_parts(model, data, kind, verdict, lm_coef)
     gen = torch.Generator().manual_seed(seed)
     opt = adamw(model, lr, weight_decay)
     tokens = 0

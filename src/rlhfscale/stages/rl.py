@@ -96,6 +96,19 @@ def held_out_metrics(cfg: BaseModel, task, shifted: dict, tok, policy, k: int = 
     return out
 
 
+def begin(out: RunDir, ckpt, held_out_before) -> tuple[dict | None, dict[str, float]]:
+    """The checkpointed state to resume from (None: a fresh run) and the held-out metrics before training: on a
+    fresh run measured (`held_out_before()`) and logged at step 0, on a resumed one restored with the log's rows."""
+    resume = ckpt.load()
+    if resume is None:
+        before = held_out_before()
+        out.log(0, **before, **{"flops/rl": 0.0})
+        return None, before
+    out.restore(resume["extra"]["rows"])
+    out.log(resume["step"], resumed_from=resume["step"])
+    return resume, resume["extra"]["before"]
+
+
 def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_divergence: bool = False) -> dict[str, float]:
     cfg = view(STAGES["rl"], cfg)
     task = setup(cfg)
@@ -112,14 +125,7 @@ def run(cfg: BaseModel, inputs: dict[str, str], out_dir: str | Path, record_dive
     held_out = partial(held_out_metrics, cfg, task, shifted, tok)
 
     ckpt = checkpointer(cfg, out_dir, cfg.rl.checkpoint_every)
-    resume = ckpt.load()
-    if resume is not None:
-        out.restore(resume["extra"]["rows"])
-        before = resume["extra"]["before"]
-        out.log(resume["step"], resumed_from=resume["step"])
-    else:
-        before = held_out(policy, cfg.eval.k, shifts=True)
-        out.log(0, **before, **{"flops/rl": 0.0})
+    resume, before = begin(out, ckpt, lambda: held_out(policy, cfg.eval.k, shifts=True))
     last: dict = out.rows[-1]
     bar = Progress(cfg.rl.steps, f"rl:{cfg.rl.algorithm}")
 
