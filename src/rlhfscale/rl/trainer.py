@@ -196,13 +196,14 @@ def train(
         sync_actor(actor, policy)
         if engine is not None:
             engine.push(policy)
-        loop.kl_ctl.update(kl.sum(-1).mean().item(), len(examples))
+        kl_seq = kl.sum(-1).mean().item()
+        loop.kl_ctl.update(kl_seq, len(examples))
 
         # 6. log, and save the state every rl.checkpoint_every steps
-        elapsed = time.perf_counter() - t0
-        loop.flops += step_flops(int(attn.sum().item()), rl, *params)
+        elapsed, seq_tokens = time.perf_counter() - t0, int(attn.sum().item())
+        loop.flops += step_flops(seq_tokens, rl, *params)
         loop.step = step
-        info = step_info(r, shaped, kl, batch, loop, elapsed, t_gen) | stats | gap
+        info = step_info(r, shaped, kl_seq, seq_tokens, batch, loop, elapsed, t_gen) | stats | gap
         if on_step is not None:
             on_step(step, info)
         if checkpoint is not None and checkpoint.due(step, rl.steps):
@@ -220,17 +221,18 @@ def reference_and_values(policy, ref, critic, ro: Rollout, temperature: float, a
     return ref_logprobs, values
 
 
-def step_info(r: Rewards, shaped: Tensor, kl: Tensor, b: Batch, loop: LoopState, elapsed: float, t_gen: float
-              ) -> dict[str, float]:
+def step_info(r: Rewards, shaped: Tensor, kl_seq: float, seq_tokens: int, b: Batch, loop: LoopState, elapsed: float,
+              t_gen: float) -> dict[str, float]:
     """The step's ``rl/*`` diagnostics of the rollout and its rewards: r the reward sources' scores, shaped the
-    shaped reward of each response ``[B]`` (before any KL penalty), kl the per-token KL ``[B, R]``."""
+    shaped reward of each response ``[B]`` (before any KL penalty), kl_seq the mean KL of a response, seq_tokens
+    the batch's prompt and response tokens."""
     B, n_tokens = b.mask.shape[0], int(b.mask.sum().item())
     info = {
         "rl/proxy_reward": (r.scores + (r.dense * b.mask).sum(-1)).mean().item(), "rl/reward": shaped.mean().item(),
         "rl/reward_batch_std": shaped.std(correction=0).item(), "rl/gold_reward": r.gold.mean().item(), **r.parts,
-        "rl/kl": kl.sum(-1).mean().item(), "rl/kl_coef": loop.kl_ctl.value,
+        "rl/kl": kl_seq, "rl/kl_coef": loop.kl_ctl.value,
         "rl/response_len": n_tokens / B, "rl/samples_per_s": B / elapsed, "rl/tokens_per_s": n_tokens / elapsed,
-        "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": int(b.attn.sum().item()), "flops/rl": loop.flops,
+        "rl/gen_frac": t_gen / elapsed, "rl/seq_tokens": seq_tokens, "flops/rl": loop.flops,
     }
     if b.values is not None:
         info["rl/explained_var"] = explained_variance(b.values, b.returns, b.mask)

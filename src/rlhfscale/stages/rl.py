@@ -14,6 +14,7 @@ train (`models.lora`): ``adapter/`` holds them in peft's format and ``policy/`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 from ..algorithms import ALGORITHMS
 from ..contract import view
 from ..errors import BadInput
+from ..models.checkpoint import Checkpointer
 from ..models.critic import critic_from_policy, critic_from_rm
 from ..models import lora
 from ..models.io import DTYPES, save_policy
@@ -96,7 +98,7 @@ def held_out_metrics(cfg: BaseModel, task, shifted: dict, tok, policy, k: int = 
     return out
 
 
-def begin(out: RunDir, ckpt, held_out_before) -> tuple[dict | None, dict[str, float]]:
+def begin(out: RunDir, ckpt: Checkpointer, held_out_before: Callable[[], dict[str, float]]) -> tuple[dict | None, dict[str, float]]:
     """The checkpointed state to resume from (None: a fresh run) and the held-out metrics before training: on a
     fresh run measured (`held_out_before()`) and logged at step 0, on a resumed one restored with the log's rows."""
     resume = ckpt.load()
